@@ -61,7 +61,8 @@ class SchedulerSettings:
             and self.max_wait_seconds > 0
         ):
             raise ValueError(f"max_wait_seconds must be a positive number or unset, got {self.max_wait_seconds!r}")
-        if not (math.isfinite(self.preemption_margin) and self.preemption_margin >= 0):
+        margin = self.preemption_margin
+        if isinstance(margin, bool) or not (isinstance(margin, int | float) and math.isfinite(margin) and margin >= 0):
             raise ValueError(f"preemption_margin must be >= 0 tokens, got {self.preemption_margin!r}")
         if self.max_preemptions is not None and (not isinstance(self.max_preemptions, int) or self.max_preemptions < 0):
             raise ValueError(f"max_preemptions must be an integer >= 0 or unset, got {self.max_preemptions!r}")

@@ -26,6 +26,9 @@ def _move_probabilities(bins: LengthBins) -> np.ndarray:
 def normalise(belief: np.ndarray) -> np.ndarray:
     """Renormalise along the last axis; an all-zero or non-finite row becomes uniform."""
     belief = np.where(np.isfinite(belief) & (belief > 0), belief, 0.0)
+    # Scale by the row maximum first so that huge finite entries cannot overflow the sum.
+    peak = belief.max(axis=-1, keepdims=True)
+    belief = belief / np.where(peak > 0, peak, 1.0)
     total = belief.sum(axis=-1, keepdims=True)
     uniform = np.full_like(belief, 1.0 / belief.shape[-1])
     safe_total = np.where(total > 0, total, 1.0)

@@ -1,0 +1,110 @@
+"""Create-or-patch of owned objects, writing only when our desired state changed.
+
+Like ``kubectl apply`` (client side): each object carries the desired state we last
+applied in an annotation; an object is patched only when the new desired state differs
+from it, and the patch is a JSON merge patch that also nulls fields we dropped. So a
+reconcile that changes nothing writes nothing (a scheduler-only edit leaves the
+Deployment untouched), and a restarted operator re-derives the same state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from trail_operator.kube import Kube
+
+LAST_APPLIED = "trail.dev/last-applied"
+_BIG = 1024  # values longer than this (probe bytes) are stored as their hash
+
+
+class OwnershipError(Exception):
+    """An object with our name exists but belongs to something else."""
+
+
+def squash(value: Any) -> Any:
+    """The desired state as recorded in the annotation: large strings replaced by a hash."""
+    if isinstance(value, dict):
+        return {key: squash(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [squash(item) for item in value]
+    if isinstance(value, str) and len(value) > _BIG:
+        return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+    return value
+
+
+def canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def merge_patch(last: Any, desired: Any) -> Any:
+    """A JSON merge patch (RFC 7386) turning what we applied last into ``desired``."""
+    if not isinstance(last, dict) or not isinstance(desired, dict):
+        return desired
+    patch: dict[str, Any] = {key: None for key in last.keys() - desired.keys()}
+    for key, value in desired.items():
+        patch[key] = merge_patch(last.get(key), value) if isinstance(value, dict) else value
+    return patch
+
+
+def last_applied(live: dict[str, Any]) -> dict[str, Any] | None:
+    raw = ((live.get("metadata") or {}).get("annotations") or {}).get(LAST_APPLIED)
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def with_record(desired: dict[str, Any]) -> dict[str, Any]:
+    """``desired`` plus the annotation recording it."""
+    record = canonical(squash(desired))
+    meta = dict(desired["metadata"])
+    meta["annotations"] = {**(meta.get("annotations") or {}), LAST_APPLIED: record}
+    return {**desired, "metadata": meta}
+
+
+def check_owned(live: dict[str, Any] | None, owner_uid: str) -> None:
+    if live is None:
+        return
+    refs = (live.get("metadata") or {}).get("ownerReferences") or []
+    if not any(ref.get("uid") == owner_uid and ref.get("controller") for ref in refs):
+        meta = live.get("metadata") or {}
+        raise OwnershipError(
+            f"{live.get('kind', 'object')} {meta.get('namespace')}/{meta.get('name')} already exists "
+            "and is not controlled by this LLMServer; rename or delete it"
+        )
+
+
+def needs_write(live: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
+    if live is None:
+        return True
+    previous = last_applied(live)
+    return previous is None or canonical(previous) != canonical(squash(desired))
+
+
+async def fetch_all(kube: Kube, namespace: str, desired: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    return [await kube.get(obj["kind"], namespace, obj["metadata"]["name"]) for obj in desired]
+
+
+async def apply_all(kube: Kube, namespace: str, owner_uid: str, desired: list[dict[str, Any]],
+                    live: list[dict[str, Any] | None]) -> list[str]:
+    """Create or patch each object in order; return what was written ("created
+    Deployment x"). Ownership of every object is checked before anything is written."""
+    for current in live:
+        check_owned(current, owner_uid)
+    written = []
+    for obj, current in zip(desired, live, strict=True):
+        if not needs_write(current, obj):
+            continue
+        recorded = with_record(obj)
+        name = obj["metadata"]["name"]
+        if current is None:
+            await kube.create(obj["kind"], namespace, recorded)
+            written.append(f"created {obj['kind']} {name}")
+        else:
+            previous = last_applied(current) or {}
+            patch = merge_patch(previous, recorded)
+            await kube.patch(obj["kind"], namespace, name, patch)
+            written.append(f"updated {obj['kind']} {name}")
+    return written

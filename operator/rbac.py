@@ -1,0 +1,30 @@
+"""The operator's least-privilege RBAC rules: the Helm chart renders its ClusterRole
+from exactly this list (tests/operator/test_rbac.py checks the code paths use no more).
+
+Why each rule:
+- llmservers get/list/watch/patch: kopf watches them and patches its finalizer; the
+  reconcile loop reads them. /status patch: the status. /finalizers update: owner
+  references with blockOwnerDeletion on the objects we create.
+- deployments, services, configmaps, secrets get/create/patch: the owned objects
+  (created, then merge-patched; deleted by owner-reference garbage collection).
+  deployments list/watch: kopf wakes the loop when a Deployment's status changes.
+  configmaps get also reads a probe ConfigMap.
+- pods list/watch: the retune client finds ready pods; kopf watches them.
+- events create: kopf reports warnings as Kubernetes Events.
+- customresourcedefinitions list/watch: kopf observes CRDs to discover resources.
+Watching namespaces by glob (``--namespace 'team-*'``) would also need namespaces
+list/watch; the operator does not need it for all namespaces or exact names.
+"""
+
+from __future__ import annotations
+
+PERMISSIONS: list[dict[str, list[str]]] = [
+    {"apiGroups": ["trail.dev"], "resources": ["llmservers"], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": ["trail.dev"], "resources": ["llmservers/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": ["trail.dev"], "resources": ["llmservers/finalizers"], "verbs": ["update"]},
+    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "create", "patch"]},
+    {"apiGroups": [""], "resources": ["services", "configmaps", "secrets"], "verbs": ["get", "create", "patch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
+]

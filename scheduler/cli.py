@@ -1,0 +1,88 @@
+"""The ``trail`` command. Subcommands import their part lazily so each stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _add_model_commands(sub: argparse._SubParsersAction) -> None:
+    model = sub.add_parser("model", help="the bundled SmolLM2-135M-Instruct model")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+    prepare = model_sub.add_parser(
+        "prepare", help="convert the bundled GGUF model into a Hugging Face checkpoint (once)"
+    )
+    prepare.set_defaults(handler=_model_prepare)
+
+
+def _model_prepare(args: argparse.Namespace) -> int:
+    from trail_scheduler.assets import prepare_bundled_model
+
+    path = prepare_bundled_model()
+    print(path)
+    return 0
+
+
+def _add_probe_commands(sub: argparse._SubParsersAction) -> None:
+    probe = sub.add_parser("probe", help="length probes: inspect (and, with training, collect/train/eval)")
+    probe_sub = probe.add_subparsers(dest="probe_command", required=True)
+    inspect = probe_sub.add_parser("inspect", help="validate a probe file and print its metadata")
+    inspect.add_argument("file")
+    inspect.set_defaults(handler=_probe_inspect)
+
+
+def _probe_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from trail_scheduler.probe import ProbeFileError, load_probe
+
+    try:
+        probe = load_probe(args.file)
+    except ProbeFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(probe.describe(), indent=2))
+    return 0
+
+
+def _add_serve_command(sub: argparse._SubParsersAction) -> None:
+    from trail_scheduler.server.serve import add_arguments
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve a model with the TRAIL scheduler (vLLM's OpenAI API + admin API + metrics)",
+        description="Any argument not listed here is passed to vLLM's engine (e.g. --max-num-seqs 8).",
+    )
+    add_arguments(serve)
+    serve.set_defaults(handler=_serve, accepts_extra_args=True)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from trail_scheduler.server.serve import run
+
+    return run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trail", description="TRAIL: length-aware LLM serving")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve_command(sub)
+    _add_model_commands(sub)
+    _add_probe_commands(sub)
+    from trail_operator.cli import register as register_operator
+
+    register_operator(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_extra_args", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra_args = extra
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Per-request length predictions over a request's life: prompt estimate, first
+embedding estimate, refined belief, and the errors measured when it ends.
+
+Pure bookkeeping on top of :mod:`refine`; the vLLM scheduler feeds it token counts
+and probe outputs, and reads one point estimate per request per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from trail_scheduler.core.bins import LengthBins
+from trail_scheduler.core.refine import expected_remaining, refine, update
+
+
+@dataclass
+class RequestPrediction:
+    prompt_estimate: float
+    oracle_length: float | None = None
+    first_estimate: float | None = None  # expected remaining after prefill (p⁰)
+    belief: np.ndarray | None = None
+    generated: int = 0
+    tokens_since_evidence: int = 0
+    belief_estimate: float | None = None  # E[q] at the last probe reading
+    # Predicted remaining length before each generated token (for the refined error).
+    history: list[float] = field(default_factory=list)
+
+    @property
+    def predicted_remaining(self) -> float:
+        """Between probe readings the estimate counts down one per generated token."""
+        if self.belief_estimate is None:
+            return max(0.0, self.prompt_estimate - self.generated)
+        return max(0.0, self.belief_estimate - self.tokens_since_evidence)
+
+    @property
+    def initial_prediction(self) -> float:
+        """``r`` of the preemption rule: the first predicted length, fixed once known."""
+        if self.first_estimate is not None:
+            return self.first_estimate
+        return self.prompt_estimate
+
+    @property
+    def true_remaining(self) -> float | None:
+        return None if self.oracle_length is None else max(0.0, self.oracle_length - self.generated)
+
+
+@dataclass(frozen=True)
+class PredictionErrors:
+    """Absolute errors in tokens, measured when a request finishes (None: no such estimate)."""
+
+    prompt: float | None
+    first: float | None
+    refined: float | None
+
+
+class PredictionTracker:
+    def __init__(self, bins: LengthBins) -> None:
+        self.bins = bins
+        self.requests: dict[str, RequestPrediction] = {}
+
+    @property
+    def unknown_estimate(self) -> float:
+        """What a request without a prompt estimate counts as: the median bin's length."""
+        return self.bins.representatives[(self.bins.count - 1) // 2]
+
+    def set_bins(self, bins: LengthBins) -> None:
+        """A probe with other bins: beliefs restart from its next reading, estimates stay."""
+        if bins == self.bins:
+            return
+        self.bins = bins
+        for state in self.requests.values():
+            if state.belief is not None:
+                state.belief = None
+                state.belief_estimate = state.predicted_remaining
+                state.tokens_since_evidence = 0
+
+    def add(self, request_id: str, prompt_estimate: float | None = None, oracle_length: float | None = None) -> None:
+        estimate = self.unknown_estimate if prompt_estimate is None else float(prompt_estimate)
+        self.requests[request_id] = RequestPrediction(prompt_estimate=estimate, oracle_length=oracle_length)
+
+    def get(self, request_id: str) -> RequestPrediction | None:
+        return self.requests.get(request_id)
+
+    def advance(self, request_id: str, new_tokens: int) -> None:
+        """Record ``new_tokens`` generated tokens (before this step's probe reading)."""
+        state = self.requests.get(request_id)
+        if state is None or new_tokens <= 0:
+            return
+        for _ in range(new_tokens):
+            state.history.append(state.predicted_remaining)
+            state.generated += 1
+            state.tokens_since_evidence += 1
+
+    def observe(self, request_ids: list[str], evidence: np.ndarray, from_prefill: list[bool]) -> None:
+        """Fold a step's probe outputs (rows of ``evidence``) into the beliefs.
+
+        A prefill reading starts a belief (``q⁰ = p⁰``); a request that already has
+        one (resumed after preemption, whose recompute re-reads its prompt) keeps it.
+        Decode readings refine after shifting by the tokens generated since the last.
+        """
+        if evidence.shape[-1] != self.bins.count:
+            raise ValueError(f"probe gave {evidence.shape[-1]} bins, tracker has {self.bins.count}")
+        rows, priors, shifts = [], [], []
+        for row, (request_id, prefill) in enumerate(zip(request_ids, from_prefill)):
+            state = self.requests.get(request_id)
+            if state is None:
+                continue
+            if state.belief is None:
+                state.belief = update(np.full(self.bins.count, 1.0 / self.bins.count), evidence[row])
+                state.belief_estimate = float(expected_remaining(state.belief, self.bins))
+                state.tokens_since_evidence = 0
+                if state.first_estimate is None:
+                    state.first_estimate = state.belief_estimate + state.generated
+                continue
+            if prefill:
+                continue
+            rows.append(row)
+            priors.append(state)
+            shifts.append(state.tokens_since_evidence)
+        if not rows:
+            return
+        # Requests usually share one shift (every k tokens); group to batch the update.
+        for tokens in sorted(set(shifts)):
+            group = [i for i, s in enumerate(shifts) if s == tokens]
+            beliefs = np.stack([priors[i].belief for i in group])
+            posterior = refine(beliefs, evidence[[rows[i] for i in group]], self.bins, tokens)
+            estimates = expected_remaining(posterior, self.bins)
+            for j, i in enumerate(group):
+                state = priors[i]
+                state.belief = posterior[j]
+                state.belief_estimate = float(estimates[j])
+                state.tokens_since_evidence = 0
+
+    def finish(self, request_id: str, true_length: int) -> PredictionErrors | None:
+        """Forget a request; the absolute errors of its estimates against its true length."""
+        state = self.requests.pop(request_id, None)
+        if state is None:
+            return None
+        first = None if state.first_estimate is None else abs(state.first_estimate - true_length)
+        refined = None
+        if state.history:
+            truth = true_length - np.arange(len(state.history))
+            refined = float(np.mean(np.abs(np.asarray(state.history) - truth)))
+        return PredictionErrors(prompt=abs(state.prompt_estimate - true_length), first=first, refined=refined)

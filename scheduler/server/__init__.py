@@ -1,0 +1,2 @@
+"""``trail serve``: vLLM's OpenAI server with the TRAIL scheduler, the admin API and
+``trail_`` metrics."""

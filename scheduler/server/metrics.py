@@ -1,0 +1,79 @@
+"""Prometheus metrics prefixed ``trail_``, next to vLLM's own on ``/metrics``.
+
+The scheduler counts in the engine-core process; a poller in the API-server process
+drains those counts over RPC every second and records them here, so no
+observation is lost and the scrape never waits on the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from trail_scheduler.server.control import call_scheduler
+
+logger = logging.getLogger("trail.metrics")
+
+TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+PREEMPTIONS = Counter(
+    "trail_preemptions", "Requests preempted, by reason (policy: TRAIL; memory: KV-cache pressure)", ["reason"]
+)
+DECISIONS = Counter(
+    "trail_requests", "Scheduling decisions by the policy (admit; promote: admitted by the starvation guard)",
+    ["decision"],
+)
+PREDICTED_REMAINING = Histogram(
+    "trail_predicted_remaining_tokens", "Predicted remaining output length of running requests (sampled each second)",
+    buckets=TOKEN_BUCKETS,
+)
+PREDICTION_ERROR = Histogram(
+    "trail_prediction_abs_error_tokens",
+    "Absolute length-prediction error per finished request: stage=prompt (prompt predictor), "
+    "first (first embedding estimate), refined (mean over the answer's tokens)",
+    ["stage"],
+    buckets=TOKEN_BUCKETS,
+)
+SETTING_C = Gauge("trail_setting_c", "Preemption threshold c in force")
+SETTING_PREDICT_EVERY = Gauge("trail_setting_predict_every", "Probe runs every this many tokens")
+SETTING_MAX_WAIT = Gauge("trail_setting_max_wait_seconds", "Starvation bound in seconds (0: off)")
+SETTING_GENERATION = Gauge("trail_setting_generation", "Generation of the settings in force")
+SETTING_POLICY = Gauge("trail_setting_policy", "1 for the policy in force", ["policy"])
+
+POLICIES = ("fcfs", "sjf", "trail", "trail-oracle")
+
+
+def record(payload: dict) -> None:
+    """Fold one drained engine payload into the metrics."""
+    for reason, count in payload["preemptions"].items():
+        PREEMPTIONS.labels(reason).inc(count)
+    for decision, count in payload["decisions"].items():
+        DECISIONS.labels(decision).inc(count)
+    for stage, value in payload["errors"]:
+        PREDICTION_ERROR.labels(stage).observe(value)
+    for value in payload["predicted_remaining"]:
+        PREDICTED_REMAINING.observe(value)
+    record_config(payload["config"])
+
+
+def record_config(config: dict) -> None:
+    SETTING_C.set(config["c"])
+    SETTING_PREDICT_EVERY.set(config["predictEvery"])
+    SETTING_MAX_WAIT.set(config["maxWaitSeconds"] or 0)
+    SETTING_GENERATION.set(config["generation"])
+    for policy in POLICIES:
+        SETTING_POLICY.labels(policy).set(1 if policy == config["policy"] else 0)
+
+
+async def poll_engine(engine, interval: float = 1.0) -> None:
+    """Drain the engine's TRAIL counters forever (cancelled at shutdown)."""
+    while True:
+        try:
+            record(await call_scheduler(engine, "drain_metrics"))
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # the engine may be restarting or shutting down
+            logger.debug("TRAIL metrics poll failed: %s", error)
+        await asyncio.sleep(interval)

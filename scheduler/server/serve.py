@@ -1,0 +1,204 @@
+"""``trail serve``: vLLM's OpenAI-compatible server with TRAIL in the engine.
+
+TRAIL's own flags are parsed here; everything else goes to vLLM's argument parser
+untouched, after TRAIL's defaults (scheduler and worker classes, priority queues,
+the bundled model and CPU-friendly settings) for whatever the user did not set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from trail_scheduler.api import ConfigUpdate
+from trail_scheduler.core.policy import PolicyName, SchedulerSettings
+from trail_scheduler.vllm.engine_config import TrailEngineConfig
+
+logger = logging.getLogger("trail.serve")
+
+SCHEDULER_CLS = "trail_scheduler.vllm.scheduler.TrailScheduler"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="model id or path (default: the bundled SmolLM2-135M-Instruct)")
+    parser.add_argument("--port", type=int, default=8000, help="OpenAI API port")
+    parser.add_argument("--admin-port", type=int, default=8001, help="admin API port (never expose it)")
+    parser.add_argument("--admin-token-file", help="file holding the admin bearer token (or TRAIL_ADMIN_TOKEN)")
+    parser.add_argument("--policy", choices=[p.value for p in PolicyName])
+    parser.add_argument("--c", type=float, help="preemption threshold: preemptible while generated < c × first prediction")
+    parser.add_argument("--predict-every", type=int, help="run the probe every k tokens")
+    parser.add_argument("--max-wait-seconds", type=float, help="starvation bound (promote requests waiting longer)")
+    parser.add_argument("--probe", help="probe file (.safetensors)")
+    parser.add_argument("--probe-layer", type=int, help="decoder layer to capture when no probe names one")
+    parser.add_argument(
+        "--scheduler-config", help="JSON/YAML file with the admin API's settings fields (how pods read their ConfigMap)"
+    )
+
+
+def scheduler_settings(args: argparse.Namespace) -> tuple[SchedulerSettings, str | None, int]:
+    """Settings from the config file, then explicit flags; the probe path; the generation."""
+    settings = SchedulerSettings()
+    probe_path, generation = args.probe, 0
+    if args.scheduler_config:
+        text = Path(args.scheduler_config).read_text()
+        try:
+            update = ConfigUpdate.model_validate(yaml.safe_load(text) or {})
+        except (yaml.YAMLError, ValueError) as error:
+            raise SystemExit(f"error: invalid --scheduler-config {args.scheduler_config}: {error}") from None
+        changes = {k: getattr(update, k) for k in update.model_fields_set if k in SchedulerSettings.__dataclass_fields__}
+        settings = SchedulerSettings(**{**settings.__dict__, **changes})
+        generation = update.generation or 0
+        if update.probe is not None and probe_path is None:
+            from trail_scheduler.server.admin import ProbeFetchError, fetch_probe
+
+            try:
+                payload = fetch_probe(update.probe)
+            except ProbeFetchError as error:
+                raise SystemExit(f"error: probe in {args.scheduler_config}: {error}") from None
+            handle = tempfile.NamedTemporaryFile(prefix="trail-probe-", suffix=".safetensors", delete=False)
+            handle.write(payload)
+            handle.close()
+            probe_path = handle.name
+    flags = {
+        "policy": args.policy,
+        "c": args.c,
+        "predict_every": args.predict_every,
+        "max_wait_seconds": args.max_wait_seconds,
+    }
+    try:
+        settings = SchedulerSettings(**{**settings.__dict__, **{k: v for k, v in flags.items() if v is not None}})
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    return settings, probe_path, generation
+
+
+def admin_token(args: argparse.Namespace) -> str:
+    if args.admin_token_file:
+        token = Path(args.admin_token_file).read_text().strip()
+    else:
+        token = os.environ.get("TRAIL_ADMIN_TOKEN", "").strip()
+    if not token:
+        token = secrets.token_urlsafe(24)
+        path = Path(tempfile.gettempdir()) / f"trail-admin-token-{args.admin_port}"
+        path.write_text(token)
+        path.chmod(0o600)
+        logger.warning("no admin token given: generated one in %s", path)
+    return token
+
+
+def _has_flag(argv: list[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def vllm_argv(args: argparse.Namespace, engine_config: TrailEngineConfig) -> list[str]:
+    """vLLM's arguments: the user's, plus TRAIL's defaults for what they left unset."""
+    from vllm.platforms import current_platform
+
+    from trail_scheduler.assets import BUNDLED_MODEL_NAME, prepare_bundled_model
+
+    argv = list(args.extra_args)
+    for flag in ("--scheduler-cls", "--worker-cls", "--scheduling-policy", "--additional-config"):
+        if _has_flag(argv, flag):
+            raise SystemExit(f"error: trail serve sets {flag} itself")
+    model = args.model
+    defaults: list[tuple[str, str | None]] = []
+    if model is None:
+        model = str(prepare_bundled_model())
+        defaults += [("--served-model-name", BUNDLED_MODEL_NAME), ("--max-model-len", "2048")]
+    cpu = current_platform.is_cpu()
+    worker = "TrailCPUWorker" if cpu else "TrailGPUWorker"
+    if cpu:  # float32 (no native bf16 here), eager start, a fixed 1 GiB KV cache in host memory
+        defaults += [("--dtype", "float32"), ("--enforce-eager", None), ("--kv-cache-memory-bytes", str(2**30))]
+    if Path(model).is_dir():  # a local checkpoint needs no hub (and there may be none)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    result = ["--model", model, "--port", str(args.port)]
+    for flag, value in defaults:
+        if not _has_flag(argv, flag):
+            result += [flag] if value is None else [flag, value]
+    result += argv
+    result += [
+        "--scheduler-cls", SCHEDULER_CLS,
+        "--worker-cls", f"trail_scheduler.vllm.worker.{worker}",
+        "--scheduling-policy", "priority",
+        "--additional-config", json.dumps(engine_config.to_additional_config()),
+    ]
+    return result
+
+
+class _QuietServer:
+    """A uvicorn server that leaves signal handling to vLLM's."""
+
+    @staticmethod
+    def make(app, host: str, port: int):
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self):
+                yield
+
+        return Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+
+
+async def _run(vllm_args: argparse.Namespace, token: str, admin_port: int) -> None:
+    from vllm.entrypoints.launchers.api_server.entry import build_and_serve, build_async_engine_client
+    from vllm.entrypoints.launchers.launcher import setup_server
+
+    from trail_scheduler.server.admin import build_admin_app
+    from trail_scheduler.server.metrics import poll_engine
+
+    listen_address, sock = setup_server(vllm_args, reuse_port=False)
+    async with build_async_engine_client(vllm_args) as engine:
+        admin = _QuietServer.make(build_admin_app(engine, token), vllm_args.host or "0.0.0.0", admin_port)
+        admin_task = asyncio.create_task(admin.serve())
+        poller = asyncio.create_task(poll_engine(engine))
+        logger.info("TRAIL admin API on port %d", admin_port)
+        try:
+            shutdown = await build_and_serve(engine, listen_address, sock, vllm_args)
+        finally:
+            poller.cancel()
+            admin.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await admin_task
+    try:
+        await shutdown
+    finally:
+        sock.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+    from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings, probe_path, generation = scheduler_settings(args)
+    if probe_path is not None:
+        from trail_scheduler.probe import ProbeFileError, load_probe
+
+        try:
+            load_probe(probe_path)
+        except ProbeFileError as error:
+            raise SystemExit(f"error: {error}") from None
+    engine_config = TrailEngineConfig(
+        settings=settings, probe_path=probe_path, probe_layer=args.probe_layer, generation=generation
+    )
+    token = admin_token(args)
+    cli_env_setup()
+    parser = make_arg_parser(FlexibleArgumentParser(prog="trail serve"))
+    vllm_args = parser.parse_args(vllm_argv(args, engine_config))
+    validate_parsed_serve_args(vllm_args)
+    logger.info("TRAIL %s (c=%s, predict every %d) on %s", settings.policy.value, settings.c, settings.predict_every, vllm_args.model)
+    import uvloop
+
+    uvloop.run(_run(vllm_args, token, args.admin_port))
+    return 0

@@ -1,0 +1,43 @@
+"""The TRAIL section of vLLM's ``additional_config``: how ``trail serve`` hands its
+start-up settings to the engine-core process (scheduler and worker read the same)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from trail_scheduler.core.policy import SchedulerSettings
+
+CONFIG_KEY = "trail"
+
+
+@dataclass(frozen=True)
+class TrailEngineConfig:
+    settings: SchedulerSettings = field(default_factory=SchedulerSettings)
+    probe_path: str | None = None
+    # The decoder layer whose output is captured; None: the probe's, else a third of the depth.
+    probe_layer: int | None = None
+    generation: int = 0
+
+    def to_additional_config(self) -> dict[str, Any]:
+        settings = asdict(self.settings)
+        settings["policy"] = self.settings.policy.value
+        return {
+            CONFIG_KEY: {
+                "settings": settings,
+                "probe_path": self.probe_path,
+                "probe_layer": self.probe_layer,
+                "generation": self.generation,
+            }
+        }
+
+    @classmethod
+    def from_vllm_config(cls, vllm_config: Any) -> TrailEngineConfig:
+        raw = (getattr(vllm_config, "additional_config", None) or {}).get(CONFIG_KEY) or {}
+        return cls(
+            settings=SchedulerSettings(**raw.get("settings", {})),
+            probe_path=raw.get("probe_path"),
+            probe_layer=raw.get("probe_layer"),
+            generation=int(raw.get("generation", 0)),
+        )
+

@@ -1,0 +1,173 @@
+"""Hidden-state capture and the probe, inside the model runner.
+
+The capture uses vLLM's auxiliary-hidden-state outputs (the EAGLE-3 path): the
+model's own forward returns the residual stream after the chosen layer, so it
+survives torch.compile and CUDA graphs, unlike a Python forward hook. The probe runs
+once per step, batched over the step's requests, on the model's device; only the
+``[requests, bins]`` probabilities travel back to the scheduler, attached to the
+step's ``ModelRunnerOutput`` as ``trail_evidence``. The other way, a settings change
+reaches the runner attached to a ``SchedulerOutput`` as ``trail_update``: both ride
+objects vLLM already sends between its processes, whatever the executor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+import torch
+
+from trail_scheduler.probe import LoadedProbe, ProbeFileError, check_fits, load_probe
+from trail_scheduler.vllm.engine_config import TrailEngineConfig
+
+
+@dataclass(frozen=True)
+class RunnerUpdate:
+    """What a settings change asks of the runner (the probe file's bytes, if new)."""
+
+    predict_every: int
+    probe_bytes: bytes | None = None
+
+
+@dataclass(frozen=True)
+class StepEvidence:
+    """One step's probe readings: row i belongs to ``request_ids[i]``."""
+
+    request_ids: list[str]
+    probabilities: np.ndarray  # [n, K]
+    from_prefill: list[bool]
+    probe_sha256: str
+
+
+class TrailCaptureMixin:
+    """Mixed into vLLM's (CPU or GPU) model runner by :func:`trail_runner_class`."""
+
+    def load_model(self, *args, **kwargs) -> None:
+        super().load_model(*args, **kwargs)
+        config = TrailEngineConfig.from_vllm_config(self.vllm_config)
+        probe = load_probe(config.probe_path) if config.probe_path else None
+        layer = capture_layer(config, probe, self.model_config)
+        if not hasattr(self.model, "set_aux_hidden_state_layers"):
+            raise ValueError(
+                f"{type(self.model).__name__} does not expose intermediate hidden states "
+                "(vLLM's EAGLE-3 interface); TRAIL's embedding predictions need it. "
+                "Serve it with --policy fcfs or sjf."
+            )
+        self.model.set_aux_hidden_state_layers((layer,))
+        self.use_aux_hidden_state_outputs = True
+        self.trail_layer = layer
+        self.trail_predict_every = config.settings.predict_every
+        self.trail_prompt_sums: dict[str, tuple[torch.Tensor, int]] = {}
+        self.trail_set_probe(probe)
+
+    def trail_set_probe(self, probe: LoadedProbe | None) -> None:
+        """Swap the probe (validated by the caller against this model and layer)."""
+        if probe is not None:
+            probe.module.to(self.device, dtype=torch.float32)
+        self.trail_probe = probe
+
+    def execute_model(self, scheduler_output, *args, **kwargs):
+        update: RunnerUpdate | None = getattr(scheduler_output, "trail_update", None)
+        if update is not None:  # validated by the scheduler against this model
+            self.trail_predict_every = update.predict_every
+            if update.probe_bytes is not None:
+                self.trail_set_probe(load_probe(update.probe_bytes))
+        return super().execute_model(scheduler_output, *args, **kwargs)
+
+    def sample_tokens(self, *args, **kwargs):
+        evidence = self._trail_read_evidence() if self.execute_model_state is not None else None
+        output = super().sample_tokens(*args, **kwargs)
+        if evidence is not None and getattr(output, "req_ids", None):
+            output.trail_evidence = evidence  # a fresh output object each step with requests
+        return output
+
+    @torch.inference_mode()
+    def _trail_read_evidence(self) -> StepEvidence | None:
+        state = self.execute_model_state
+        scheduler_output = state.scheduler_output
+        for request_id in scheduler_output.finished_req_ids:
+            self.trail_prompt_sums.pop(request_id, None)
+        if not state.aux_hidden_states or self.trail_probe is None:
+            return None
+        hidden = state.aux_hidden_states[0]
+        starts = _computed_before_step(scheduler_output)
+        num_reqs = self.input_batch.num_reqs
+        query_start = self.query_start_loc.np[: num_reqs + 1]
+        rows: list[torch.Tensor] = []
+        request_ids: list[str] = []
+        from_prefill: list[bool] = []
+        decode_rows: list[int] = []
+        decode_ids: list[str] = []
+        for index, request_id in enumerate(self.input_batch.req_ids[:num_reqs]):
+            first_row, end_row = int(query_start[index]), int(query_start[index + 1])
+            scheduled = end_row - first_row
+            start = starts.get(request_id)
+            if scheduled <= 0 or start is None:
+                continue
+            prompt_len = self.requests[request_id].num_prompt_tokens
+            prompt_rows = max(0, min(scheduled, prompt_len - start))
+            if prompt_rows:
+                total, count = self.trail_prompt_sums.get(request_id, (None, 0))
+                if start == 0 or total is None:
+                    total, count = 0, 0
+                total = hidden[first_row : first_row + prompt_rows].float().sum(dim=0) + total
+                count += prompt_rows
+                self.trail_prompt_sums[request_id] = (total, count)
+                if start + scheduled >= prompt_len:  # prompt complete: the first reading p⁰
+                    del self.trail_prompt_sums[request_id]
+                    rows.append(total / count)
+                    request_ids.append(request_id)
+                    from_prefill.append(True)
+            consumed_outputs = start + scheduled - prompt_len  # output tokens fed in so far
+            if consumed_outputs > 0 and consumed_outputs % self.trail_predict_every == 0:
+                decode_rows.append(end_row - 1)
+                decode_ids.append(request_id)
+        if decode_rows:
+            index = torch.tensor(decode_rows, device=hidden.device)
+            rows.extend(hidden.index_select(0, index).float().unbind(0))
+            request_ids.extend(decode_ids)
+            from_prefill.extend([False] * len(decode_ids))
+        if not rows:
+            return None
+        probabilities = self.trail_probe.module.probabilities(torch.stack(rows))
+        return StepEvidence(
+            request_ids=request_ids,
+            probabilities=probabilities.cpu().numpy().astype(np.float64),
+            from_prefill=from_prefill,
+            probe_sha256=self.trail_probe.sha256,
+        )
+
+
+def _computed_before_step(scheduler_output) -> dict[str, int]:
+    """Tokens each scheduled request had computed before this step (its first position)."""
+    starts = {new.req_id: new.num_computed_tokens for new in scheduler_output.scheduled_new_reqs}
+    cached = scheduler_output.scheduled_cached_reqs
+    starts.update(zip(cached.req_ids, cached.num_computed_tokens))
+    return starts
+
+
+def capture_layer(config: TrailEngineConfig, probe: LoadedProbe | None, model_config) -> int:
+    """The decoder layer to capture, checked against the model (and the probe, if any).
+
+    Index i is the residual stream after i decoder layers. Without a probe or an
+    explicit layer, a third of the depth (the reference: layer 11 of 32).
+    """
+    hidden_size = model_config.get_hidden_size()
+    num_layers = model_config.hf_config.num_hidden_layers
+    if probe is not None:
+        check_fits(probe, hidden_size, num_layers)
+    layer = config.probe_layer
+    if layer is None:
+        layer = probe.layer if probe is not None else max(1, num_layers // 3)
+    if probe is not None and probe.layer != layer:
+        raise ProbeFileError(f"the probe reads layer {probe.layer} but --probe-layer is {layer}")
+    if not 0 <= layer < num_layers:
+        raise ValueError(f"probe layer {layer} is outside this model's layers 0..{num_layers - 1}")
+    return layer
+
+
+@cache
+def trail_runner_class(base: type) -> type:
+    """vLLM's runner class for this platform with TRAIL's capture mixed in."""
+    return type(f"Trail{base.__name__}", (TrailCaptureMixin, base), {})

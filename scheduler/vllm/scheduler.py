@@ -1,0 +1,295 @@
+"""The TRAIL scheduler: a thin subclass of vLLM V1's scheduler.
+
+Each step it asks the TRAIL core which young requests to preempt and in what order
+to admit and evict, expresses that through vLLM's priority mode (waiting requests
+are admitted in ascending ``priority``; under KV pressure vLLM evicts the running
+request with the largest one, so protected requests get the smallest values), and
+lets vLLM build the batch. After each step it folds the worker's probe readings into
+the per-request beliefs.
+
+It is also the engine's control point for the admin API: vLLM's utility calls run
+``getattr(engine_core, name)(*args)`` in the engine-core loop between steps, so a
+call named ``"scheduler"`` reaches :meth:`TrailScheduler.__call__` there. A change is
+validated, committed to the policy at once and handed to the workers with the next
+step's ``SchedulerOutput`` (see :mod:`trail_scheduler.vllm.runner`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+from vllm.v1.core.sched.request_queue import SchedulingPolicy, create_request_queue
+from vllm.v1.core.sched.scheduler import Scheduler
+
+from trail_scheduler.api import ConfigUpdate
+from trail_scheduler.core.bins import LengthBins
+from trail_scheduler.core.policy import Policy, Room, RunningRequest, SchedulerSettings, WaitingRequest
+from trail_scheduler.core.tracker import PredictionTracker
+from trail_scheduler.probe import LoadedProbe, ProbeFileError, load_probe
+from trail_scheduler.vllm.engine_config import TrailEngineConfig
+from trail_scheduler.vllm.runner import RunnerUpdate, capture_layer
+
+logger = logging.getLogger("trail.scheduler")
+
+PROMPT_ESTIMATE_ARG = "trail_prompt_estimate"  # set by the API server's prompt predictor
+ORACLE_LENGTH_ARG = "trail_oracle_length"  # benchmarks only (trail-oracle)
+
+@dataclass
+class EngineMetrics:
+    """Counts and observations since the API server last drained them."""
+
+    preemptions: Counter = field(default_factory=Counter)  # reason -> count
+    decisions: Counter = field(default_factory=Counter)  # decision -> count
+    errors: list[tuple[str, float]] = field(default_factory=list)  # (stage, |error|)
+
+    def drain(self) -> dict:
+        payload = {
+            "preemptions": dict(self.preemptions),
+            "decisions": dict(self.decisions),
+            "errors": list(self.errors),
+        }
+        self.preemptions.clear()
+        self.decisions.clear()
+        self.errors.clear()
+        return payload
+
+
+@dataclass(frozen=True)
+class ProbeIdentity:
+    sha256: str
+    layer: int
+    hidden_size: int
+    bins: LengthBins
+    model: str | None
+
+
+class TrailScheduler(Scheduler):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # TRAIL speaks through priorities; the queues must be priority queues.
+        self.policy = SchedulingPolicy.PRIORITY
+        self.waiting = create_request_queue(self.policy)
+        self.kv_holding_waiting = create_request_queue(self.policy)
+        config = TrailEngineConfig.from_vllm_config(self.vllm_config)
+        self.trail_settings = config.settings
+        self.trail_policy = Policy(config.settings)
+        self.trail_generation = config.generation
+        self.trail_probe: ProbeIdentity | None = None
+        self.trail_tracker = PredictionTracker(LengthBins.uniform())
+        probe = load_probe(config.probe_path) if config.probe_path else None  # as the runner did
+        self.trail_layer = capture_layer(config, probe, self.vllm_config.model_config)
+        self.trail_set_probe(probe)
+        self.trail_pending_update: RunnerUpdate | None = None
+        self.trail_metrics = EngineMetrics()
+        self.trail_preemptions_total = 0
+        self._trail_preempting = False
+        self.trail_last_decision_seconds = 0.0
+
+    # -- control (the admin API's way in) -------------------------------------------
+    def __call__(self, operation: str, body: dict | None = None, probe_bytes: bytes | None = None):
+        # Fixed parameters: vLLM matches utility arguments against this signature.
+        if operation == "apply":
+            return self.trail_apply(body or {}, probe_bytes)
+        handlers = {"config": self.trail_config, "stats": self.trail_stats, "drain_metrics": self.trail_drain_metrics}
+        if operation not in handlers:
+            raise ValueError(f"unknown TRAIL operation {operation!r}")
+        return handlers[operation]()
+
+    def trail_apply(self, body: dict, probe_bytes: bytes | None = None) -> dict:
+        """Validate a change completely, then commit it; on error nothing changes."""
+        try:
+            update = ConfigUpdate.model_validate(body)
+            changes = {k: getattr(update, k) for k in update.model_fields_set if k in SchedulerSettings.__dataclass_fields__}
+            settings = replace(self.trail_settings, **changes)
+            probe = None
+            if probe_bytes is not None:
+                probe = load_probe(probe_bytes)
+                model = self.vllm_config.model_config
+                probe_config = TrailEngineConfig(probe_layer=self.trail_layer)
+                capture_layer(probe_config, probe, model)  # hidden size, layer range
+        except ProbeFileError as error:
+            return {"ok": False, "error": f"probe rejected: {error}"}
+        except ValueError as error:
+            return {"ok": False, "error": str(error)}
+        self.trail_settings = settings
+        self.trail_policy = Policy(settings)
+        self.trail_generation = self.trail_generation + 1 if update.generation is None else update.generation
+        if probe is not None:
+            self.trail_set_probe(probe)
+        self.trail_pending_update = RunnerUpdate(settings.predict_every, probe_bytes)
+        logger.info("TRAIL settings generation %d in force: %s", self.trail_generation, settings)
+        return {"ok": True, "config": self.trail_config()}
+
+    def trail_set_probe(self, probe: LoadedProbe | None) -> None:
+        if probe is None:
+            self.trail_probe = None
+            return
+        self.trail_probe = ProbeIdentity(probe.sha256, probe.layer, probe.hidden_size, probe.bins, probe.model)
+        self.trail_tracker.set_bins(probe.bins)
+
+    def trail_config(self) -> dict:
+        settings, probe = self.trail_settings, self.trail_probe
+        return {
+            "policy": settings.policy.value,
+            "c": settings.c,
+            "predictEvery": settings.predict_every,
+            "maxWaitSeconds": settings.max_wait_seconds,
+            "preemptionMargin": settings.preemption_margin,
+            "maxPreemptions": settings.max_preemptions,
+            "generation": self.trail_generation,
+            "probe": None if probe is None else {
+                "sha256": probe.sha256,
+                "layer": probe.layer,
+                "hiddenSize": probe.hidden_size,
+                "bins": probe.bins.to_list(),
+                "model": probe.model,
+            },
+            "captureLayer": self.trail_layer,
+        }
+
+    def trail_stats(self) -> dict:
+        return {
+            "policy": self.trail_settings.policy.value,
+            "numRunning": len(self.running),
+            "numWaiting": len(self.waiting),
+            "running": [self._trail_request_stats(r, running=True) for r in self.running],
+            "waiting": [self._trail_request_stats(r, running=False) for r in self.waiting],
+            "preemptionsTotal": self.trail_preemptions_total,
+            "lastDecisionSeconds": self.trail_last_decision_seconds,
+        }
+
+    def trail_drain_metrics(self) -> dict:
+        payload = self.trail_metrics.drain()
+        payload["predicted_remaining"] = [
+            s.predicted_remaining for r in self.running if (s := self.trail_tracker.get(r.request_id)) is not None
+        ]
+        payload["config"] = self.trail_config()
+        return payload
+
+    # -- requests -----------------------------------------------------------------
+    def add_request(self, request) -> None:
+        if request.request_id not in self.requests:
+            extra = request.sampling_params.extra_args if request.sampling_params else None
+            extra = extra or {}
+            self.trail_tracker.add(
+                request.request_id,
+                prompt_estimate=_finite_or_none(extra.get(PROMPT_ESTIMATE_ARG)),
+                oracle_length=_finite_or_none(extra.get(ORACLE_LENGTH_ARG)),
+            )
+        super().add_request(request)
+
+    def _preempt_request(self, request, *args, **kwargs) -> None:
+        reason = "policy" if self._trail_preempting else "memory"
+        self.trail_metrics.preemptions[reason] += 1
+        self.trail_preemptions_total += 1
+        super()._preempt_request(request, *args, **kwargs)
+
+    def _free_request(self, request, *args, **kwargs):
+        errors = self.trail_tracker.finish(request.request_id, request.num_output_tokens)
+        if errors is not None and request.num_output_tokens > 0:
+            for stage in ("prompt", "first", "refined"):
+                value = getattr(errors, stage)
+                if value is not None:
+                    self.trail_metrics.errors.append((stage, value))
+        return super()._free_request(request, *args, **kwargs)
+
+    # -- the step -----------------------------------------------------------------
+    def schedule(self, *args, **kwargs):
+        if self.waiting or self.running:
+            started = time.perf_counter()
+            self._trail_order_and_preempt()
+            self.trail_last_decision_seconds = time.perf_counter() - started
+        output = super().schedule(*args, **kwargs)
+        if self.trail_pending_update is not None:  # every step's output reaches every worker
+            output.trail_update, self.trail_pending_update = self.trail_pending_update, None
+        return output
+
+    def update_from_output(self, scheduler_output, model_runner_output):
+        tracker = self.trail_tracker
+        for request_id, tokens in zip(model_runner_output.req_ids, model_runner_output.sampled_token_ids):
+            tracker.advance(request_id, len(tokens))
+        evidence = getattr(model_runner_output, "trail_evidence", None)
+        if evidence is not None and evidence.probabilities.shape[-1] == tracker.bins.count:
+            tracker.observe(evidence.request_ids, evidence.probabilities, evidence.from_prefill)
+        return super().update_from_output(scheduler_output, model_runner_output)
+
+    def _trail_order_and_preempt(self) -> None:
+        now = time.time()
+        waiting = [self._waiting_view(r) for r in self.waiting]
+        running = [self._running_view(r) for r in self.running]
+        room = Room(
+            free_slots=self.max_num_running_reqs - len(self.running),
+            free_blocks=self.kv_cache_manager.block_pool.get_num_free_blocks(),
+        )
+        decision = self.trail_policy.decide(waiting, running, room, now)
+        if decision.preempt:
+            victims = set(decision.preempt)
+            preempted = [r for r in self.running if r.request_id in victims]
+            self.running = [r for r in self.running if r.request_id not in victims]
+            self._trail_preempting = True
+            try:
+                for request in preempted:
+                    self._preempt_request(request, time.monotonic())
+            finally:
+                self._trail_preempting = False
+        starved = {w.request_id for w in waiting if self.trail_policy.starved(w, now)}
+        self.trail_metrics.decisions["admit"] += len(decision.admit)
+        self.trail_metrics.decisions["promote"] += len(starved.intersection(decision.admit))
+        # Encode the decision as priorities (smaller first in, larger first out).
+        for position, request_id in enumerate(decision.waiting_order):
+            self.requests[request_id].priority = position
+        for position, request_id in enumerate(reversed(decision.victim_order)):
+            self.requests[request_id].priority = position
+        if waiting or decision.preempt:
+            queue = create_request_queue(self.policy)
+            for request in list(self.waiting):
+                queue.add_request(request)
+            self.waiting = queue
+
+    def _waiting_view(self, request) -> WaitingRequest:
+        state = self.trail_tracker.get(request.request_id)
+        return WaitingRequest(
+            request_id=request.request_id,
+            arrival_time=request.arrival_time,
+            predicted_remaining=state.predicted_remaining if state else self.trail_tracker.unknown_estimate,
+            blocks_needed=math.ceil(request.num_tokens / self.block_size),
+            true_remaining=state.true_remaining if state else None,
+        )
+
+    def _running_view(self, request) -> RunningRequest:
+        state = self.trail_tracker.get(request.request_id)
+        estimate = state.predicted_remaining if state else self.trail_tracker.unknown_estimate
+        return RunningRequest(
+            request_id=request.request_id,
+            arrival_time=request.arrival_time,
+            generated_tokens=request.num_output_tokens,
+            initial_prediction=state.initial_prediction if state else estimate,
+            predicted_remaining=estimate,
+            blocks_held=math.ceil(request.num_computed_tokens / self.block_size),
+            preemptions=request.num_preemptions,
+            true_remaining=state.true_remaining if state else None,
+        )
+
+    def _trail_request_stats(self, request, running: bool) -> dict:
+        state = self.trail_tracker.get(request.request_id)
+        estimate = state.predicted_remaining if state else self.trail_tracker.unknown_estimate
+        preemptible = self.trail_policy.preemptible(self._running_view(request), time.time()) if running else None
+        return {
+            "requestId": request.request_id,
+            "generatedTokens": request.num_output_tokens,
+            "predictedRemaining": estimate,
+            "preemptible": preemptible,
+            "preemptions": request.num_preemptions,
+        }
+
+
+def _finite_or_none(value) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value >= 0 else None

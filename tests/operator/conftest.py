@@ -1,0 +1,30 @@
+"""Shared fixtures for the operator tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+INVALID = sorted((Path(__file__).parent / "invalid").glob("*.yaml"))
+
+
+def load(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+def header(path: Path, key: str) -> str | None:
+    """A ``# key: value`` line from the top of an invalid manifest."""
+    for line in path.read_text().splitlines():
+        if line.startswith(f"# {key}:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+@pytest.fixture
+def cpu_example() -> dict[str, Any]:
+    return load(REPO / "examples" / "llmserver-cpu-smollm2.yaml")

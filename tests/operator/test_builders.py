@@ -1,0 +1,145 @@
+"""The pure manifest builders: what reaches the cluster for a given spec."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import kubernetes_validate
+import pytest
+from conftest import EXAMPLES, load
+
+from trail_operator import builders
+from trail_operator.builders import Images, Owner
+from trail_operator.spec import parse_spec
+
+OWNER = Owner(name="demo", namespace="ml", uid="1234-uid")
+IMAGES = Images(gpu="gpu-image:1", cpu="cpu-image:1")
+PROBE = b"\x00probe-bytes" * 200
+
+
+def build(spec_dict, probe_data=None, generation=3):
+    spec = parse_spec(spec_dict)
+    return spec, builders.build_all(OWNER, spec, IMAGES, token="tok", generation=generation, probe_data=probe_data)
+
+
+def container(deployment):
+    return deployment["spec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_built_objects_are_valid_kubernetes(path) -> None:
+    _, objects = build(load(path)["spec"])
+    for obj in objects:
+        kubernetes_validate.validate(obj, "1.30", strict=True)
+        refs = obj["metadata"]["ownerReferences"]
+        assert refs == [{"apiVersion": "trail.dev/v1alpha1", "kind": "LLMServer", "name": "demo",
+                         "uid": "1234-uid", "controller": True, "blockOwnerDeletion": True}]
+
+
+def test_gpu_example_requests_gpus_and_targets_the_pool() -> None:
+    _, (_, _, _, deployment) = build(load(EXAMPLES[1])["spec"])
+    pod = deployment["spec"]["template"]["spec"]
+    assert container(deployment)["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container(deployment)["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert container(deployment)["image"] == "gpu-image:1"
+    env = {e["name"]: e for e in container(deployment)["env"]}
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "token"}
+    assert env["TRAIL_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "demo-admin", "key": "token"}
+
+
+def test_tensor_parallel_example_gets_two_gpus_shm_affinity_and_runtime_class() -> None:
+    spec, (_, _, _, deployment) = build(load(EXAMPLES[2])["spec"])
+    pod = deployment["spec"]["template"]["spec"]
+    args = container(deployment)["args"]
+    assert args[args.index("--tensor-parallel-size") + 1] == "2"
+    assert args[args.index("--model") + 1] == "/models/Meta-Llama-3-8B-Instruct"
+    assert container(deployment)["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+    assert pod["runtimeClassName"] == "nvidia"
+    assert pod["affinity"] == spec.affinity
+    assert {"name": "model", "persistentVolumeClaim": {"claimName": "llama3-weights", "readOnly": True}} in pod["volumes"]
+
+
+def test_cpu_example_uses_cpu_image_no_gpu_and_bundled_model(cpu_example) -> None:
+    _, (_, _, _, deployment) = build(cpu_example["spec"])
+    c = container(deployment)
+    assert c["image"] == "cpu-image:1"
+    assert "--model" not in c["args"]
+    assert "nvidia.com/gpu" not in json.dumps(c["resources"])
+    assert c["command"] == ["trail", "serve"]
+    assert c["args"][:6] == ["--port", "8000", "--admin-port", "8001",
+                             "--scheduler-config", "/etc/trail/scheduler/scheduler.json"]
+    assert c["args"][-1] == "--enforce-eager"  # extraArgs last
+    assert {"--dtype", "float32", "--max-model-len", "2048"} <= set(c["args"])
+
+
+def test_ports_are_named_and_service_exposes_only_http(cpu_example) -> None:
+    _, (_, _, service, deployment) = build(cpu_example["spec"])
+    assert {p["name"]: p["containerPort"] for p in container(deployment)["ports"]} == {"http": 8000, "admin": 8001}
+    assert [p["name"] for p in service["spec"]["ports"]] == ["http"]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_scheduler_settings_are_in_the_configmap_not_in_the_pod(cpu_example) -> None:
+    _, (_, configmap, _, deployment) = build(cpu_example["spec"])
+    settings = json.loads(configmap["data"]["scheduler.json"])
+    assert (settings["policy"], settings["c"], settings["generation"]) == ("trail", 0.8, 3)
+    template = json.dumps(deployment["spec"]["template"])
+    assert "0.8" not in template and "--c" not in template and "--policy" not in template
+
+
+@pytest.mark.parametrize("change", [
+    {"c": 3.5}, {"policy": "sjf"}, {"predictEvery": 4}, {"maxWaitSeconds": 30},
+    {"probe": {"url": "https://example.com/p.bin", "sha256": "a" * 64}},
+])
+def test_scheduler_only_change_leaves_pod_template_identical(cpu_example, change) -> None:
+    before = build(cpu_example["spec"], generation=3)[1]
+    edited = copy.deepcopy(cpu_example["spec"])
+    edited["scheduler"].update(change)
+    after = build(edited, generation=4)[1]
+    assert json.dumps(before[3], sort_keys=True) == json.dumps(after[3], sort_keys=True)  # Deployment
+    assert before[1]["data"] != after[1]["data"]  # only the ConfigMap changed
+
+
+def test_engine_change_changes_pod_template(cpu_example) -> None:
+    edited = copy.deepcopy(cpu_example["spec"])
+    edited["engine"]["maxModelLen"] = 4096
+    assert build(edited)[1][3]["spec"]["template"] != build(cpu_example["spec"])[1][3]["spec"]["template"]
+
+
+def test_configmap_probe_is_copied_and_referenced_by_sha(cpu_example) -> None:
+    spec_dict = copy.deepcopy(cpu_example["spec"])
+    spec_dict["scheduler"]["probe"] = {"configMapKeyRef": {"name": "probes", "key": "p.bin"}}
+    spec, (_, configmap, _, _) = build(spec_dict, probe_data=PROBE)
+    settings = json.loads(configmap["data"]["scheduler.json"])
+    sha = builders.probe_sha256(spec, PROBE)
+    assert settings["probe"] == {"url": "file:///etc/trail/scheduler/probe.bin", "sha256": sha}
+    assert "probe.bin" in configmap["binaryData"]
+    live = builders.scheduler_update(spec, 3, PROBE, live=True)
+    assert set(live["probe"]) == {"data"}
+
+
+def test_url_model_gets_fetch_init_container() -> None:
+    _, (_, _, _, deployment) = build({"model": {"url": {"url": "https://x.example/m.tar.gz", "sha256": "b" * 64}}})
+    init = deployment["spec"]["template"]["spec"]["initContainers"][0]
+    assert init["command"][:3] == ["python", "-m", "trail_operator.fetch_model"]
+    assert init["command"][-2:] == ["--sha256", "b" * 64]
+
+
+def test_default_images_from_environment(monkeypatch) -> None:
+    monkeypatch.setenv("TRAIL_DEFAULT_GPU_IMAGE", "registry/gpu:9")
+    monkeypatch.delenv("TRAIL_DEFAULT_CPU_IMAGE", raising=False)
+    assert Images.from_env() == Images(gpu="registry/gpu:9", cpu=builders.DEFAULT_CPU_IMAGE)
+
+
+def test_scheduler_generation_moves_only_when_settings_do() -> None:
+    desired = {"policy": "trail", "c": 0.8, "predictEvery": 1, "maxWaitSeconds": None,
+               "preemptionMargin": 0, "maxPreemptions": None}
+    stored = {**desired, "generation": 5, "probeSha256": None}
+    assert builders.scheduler_generation(stored, desired, 9, None) == 5
+    assert builders.scheduler_generation(stored, {**desired, "c": 1.0}, 9, None) == 9
+    assert builders.scheduler_generation(stored, {**desired, "c": 1.0}, None, None) == 6
+    assert builders.scheduler_generation(None, desired, None, None) == 1

@@ -1,0 +1,240 @@
+"""The operator end to end against kmock's Kubernetes emulation (see kopf_harness)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import socket
+
+import pytest
+from conftest import load, REPO
+from kopf_harness import (LLMS, NS, condition, declare_resources, eventually, fast_resync, new_server, obj,
+                          requests_to, running_operator, write_kubeconfig)
+
+from trail_operator.rbac import PERMISSIONS
+
+CPU_SPEC = load(REPO / "examples" / "llmserver-cpu-smollm2.yaml")["spec"]
+
+
+@pytest.fixture
+async def cluster(kmock, tmp_path, monkeypatch):
+    declare_resources(kmock)
+    path = str(write_kubeconfig(tmp_path / "kubeconfig", str(kmock.url)))
+    monkeypatch.setenv("KUBECONFIG", path)
+    # kubernetes reads $KUBECONFIG once, at import: point its default at ours too.
+    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", path)
+    fast_resync(monkeypatch)
+    return kmock
+
+
+async def create(cluster, name, spec, generation=1):
+    body = new_server(name, spec, generation)
+    response = await cluster.post(f"/apis/trail.dev/v1alpha1/namespaces/{NS}/llmservers", json=body)
+    assert response.status == 200, await response.text()
+    return body
+
+
+async def edit_spec(cluster, name, spec_patch, generation):
+    """A spec edit as the API server stores it (kmock does not bump generation itself)."""
+    response = await cluster.patch(f"/apis/trail.dev/v1alpha1/namespaces/{NS}/llmservers/{name}",
+                                   json={"spec": spec_patch, "metadata": {"generation": generation}})
+    assert response.status == 200, await response.text()
+
+
+def settings(cluster, name):
+    return json.loads(obj(cluster, "v1/configmaps", f"{name}-scheduler")["data"]["scheduler.json"])
+
+
+def add_pod(cluster, server_name, ip, admin_port, pod_name="pod-0"):
+    cluster.objects["v1/pods", NS, pod_name] = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod_name, "namespace": NS,
+                     "labels": {"app.kubernetes.io/name": "trail-server", "trail.dev/llmserver": server_name}},
+        "spec": {"containers": [{"name": "server", "ports": [{"name": "http", "containerPort": 8000},
+                                                             {"name": "admin", "containerPort": admin_port}]}]},
+        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_create_produces_owned_objects_and_status(cluster):
+    async with running_operator():
+        server = await create(cluster, "smollm2", CPU_SPEC)
+        await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
+        await eventually(lambda: condition(cluster, "smollm2", "SchedulerSynced"), what="status")
+    uid = server["metadata"]["uid"]
+    for resource, name in [("apps/v1/deployments", "smollm2"), ("v1/services", "smollm2"),
+                           ("v1/configmaps", "smollm2-scheduler"), ("v1/secrets", "smollm2-admin")]:
+        owned = obj(cluster, resource, name)
+        assert owned is not None, f"{resource} {name} missing"
+        assert owned["metadata"]["ownerReferences"][0]["uid"] == uid
+        assert owned["metadata"]["labels"]["trail.dev/llmserver"] == "smollm2"
+    status = obj(cluster, LLMS, "smollm2")["status"]
+    assert status["endpoint"] == "http://smollm2.ml.svc:8000/v1"
+    assert status["observedGeneration"] == 1 and status["schedulerGeneration"] == 1
+    assert condition(cluster, "smollm2", "Degraded")["status"] == "False"
+    assert condition(cluster, "smollm2", "Ready")["status"] == "False"  # no Deployment controller in kmock
+    assert condition(cluster, "smollm2", "Progressing")["reason"] == "RollingOut"
+    assert condition(cluster, "smollm2", "SchedulerSynced")["reason"] == "NoReadyPods"
+    assert settings(cluster, "smollm2")["c"] == 0.8
+
+
+async def test_ready_follows_the_deployment_status(cluster):
+    async with running_operator():
+        await create(cluster, "smollm2", CPU_SPEC)
+        await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
+        await cluster.patch(f"/apis/apps/v1/namespaces/{NS}/deployments/smollm2/status", json={"status": {
+            "observedGeneration": 0, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1}})
+        ready = await eventually(lambda: (condition(cluster, "smollm2", "Ready") or {}).get("status") == "True",
+                                 what="Ready=True")
+    assert ready
+    assert obj(cluster, LLMS, "smollm2")["status"]["readyReplicas"] == 1
+    assert condition(cluster, "smollm2", "Progressing")["status"] == "False"
+
+
+async def test_editing_c_updates_configmap_and_never_the_deployment(cluster):
+    async with running_operator():
+        await create(cluster, "smollm2", CPU_SPEC)
+        await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
+        versions_before = len(cluster.objects["apps/v1/deployments", NS, "smollm2"].history)
+        await edit_spec(cluster, "smollm2", {"scheduler": {"c": 2.5}}, generation=2)
+        await eventually(lambda: settings(cluster, "smollm2")["c"] == 2.5, what="ConfigMap c=2.5")
+        await eventually(lambda: obj(cluster, LLMS, "smollm2")["status"]["schedulerGeneration"] == 2,
+                         what="schedulerGeneration 2")
+        await asyncio.sleep(1.5)  # a few resync passes
+    assert settings(cluster, "smollm2")["generation"] == 2
+    assert len(cluster.objects["apps/v1/deployments", NS, "smollm2"].history) == versions_before
+    assert requests_to(cluster, "deployments", "PATCH") == []
+
+
+async def test_editing_the_engine_rolls_the_deployment(cluster):
+    async with running_operator():
+        await create(cluster, "smollm2", CPU_SPEC)
+        await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
+        await edit_spec(cluster, "smollm2", {"engine": {"maxModelLen": 1024}}, generation=2)
+        await eventually(lambda: "1024" in obj(cluster, "apps/v1/deployments", "smollm2")["spec"]["template"]
+                         ["spec"]["containers"][0]["args"], what="new args")
+    assert settings(cluster, "smollm2")["generation"] == 1  # scheduler settings did not change
+
+
+BAD_SPECS = {
+    "missing-model-source": ({k: v for k, v in CPU_SPEC.items() if k != "model"}, "model"),
+    "two-probe-sources": ({**CPU_SPEC, "scheduler": {"probe": {
+        "configMapKeyRef": {"name": "p", "key": "k"}, "url": "https://e.x/p", "sha256": "a" * 64}}},
+        "exactly one source"),
+    "negative-replicas": ({**CPU_SPEC, "replicas": -1}, "spec.replicas"),
+    "unknown-policy": ({**CPU_SPEC, "scheduler": {"policy": "round-robin"}}, "spec.scheduler.policy"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SPECS, ids=str)
+async def test_bad_spec_is_reported_and_nothing_applied(cluster, case):
+    spec, expected = BAD_SPECS[case]
+    async with running_operator():
+        await create(cluster, "broken", spec)
+        degraded = await eventually(lambda: condition(cluster, "broken", "Degraded"), what="Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "InvalidSpec"
+    assert expected in degraded["message"]
+    for resource, name in [("apps/v1/deployments", "broken"), ("v1/services", "broken"),
+                           ("v1/configmaps", "broken-scheduler"), ("v1/secrets", "broken-admin")]:
+        assert obj(cluster, resource, name) is None, f"{resource} was created for an invalid spec"
+
+
+async def test_bad_edit_keeps_the_running_objects(cluster):
+    async with running_operator():
+        await create(cluster, "smollm2", CPU_SPEC)
+        await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
+        before = obj(cluster, "apps/v1/deployments", "smollm2")
+        await edit_spec(cluster, "smollm2", {"replicas": -1, "scheduler": {"c": 9.0}}, generation=2)
+        await eventually(lambda: condition(cluster, "smollm2", "Degraded")["reason"] == "InvalidSpec",
+                         what="InvalidSpec")
+    assert obj(cluster, "apps/v1/deployments", "smollm2") == before
+    assert settings(cluster, "smollm2")["c"] == 0.8  # no half-applied scheduler change
+
+
+async def test_unreachable_pod_is_reported_and_retried(cluster):
+    port = free_port()  # nothing listens here
+    async with running_operator():
+        await create(cluster, "smollm2", CPU_SPEC)
+        await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
+        add_pod(cluster, "smollm2", "127.0.0.1", port)
+        await cluster.patch(f"/api/v1/namespaces/{NS}/pods/pod-0", json={"metadata": {"annotations": {"x": "1"}}})
+        synced = await eventually(
+            lambda: (condition(cluster, "smollm2", "SchedulerSynced") or {}).get("reason") == "PodsPending"
+            and condition(cluster, "smollm2", "SchedulerSynced"), what="PodsPending")
+    assert synced["status"] == "False"
+    assert "pod-0" in synced["message"] and "unreachable" in synced["message"]
+    pods = obj(cluster, LLMS, "smollm2")["status"]["pods"]
+    assert pods[0]["name"] == "pod-0" and pods[0]["synced"] is False
+    assert condition(cluster, "smollm2", "Degraded")["status"] == "False"  # unreachable is not a rejection
+
+
+async def test_probe_configmap_missing_is_an_apply_error_with_nothing_written(cluster):
+    spec = copy.deepcopy(CPU_SPEC)
+    spec["scheduler"]["probe"] = {"configMapKeyRef": {"name": "probes", "key": "p.bin"}}
+    async with running_operator():
+        await create(cluster, "smollm2", spec)
+        degraded = await eventually(lambda: condition(cluster, "smollm2", "Degraded"), what="Degraded")
+    assert degraded["reason"] == "ApplyFailed" and "probes" in degraded["message"]
+    assert obj(cluster, "apps/v1/deployments", "smollm2") is None
+
+
+async def test_object_owned_by_someone_else_is_not_touched(cluster):
+    cluster.objects["v1/services", NS, "smollm2"] = {"apiVersion": "v1", "kind": "Service",
+                                                      "metadata": {"name": "smollm2", "namespace": NS}}
+    async with running_operator():
+        await create(cluster, "smollm2", CPU_SPEC)
+        degraded = await eventually(lambda: condition(cluster, "smollm2", "Degraded"), what="Degraded")
+    assert degraded["reason"] == "ApplyFailed" and "not controlled by this LLMServer" in degraded["message"]
+    assert obj(cluster, "apps/v1/deployments", "smollm2") is None
+    assert obj(cluster, "v1/services", "smollm2") == {"apiVersion": "v1", "kind": "Service",
+                                                      "metadata": {"name": "smollm2", "namespace": NS}}
+
+
+async def test_restart_resumes_without_duplicates(cluster):
+    async with running_operator():
+        await create(cluster, "smollm2", CPU_SPEC)
+        await eventually(lambda: condition(cluster, "smollm2", "SchedulerSynced"), what="status")
+    token = obj(cluster, "v1/secrets", "smollm2-admin")["data"]["token"]
+    await edit_spec(cluster, "smollm2", {"scheduler": {"c": 4.0}}, generation=2)  # while the operator is down
+    async with running_operator():
+        await eventually(lambda: settings(cluster, "smollm2")["c"] == 4.0, what="edit picked up after restart")
+        await asyncio.sleep(1.0)
+    for plural in ("deployments", "services", "configmaps", "secrets"):
+        assert len(requests_to(cluster, plural, "POST")) == 1, f"{plural} created more than once"
+    assert requests_to(cluster, "deployments", "PATCH") == []
+    assert obj(cluster, "v1/secrets", "smollm2-admin")["data"]["token"] == token  # the same admin token
+
+
+def _verb(request) -> str:
+    method = str(getattr(request.method, "value", request.method)).upper()
+    if method == "GET":
+        return "watch" if request.params.get("watch") in ("true", "1") else ("get" if request.name else "list")
+    return {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}[method]
+
+
+async def test_every_api_call_is_allowed_by_the_rbac_permissions(cluster):
+    """The chart's ClusterRole comes from PERMISSIONS: the operator must not need more."""
+    async with running_operator():
+        await create(cluster, "smollm2", CPU_SPEC)
+        await eventually(lambda: condition(cluster, "smollm2", "SchedulerSynced"), what="status")
+        await edit_spec(cluster, "smollm2", {"scheduler": {"c": 1.5}}, generation=2)
+        await eventually(lambda: settings(cluster, "smollm2")["c"] == 1.5, what="edit")
+    await cluster.delete(f"/apis/trail.dev/v1alpha1/namespaces/{NS}/llmservers/smollm2")  # not by the operator
+    allowed = {(group, resource, verb) for rule in PERMISSIONS for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+    used = set()
+    for request in cluster:
+        if request.resource is None or request.headers.get("User-Agent", "").startswith("Python/"):
+            continue  # the test's own calls (aiohttp) are not the operator's
+        plural = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+        used.add((request.resource.group, plural, _verb(request)))
+    assert used, "no API calls recorded"
+    assert used <= allowed, f"calls not covered by PERMISSIONS: {sorted(used - allowed)}"
+    assert ("trail.dev", "llmservers", "watch") in used and ("apps", "deployments", "create") in used
