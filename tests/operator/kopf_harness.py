@@ -91,10 +91,11 @@ async def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str 
 
 
 def obj(server: kmock.KubernetesEmulator, resource: str, name: str) -> dict[str, Any] | None:
-    key = (resource, NS, name)
-    if key not in server.objects or server.objects[key].deleted:
+    try:  # NB: `in` does not parse "group/version/plural" strings; indexing does
+        found = server.objects[resource, NS, name]
+    except KeyError:
         return None
-    return dict(server.objects[key].raw)
+    return None if found.deleted else dict(found.raw)
 
 
 def condition(server: kmock.KubernetesEmulator, name: str, type_: str) -> dict[str, Any] | None:

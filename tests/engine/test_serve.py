@@ -1,0 +1,225 @@
+"""`trail serve` end to end: a real vLLM CPU engine with the TRAIL scheduler."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import json
+
+import httpx
+import pytest
+import torch
+
+from trail_scheduler.core.bins import LengthBins
+from trail_scheduler.probe import LengthProbe, save_probe
+
+pytestmark = pytest.mark.engine
+
+MODEL = "SmolLM2-135M-Instruct"
+
+
+def chat(server, content: str, max_tokens: int = 40, **extra) -> httpx.Response:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, **extra}
+    return httpx.post(f"{server.base}/v1/chat/completions", json=body, timeout=300)
+
+
+def test_chat_answers_with_sensible_text(trail_server):
+    reply = chat(trail_server, "What is the capital of France? Answer in one sentence.", temperature=0)
+    assert reply.status_code == 200, reply.text
+    assert "paris" in reply.json()["choices"][0]["message"]["content"].lower()
+
+
+def test_streaming_chat_delivers_tokens_incrementally(trail_server):
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Give three tips for staying healthy."}],
+        "max_tokens": 48,
+        "stream": True,
+        "temperature": 0,
+    }
+    pieces = []
+    with httpx.stream("POST", f"{trail_server.base}/v1/chat/completions", json=body, timeout=300) as reply:
+        assert reply.status_code == 200
+        for line in reply.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                delta = json.loads(line[6:])["choices"][0]["delta"]
+                pieces.append(delta.get("content") or "")
+    text = "".join(pieces)
+    assert len([p for p in pieces if p]) > 10
+    assert any(word in text.lower() for word in ("water", "exercise", "sleep", "diet", "healthy"))
+
+
+def test_completions_endpoint_works(trail_server):
+    body = {"model": MODEL, "prompt": "The sky is", "max_tokens": 8, "temperature": 0}
+    reply = httpx.post(f"{trail_server.base}/v1/completions", json=body, timeout=300)
+    assert reply.status_code == 200 and reply.json()["choices"][0]["text"].strip()
+
+
+def test_too_long_prompt_and_bad_body_get_4xx_and_serving_continues(trail_server):
+    too_long = chat(trail_server, "hello " * 5000)
+    assert too_long.status_code == 400
+    assert "context" in too_long.text.lower() or "length" in too_long.text.lower()
+    bad = httpx.post(f"{trail_server.base}/v1/chat/completions", json={"model": MODEL, "messages": "nope"}, timeout=60)
+    assert 400 <= bad.status_code < 500
+    assert chat(trail_server, "Say hi.", max_tokens=4).status_code == 200
+
+
+# -- admin API --------------------------------------------------------------------
+
+
+def test_admin_api_requires_the_token(trail_server):
+    assert httpx.get(f"{trail_server.admin}/trail/v1/config").status_code == 401
+    wrong = httpx.get(f"{trail_server.admin}/trail/v1/config", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    assert httpx.put(f"{trail_server.admin}/trail/v1/config", json={"c": 0.1}).status_code == 401
+
+
+def _probe_bytes(tmp_path, hidden_size: int, layer: int = 10) -> bytes:
+    path = tmp_path / f"probe-{hidden_size}.safetensors"
+    save_probe(LengthProbe(hidden_size, 10), LengthBins.uniform(), path, model="test", layer=layer, training={})
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"c": -1}, "c must be a finite number"),
+        ({"c": "inf"}, "c must be a finite number"),
+        ({"policy": "lifo"}, "policy"),
+        ({"predictEvery": 0}, "predictEvery"),
+        ({"maxWaitSeconds": -5}, "maxWaitSeconds"),
+        ({"probe": {"data": "not base64!"}}, "base64"),
+        ({"probe": {"data": base64.b64encode(b"corrupt bytes").decode()}}, "probe rejected"),
+        ({"probe": {"url": "file:///nonexistent.safetensors", "sha256": "0" * 64}}, "cannot read probe"),
+    ],
+)
+def test_bad_changes_are_rejected_and_old_settings_stay(trail_server, change, message):
+    before = trail_server.configure(policy="trail", c=0.8)
+    with trail_server.admin_client() as client:
+        reply = client.put("/trail/v1/config", json=change)
+        assert 400 <= reply.status_code < 500
+        assert message in reply.json()["detail"]
+        assert client.get("/trail/v1/config").json() == before
+
+
+def test_probe_for_another_hidden_size_is_rejected(trail_server, tmp_path):
+    before = trail_server.configure(c=0.8)
+    data = base64.b64encode(_probe_bytes(tmp_path, hidden_size=64)).decode()
+    with trail_server.admin_client() as client:
+        reply = client.put("/trail/v1/config", json={"c": 0.3, "probe": {"data": data}})
+        assert reply.status_code == 422
+        assert "hidden size 64" in reply.json()["detail"] and "576" in reply.json()["detail"]
+        assert client.get("/trail/v1/config").json() == before  # c stayed 0.8 too
+
+
+def test_valid_change_is_visible_and_versioned(trail_server, tmp_path):
+    data = _probe_bytes(tmp_path, hidden_size=576)
+    config = trail_server.configure(
+        c=1.5, predictEvery=4, maxWaitSeconds=30, generation=42, probe={"data": base64.b64encode(data).decode()}
+    )
+    assert (config["c"], config["predictEvery"], config["maxWaitSeconds"], config["generation"]) == (1.5, 4, 30, 42)
+    assert config["probe"]["hiddenSize"] == 576 and config["probe"]["layer"] == 10
+    import hashlib
+
+    assert config["probe"]["sha256"] == hashlib.sha256(data).hexdigest()
+    with trail_server.admin_client() as client:
+        assert client.get("/trail/v1/config").json() == config
+        stats = client.get("/trail/v1/stats").json()
+    assert stats["policy"] == "trail" and stats["numRunning"] == 0
+    assert trail_server.metric("trail_setting_c") == 1.5
+
+
+def test_changing_settings_while_requests_stream_loses_none(trail_server):
+    trail_server.configure(policy="trail", c=0.8, predictEvery=1)
+
+    def stream(i: int) -> int:
+        body = {"model": MODEL, "prompt": f"Count to twenty: {i},", "max_tokens": 40, "stream": True,
+                "temperature": 0, "ignore_eos": True}
+        tokens = 0
+        with httpx.stream("POST", f"{trail_server.base}/v1/completions", json=body, timeout=300) as reply:
+            assert reply.status_code == 200
+            for line in reply.iter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    tokens += 1
+        return tokens
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(stream, i) for i in range(6)]
+        for change in ({"c": 0.0}, {"policy": "sjf"}, {"c": 5.0, "policy": "trail"}, {"predictEvery": 2}, {"policy": "fcfs"}):
+            trail_server.configure(**change)
+        counts = [f.result() for f in futures]
+    assert all(count >= 40 for count in counts), counts
+
+
+# -- limited preemption, counted by vLLM's own metric ---------------------------------
+
+
+def _long_then_short(server) -> float:
+    """Two long requests fill the 2-sequence batch, then four short ones arrive.
+
+    Returns how many preemptions vLLM counted meanwhile.
+    """
+    before = server.metric("vllm:num_preemptions_total")
+
+    def send(max_tokens: int, estimate: int):
+        body = {"model": MODEL, "prompt": "Write a long story about a dragon.", "max_tokens": max_tokens,
+                "ignore_eos": True, "temperature": 0, "vllm_xargs": {"trail_prompt_estimate": estimate}}
+        return httpx.post(f"{server.base}/v1/completions", json=body, timeout=300)
+
+    import time
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        longs = [pool.submit(send, 160, 400) for _ in range(2)]
+        time.sleep(1.5)  # both long ones are decoding
+        shorts = [pool.submit(send, 4, 4) for _ in range(4)]
+        results = [f.result() for f in longs + shorts]
+    assert all(r.status_code == 200 for r in results)
+    assert [r.json()["usage"]["completion_tokens"] for r in results] == [160, 160, 4, 4, 4, 4]
+    time.sleep(1.5)  # the API server's stat logger catches up
+    return server.metric("vllm:num_preemptions_total") - before
+
+
+def test_c_zero_never_preempts_a_started_request(trail_server):
+    trail_server.configure(policy="trail", c=0.0, maxWaitSeconds=None)
+    assert _long_then_short(trail_server) == 0
+
+
+def test_large_c_preempts_young_long_requests_for_short_ones(trail_server):
+    trail_server.configure(policy="trail", c=100.0, maxWaitSeconds=None)
+    assert _long_then_short(trail_server) >= 1
+
+
+def test_fcfs_never_preempts_for_ordering(trail_server):
+    trail_server.configure(policy="fcfs", c=100.0, maxWaitSeconds=None)
+    assert _long_then_short(trail_server) == 0
+
+
+# -- predictions from the model's hidden states --------------------------------------
+
+
+def test_probe_predictions_flow_and_beat_the_unknown_length_guess(trail_server, tmp_path):
+    from tests.engine.quick_probe import train_quick_probe
+
+    path = tmp_path / "quick.safetensors"
+    sha, prompts = train_quick_probe(path)
+    config = trail_server.configure(policy="trail", c=0.8, predictEvery=1, probe={"url": f"file://{path}", "sha256": sha})
+    assert config["probe"]["sha256"] == sha
+
+    def errors(stage: str) -> tuple[float, float]:
+        return (trail_server.metric("trail_prediction_abs_error_tokens_sum", stage=stage),
+                trail_server.metric("trail_prediction_abs_error_tokens_count", stage=stage))
+
+    before = {stage: errors(stage) for stage in ("prompt", "first", "refined")}
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda text: chat(trail_server, text, max_tokens=96, temperature=0), prompts[:16]))
+    import time
+
+    time.sleep(2.5)  # the metrics poller drains the engine every second
+    mean = {}
+    for stage, (total, count) in before.items():
+        new_total, new_count = errors(stage)
+        assert new_count - count == 16, stage
+        mean[stage] = (new_total - total) / (new_count - count)
+    # The prompt stage is the unknown-length guess here (no prompt predictor yet).
+    assert mean["refined"] < mean["prompt"], mean
+    assert mean["first"] < mean["prompt"], mean
