@@ -29,6 +29,9 @@ def _add_probe_commands(sub: argparse._SubParsersAction) -> None:
     inspect = probe_sub.add_parser("inspect", help="validate a probe file and print its metadata")
     inspect.add_argument("file")
     inspect.set_defaults(handler=_probe_inspect)
+    from trail_scheduler.training.cli import add_probe_commands
+
+    add_probe_commands(probe_sub)
 
 
 def _probe_inspect(args: argparse.Namespace) -> int:
@@ -63,10 +66,28 @@ def _serve(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _add_bench_command(sub: argparse._SubParsersAction) -> None:
+    from trail_scheduler.bench.runner import add_arguments
+
+    bench = sub.add_parser(
+        "bench",
+        help="measure FCFS, SJF, TRAIL and TRAIL+ end to end on the real engine (report, CSV, plots)",
+    )
+    add_arguments(bench)
+    bench.set_defaults(handler=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from trail_scheduler.bench.runner import main
+
+    return main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trail", description="TRAIL: length-aware LLM serving")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve_command(sub)
+    _add_bench_command(sub)
     _add_model_commands(sub)
     _add_probe_commands(sub)
     from trail_operator.cli import register as register_operator

@@ -17,6 +17,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from operator import attrgetter
 
 MAX_C = 1000.0  # beyond this `c` means "always preemptible"; larger values are typos
 
@@ -123,33 +124,44 @@ class Policy:
         return self.settings.policy
 
     # -- ranking ---------------------------------------------------------------
-    def rank(self, request: WaitingRequest | RunningRequest) -> float:
-        """Smaller runs first."""
+    def rank_function(self):
+        """``request -> rank`` for this policy (smaller runs first)."""
         name = self.settings.policy
         if name is PolicyName.FCFS:
-            return request.arrival_time
-        if name is PolicyName.TRAIL_ORACLE and request.true_remaining is not None:
-            return request.true_remaining
-        return request.predicted_remaining
+            return attrgetter("arrival_time")
+        if name is PolicyName.TRAIL_ORACLE:
+            return lambda r: r.predicted_remaining if r.true_remaining is None else r.true_remaining
+        return attrgetter("predicted_remaining")
+
+    def rank(self, request: WaitingRequest | RunningRequest) -> float:
+        return self.rank_function()(request)
+
+    def _starvation_cutoff(self, now: float) -> float:
+        """Requests that arrived before this have waited longer than the bound."""
+        bound = self.settings.max_wait_seconds
+        return -math.inf if bound is None else now - bound
 
     def starved(self, request: WaitingRequest | RunningRequest, now: float) -> bool:
-        bound = self.settings.max_wait_seconds
-        return bound is not None and now - request.arrival_time > bound
+        return request.arrival_time < self._starvation_cutoff(now)
 
-    def _waiting_key(self, request: WaitingRequest, now: float) -> tuple:
-        # Starved requests jump the queue, oldest first; then by rank.
-        if self.starved(request, now):
-            return (0, request.arrival_time, 0.0, request.request_id)
-        return (1, self.rank(request), request.arrival_time, request.request_id)
+    def preemptible_predicate(self, now: float):
+        """``request -> bool``: may this running request be displaced by a better-ranked one?
+
+        Never under fcfs/sjf, never once starved (it waited long enough), never past
+        the preemption cap; otherwise exactly while ``generated < c × initial prediction``.
+        """
+        s = self.settings
+        if not s.policy.preempts_for_order:
+            return lambda request: False
+        cutoff, cap, c = self._starvation_cutoff(now), s.max_preemptions, s.c
+        return lambda r: (
+            r.arrival_time >= cutoff
+            and (cap is None or r.preemptions < cap)
+            and is_preemptible(r.generated_tokens, r.initial_prediction, c)
+        )
 
     def preemptible(self, request: RunningRequest, now: float) -> bool:
-        """May this running request be displaced by a better-ranked one?"""
-        s = self.settings
-        if not s.policy.preempts_for_order or self.starved(request, now):
-            return False
-        if s.max_preemptions is not None and request.preemptions >= s.max_preemptions:
-            return False
-        return is_preemptible(request.generated_tokens, request.initial_prediction, s.c)
+        return self.preemptible_predicate(now)(request)
 
     # -- the decision ----------------------------------------------------------
     def decide(
@@ -159,42 +171,53 @@ class Policy:
         room: Room,
         now: float,
     ) -> Decision:
-        ordered_waiting = sorted(waiting, key=lambda r: self._waiting_key(r, now))
-        by_worst_rank = sorted(running, key=lambda r: (-self.rank(r), -r.arrival_time, r.request_id))
-        protected = frozenset(r.request_id for r in running if not self.preemptible(r, now))
+        # Runs every engine step over every request: keep per-request work minimal.
+        rank = self.rank_function()
+        cutoff = self._starvation_cutoff(now)
+
+        def waiting_key(r: WaitingRequest) -> tuple:
+            # Starved requests jump the queue, oldest first; then by rank.
+            if r.arrival_time < cutoff:
+                return (0, r.arrival_time, 0.0, r.request_id)
+            return (1, rank(r), r.arrival_time, r.request_id)
+
+        ordered_waiting = sorted(waiting, key=waiting_key)
+        by_worst_rank = sorted(running, key=lambda r: (-rank(r), -r.arrival_time, r.request_id))
+        preemptible = self.preemptible_predicate(now)
+        protected = frozenset(r.request_id for r in running if not preemptible(r))
+        # Worst rank first; victims are always taken from the front.
         candidates = [r for r in by_worst_rank if r.request_id not in protected]
+        next_candidate = 0
 
         slots, blocks = room.free_slots, room.free_blocks
         admit: list[str] = []
         preempt: list[str] = []
+        margin = self.settings.preemption_margin
         for request in ordered_waiting:
-            if slots >= 1 and blocks >= request.blocks_needed:
+            needed = request.blocks_needed
+            if slots >= 1 and blocks >= needed:
                 admit.append(request.request_id)
-                slots, blocks = slots - 1, blocks - request.blocks_needed
+                slots, blocks = slots - 1, blocks - needed
                 continue
-            threshold = -math.inf if self.starved(request, now) else self.rank(request)
-            threshold += self.settings.preemption_margin
-            victims: list[RunningRequest] = []
+            threshold = (-math.inf if request.arrival_time < cutoff else rank(request)) + margin
+            taken = next_candidate
             freed_slots, freed_blocks = slots, blocks
-            for victim in candidates:  # worst rank first: stop at the first not worse
-                if not self.rank(victim) > threshold:
+            while taken < len(candidates) and rank(candidates[taken]) > threshold:
+                freed_slots, freed_blocks = freed_slots + 1, freed_blocks + candidates[taken].blocks_held
+                taken += 1
+                if freed_slots >= 1 and freed_blocks >= needed:
                     break
-                victims.append(victim)
-                freed_slots, freed_blocks = freed_slots + 1, freed_blocks + victim.blocks_held
-                if freed_slots >= 1 and freed_blocks >= request.blocks_needed:
-                    break
-            if not (freed_slots >= 1 and freed_blocks >= request.blocks_needed):
+            if not (freed_slots >= 1 and freed_blocks >= needed):
                 break  # strict order: nothing behind the head may overtake it
-            for victim in victims:
-                candidates.remove(victim)
-                preempt.append(victim.request_id)
+            preempt.extend(r.request_id for r in candidates[next_candidate:taken])
+            next_candidate = taken
             admit.append(request.request_id)
-            slots, blocks = freed_slots - 1, freed_blocks - request.blocks_needed
+            slots, blocks = freed_slots - 1, freed_blocks - needed
 
         preempted = set(preempt)
-        survivors = [r for r in by_worst_rank if r.request_id not in preempted]
-        victim_order = [r.request_id for r in survivors if r.request_id not in protected]
-        victim_order += [r.request_id for r in survivors if r.request_id in protected]
+        survivors = [r.request_id for r in by_worst_rank if r.request_id not in preempted]
+        victim_order = [rid for rid in survivors if rid not in protected]
+        victim_order += [rid for rid in survivors if rid in protected]
         return Decision(
             admit=tuple(admit),
             preempt=tuple(preempt),

@@ -18,6 +18,11 @@ class TrailEngineConfig:
     # The decoder layer whose output is captured; None: the probe's, else a third of the depth.
     probe_layer: int | None = None
     generation: int = 0
+    # Collection mode (``trail probe collect``): also capture these layers and write each
+    # finished request's prompt-mean and per-token states to shards under collect_dir.
+    collect_dir: str | None = None
+    collect_layers: tuple[int, ...] = ()
+    collect_shard_size: int = 64
 
     def to_additional_config(self) -> dict[str, Any]:
         settings = asdict(self.settings)
@@ -28,6 +33,9 @@ class TrailEngineConfig:
                 "probe_path": self.probe_path,
                 "probe_layer": self.probe_layer,
                 "generation": self.generation,
+                "collect_dir": self.collect_dir,
+                "collect_layers": list(self.collect_layers),
+                "collect_shard_size": self.collect_shard_size,
             }
         }
 
@@ -39,5 +47,8 @@ class TrailEngineConfig:
             probe_path=raw.get("probe_path"),
             probe_layer=raw.get("probe_layer"),
             generation=int(raw.get("generation", 0)),
+            collect_dir=raw.get("collect_dir"),
+            collect_layers=tuple(int(layer) for layer in raw.get("collect_layers") or ()),
+            collect_shard_size=int(raw.get("collect_shard_size", 64)),
         )
 

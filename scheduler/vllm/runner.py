@@ -21,6 +21,8 @@ import torch
 from trail_scheduler.probe import LoadedProbe, ProbeFileError, check_fits, load_probe
 from trail_scheduler.vllm.engine_config import TrailEngineConfig
 
+COLLECT_ID_ARG = "trail_collect_id"  # sampling_params.extra_args key: the prompt's id in collection
+
 
 @dataclass(frozen=True)
 class RunnerUpdate:
@@ -54,11 +56,28 @@ class TrailCaptureMixin:
                 "(vLLM's EAGLE-3 interface); TRAIL's embedding predictions need it. "
                 "Serve it with --policy fcfs or sjf."
             )
-        self.model.set_aux_hidden_state_layers((layer,))
+        self.trail_collector = None
+        layers = {layer}
+        if config.collect_dir:
+            from trail_scheduler.training.capture import RequestCollector
+
+            check_layers(config.collect_layers, self.model_config)
+            layers.update(config.collect_layers)
+        # The model returns the captured layers in increasing order.
+        captured = tuple(sorted(layers))
+        self.model.set_aux_hidden_state_layers(captured)
         self.use_aux_hidden_state_outputs = True
+        self.trail_aux_index = {captured_layer: i for i, captured_layer in enumerate(captured)}
         self.trail_layer = layer
         self.trail_predict_every = config.settings.predict_every
         self.trail_prompt_sums: dict[str, tuple[torch.Tensor, int]] = {}
+        if config.collect_dir:
+            self.trail_collector = RequestCollector(
+                config.collect_dir,
+                layers=config.collect_layers,
+                hidden_size=self.model_config.get_hidden_size(),
+                shard_size=config.collect_shard_size,
+            )
         self.trail_set_probe(probe)
 
     def trail_set_probe(self, probe: LoadedProbe | None) -> None:
@@ -76,7 +95,11 @@ class TrailCaptureMixin:
         return super().execute_model(scheduler_output, *args, **kwargs)
 
     def sample_tokens(self, *args, **kwargs):
-        evidence = self._trail_read_evidence() if self.execute_model_state is not None else None
+        evidence = None
+        if self.execute_model_state is not None:
+            if self.trail_collector is not None:
+                self._trail_collect()
+            evidence = self._trail_read_evidence()
         output = super().sample_tokens(*args, **kwargs)
         if evidence is not None and getattr(output, "req_ids", None):
             output.trail_evidence = evidence  # a fresh output object each step with requests
@@ -90,22 +113,15 @@ class TrailCaptureMixin:
             self.trail_prompt_sums.pop(request_id, None)
         if not state.aux_hidden_states or self.trail_probe is None:
             return None
-        hidden = state.aux_hidden_states[0]
-        starts = _computed_before_step(scheduler_output)
-        num_reqs = self.input_batch.num_reqs
-        query_start = self.query_start_loc.np[: num_reqs + 1]
+        hidden = state.aux_hidden_states[self.trail_aux_index[self.trail_layer]]
         rows: list[torch.Tensor] = []
         request_ids: list[str] = []
         from_prefill: list[bool] = []
         decode_rows: list[int] = []
         decode_ids: list[str] = []
-        for index, request_id in enumerate(self.input_batch.req_ids[:num_reqs]):
-            first_row, end_row = int(query_start[index]), int(query_start[index + 1])
-            scheduled = end_row - first_row
-            start = starts.get(request_id)
-            if scheduled <= 0 or start is None:
-                continue
-            prompt_len = self.requests[request_id].num_prompt_tokens
+        for span in self._trail_spans(scheduler_output):
+            request_id, first_row, start, scheduled, prompt_len = span
+            end_row = first_row + scheduled
             prompt_rows = max(0, min(scheduled, prompt_len - start))
             if prompt_rows:
                 total, count = self.trail_prompt_sums.get(request_id, (None, 0))
@@ -138,6 +154,43 @@ class TrailCaptureMixin:
             probe_sha256=self.trail_probe.sha256,
         )
 
+    def _trail_spans(self, scheduler_output) -> list[tuple[str, int, int, int, int]]:
+        """Per scheduled request: (id, first row in this step's hidden states, first
+        position, rows scheduled, prompt length)."""
+        starts = _computed_before_step(scheduler_output)
+        num_reqs = self.input_batch.num_reqs
+        query_start = self.query_start_loc.np[: num_reqs + 1]
+        spans = []
+        for index, request_id in enumerate(self.input_batch.req_ids[:num_reqs]):
+            first_row, end_row = int(query_start[index]), int(query_start[index + 1])
+            start = starts.get(request_id)
+            if end_row > first_row and start is not None:
+                prompt_len = self.requests[request_id].num_prompt_tokens
+                spans.append((request_id, first_row, start, end_row - first_row, prompt_len))
+        return spans
+
+    @torch.inference_mode()
+    def _trail_collect(self) -> None:
+        """Collection mode: hand this step's states of the collected layers to the collector."""
+        state = self.execute_model_state
+        scheduler_output = state.scheduler_output
+        collector = self.trail_collector
+        collector.finish(scheduler_output.finished_req_ids)
+        if not state.aux_hidden_states:
+            return
+        index = [self.trail_aux_index[layer] for layer in collector.layers]
+        hidden = torch.stack([state.aux_hidden_states[i] for i in index], dim=1)  # [rows, layers, H]
+        for request_id, first_row, start, scheduled, prompt_len in self._trail_spans(scheduler_output):
+            extra = self.requests[request_id].sampling_params.extra_args or {}
+            collector.observe(
+                request_id, extra.get(COLLECT_ID_ARG, request_id), hidden[first_row : first_row + scheduled],
+                start, prompt_len,
+            )
+
+    def trail_flush_collection(self) -> list[str]:
+        """Write every request still buffered (the caller knows none is in flight)."""
+        return self.trail_collector.flush(everything=True) if self.trail_collector is not None else []
+
 
 def _computed_before_step(scheduler_output) -> dict[str, int]:
     """Tokens each scheduled request had computed before this step (its first position)."""
@@ -145,6 +198,16 @@ def _computed_before_step(scheduler_output) -> dict[str, int]:
     cached = scheduler_output.scheduled_cached_reqs
     starts.update(zip(cached.req_ids, cached.num_computed_tokens))
     return starts
+
+
+def check_layers(layers, model_config) -> None:
+    """Collected layers must exist in this model (index i: after i decoder layers)."""
+    num_layers = model_config.hf_config.num_hidden_layers
+    if not layers:
+        raise ValueError("collection needs at least one layer to capture")
+    bad = [layer for layer in layers if not 0 <= layer < num_layers]
+    if bad:
+        raise ValueError(f"layer(s) {bad} are outside this model's layers 0..{num_layers - 1}")
 
 
 def capture_layer(config: TrailEngineConfig, probe: LoadedProbe | None, model_config) -> int:

@@ -185,7 +185,7 @@ def test_operator_image_ships_the_crd_it_reads():
 
 
 # Engine-side packages the operator image does not have (it installs the base deps only).
-ENGINE_ONLY = ["torch", "vllm", "transformers", "numpy", "safetensors", "fastapi", "uvicorn",
+ENGINE_ONLY = ["torch", "vllm", "transformers", "safetensors", "fastapi", "uvicorn",
                "prometheus_client", "gguf", "accelerate"]
 
 

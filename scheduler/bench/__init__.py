@@ -1,0 +1,1 @@
+"""Benchmarks on the real engine: workloads, load generator, engines, reports (``trail bench``)."""

@@ -1,0 +1,367 @@
+"""``trail bench``: every policy on the same work, one engine at a time, then a report.
+
+Flow: pick prompts (seeded), profile their greedy output lengths on the served model
+(cached), then for each engine (stock vLLM for ``fcfs``, one ``trail serve`` for the
+TRAIL policies, switched live through its admin API) and each policy and rate, send
+the same requests open-loop and record them. Engines are started here unless running
+endpoints are given. Preemptions are vLLM's own counter (``vllm:num_preemptions_total``)
+before and after each run; recomputed tokens are derived as described in
+:class:`PreemptionWatcher`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import re
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from trail_scheduler.bench import policies as P
+from trail_scheduler.bench.loadgen import RequestRecord, run_load
+from trail_scheduler.bench.report import print_table, rate_label, summarise, write_report
+from trail_scheduler.bench.servers import EndpointError, Server, check_loopback, metric_sum, start_stock_vllm, start_trail_serve
+from trail_scheduler.bench.workload import (
+    DEFAULT_OUTPUT_CAP, WorkloadError, build_requests, chat_token_counter, length_summary, load_prompts,
+    profile_lengths, sample_prompts,
+)
+
+PREEMPTIONS_METRIC = "vllm:num_preemptions_total"
+
+
+@dataclass(frozen=True)
+class Preset:
+    requests: int
+    rates: tuple[float | None, ...]  # None: burst
+    output_cap: int
+    c_sweep: tuple[float, ...]
+    sweep_rates: str  # "highest" or "all": the rates the c sweep runs at
+    time_limit: float  # per run, seconds
+
+
+PRESETS = {
+    # A smoke run: every policy once, tiny answers; minutes on the 2-core CPU machine.
+    "quick": Preset(requests=8, rates=(None, 4.0), output_cap=32, c_sweep=(0.0, 2.0), sweep_rates="highest",
+                    time_limit=120),
+    # The run recorded in docs/benchmarks.md (about an hour on the 2-core CPU machine).
+    "full": Preset(requests=48, rates=(0.15, 0.3, 0.6), output_cap=DEFAULT_OUTPUT_CAP, c_sweep=P.DEFAULT_C_SWEEP,
+                   sweep_rates="highest", time_limit=900),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_const", dest="preset", const="quick",
+                        help="smoke preset: a few minutes on a 2-core CPU")
+    parser.add_argument("--full", action="store_const", dest="preset", const="full",
+                        help="the preset recorded in docs/benchmarks.md (default)")
+    parser.add_argument("--prompts", type=Path, help="JSONL of {\"id\", \"prompt\"} (default: the ShareGPT benchmark pool)")
+    parser.add_argument("--requests", type=int, help="requests per run")
+    parser.add_argument("--rates", help="comma-separated arrival rates in requests/s; 'burst' sends all at once")
+    parser.add_argument("--output-cap", type=int, help="cap on profiled output lengths (default 512)")
+    parser.add_argument("--policies", help=f"comma-separated, from: {', '.join(P.BASE_ENTRIES)} "
+                                           f"(default: {','.join(P.DEFAULT_POLICIES)})")
+    parser.add_argument("--c-sweep", help="comma-separated values of c for extra TRAIL entries ('' for none)")
+    parser.add_argument("--sweep-rates", choices=("highest", "all"), help="rates the c sweep runs at")
+    parser.add_argument("--probe", type=Path, help="probe file for TRAIL with embedding refinement")
+    parser.add_argument("--max-wait-seconds", type=float, help="starvation bound for the TRAIL-engine policies")
+    parser.add_argument("--max-num-seqs", type=int, default=8, help="engine batch size (small: queueing comes early)")
+    parser.add_argument("--seed", type=int, default=0, help="fixes the prompt sample and arrival times")
+    parser.add_argument("--time-limit", type=float, help="seconds per run before open requests are cancelled")
+    parser.add_argument("--output", type=Path, help="report folder (default: bench-results/<time>)")
+    parser.add_argument("--trail-endpoint", help="a running trail serve (OpenAI port) to use instead of starting one")
+    parser.add_argument("--admin-endpoint", help="its admin API (token from --admin-token-file or TRAIL_ADMIN_TOKEN)")
+    parser.add_argument("--admin-token-file", type=Path)
+    parser.add_argument("--stock-endpoint", help="a running stock vLLM server to use for 'fcfs' instead of starting one")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise SystemExit(f"error: expected comma-separated numbers, got {text!r}") from None
+
+
+def _rates(text: str) -> tuple[float | None, ...]:
+    rates = []
+    for item in (x.strip() for x in text.split(",")):
+        if item == "burst":
+            rates.append(None)
+        elif item:
+            rates.append(_floats(item)[0])
+    return tuple(rates)
+
+
+@dataclass
+class BenchConfig:
+    preset: str
+    requests: int
+    rates: tuple[float | None, ...]
+    output_cap: int
+    entries: list[P.PolicyEntry]
+    sweep_rates: str
+    time_limit: float
+    seed: int
+    max_num_seqs: int
+    max_wait_seconds: float | None
+    probe: Path | None
+    prompts: Path | None
+    output: Path
+    notes: list[str] = field(default_factory=list)
+    trail_endpoint: Server | None = None
+    stock_endpoint: Server | None = None
+
+    def rates_for(self, entry: P.PolicyEntry) -> tuple[float | None, ...]:
+        base = entry.name in P.BASE_ENTRIES
+        return self.rates if base or self.sweep_rates == "all" else self.rates[-1:]
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """Validate everything before any engine starts; bad inputs are clear errors."""
+    preset = PRESETS[args.preset or "full"]
+    rates = _rates(args.rates) if args.rates else preset.rates
+    if not rates:
+        raise SystemExit("error: no arrival rates given")
+    for rate in rates:
+        if rate is not None and not (math.isfinite(rate) and rate > 0):
+            raise SystemExit(f"error: arrival rates must be positive (or 'burst'), got {rate}")
+    # Lowest load first; burst is the highest.
+    rates = tuple(sorted(rates, key=lambda r: math.inf if r is None else r))
+    requests = args.requests or preset.requests
+    output_cap = args.output_cap or preset.output_cap
+    if requests < 1 or output_cap < 1:
+        raise SystemExit("error: --requests and --output-cap must be at least 1")
+    if args.probe is not None and not args.probe.is_file():
+        raise SystemExit(f"error: probe file {args.probe} not found")
+    if args.prompts is not None and not args.prompts.is_file():
+        raise SystemExit(f"error: prompts file {args.prompts} not found")
+    names = [n.strip() for n in args.policies.split(",") if n.strip()] if args.policies else list(P.DEFAULT_POLICIES)
+    c_sweep = _floats(args.c_sweep) if args.c_sweep is not None else preset.c_sweep
+    try:
+        entries, notes = P.resolve(names, c_sweep, have_probe=args.probe is not None, explicit=bool(args.policies))
+    except P.PolicyError as error:
+        raise SystemExit(f"error: {error}") from None
+    trail_endpoint = stock_endpoint = None
+    try:
+        if args.trail_endpoint:
+            if not args.admin_endpoint:
+                raise SystemExit("error: --trail-endpoint needs --admin-endpoint (policies are switched through it)")
+            token = (args.admin_token_file.read_text().strip() if args.admin_token_file
+                     else os.environ.get("TRAIL_ADMIN_TOKEN", "").strip())
+            if not token:
+                raise SystemExit("error: the admin API needs a token: --admin-token-file or TRAIL_ADMIN_TOKEN")
+            trail_endpoint = Server(check_loopback(args.trail_endpoint), check_loopback(args.admin_endpoint), token)
+        if args.stock_endpoint:
+            stock_endpoint = Server(check_loopback(args.stock_endpoint))
+    except EndpointError as error:
+        raise SystemExit(f"error: {error}") from None
+    output = args.output or Path("bench-results") / time.strftime("%Y%m%d-%H%M%S")
+    return BenchConfig(
+        preset=args.preset or "full", requests=requests, rates=rates, output_cap=output_cap, entries=entries,
+        sweep_rates=args.sweep_rates or preset.sweep_rates, time_limit=args.time_limit or preset.time_limit,
+        seed=args.seed, max_num_seqs=args.max_num_seqs, max_wait_seconds=args.max_wait_seconds, probe=args.probe,
+        prompts=args.prompts, output=output, notes=notes, trail_endpoint=trail_endpoint, stock_endpoint=stock_endpoint,
+    )
+
+
+# -- preemption cost ----------------------------------------------------------------------
+
+_BENCH_ID = re.compile(r"bench(\d+)x(\d+)")
+
+
+class PreemptionWatcher:
+    """Recomputed tokens: what each preemption throws away, observed on ``trail serve``.
+
+    vLLM V1 recomputes a preempted request from scratch (prompt plus the tokens it had
+    generated, which it keeps). Polling the admin API's stats twice a second shows each
+    request's preemption count and generated tokens; every increase adds
+    ``prompt tokens + generated tokens`` at that moment. This counts the work before
+    prefix-cache hits (an upper bound on compute). vLLM's own counter is exact for the
+    number of preemptions; tokens of preemptions the poll missed are extrapolated from
+    the observed ones. Stock vLLM has no stats API: there ``prompt + half the output``
+    per preemption is assumed (with FCFS it preempts only under KV pressure).
+    """
+
+    def __init__(self, server: Server, interval: float = 0.5) -> None:
+        self.server, self.interval = server, interval
+        self.seen: dict[int, int] = {}  # request index -> preemptions seen
+        self.generated: dict[int, list[int]] = {}  # request index -> generated tokens at each preemption
+        self._task: asyncio.Task | None = None
+
+    async def _poll(self) -> None:
+        async with httpx.AsyncClient(base_url=self.server.admin, timeout=10,
+                                     headers={"Authorization": f"Bearer {self.server.token}"}) as client:
+            while True:
+                try:
+                    stats = (await client.get("/trail/v1/stats")).json()
+                    for item in stats["running"] + stats["waiting"]:
+                        match = _BENCH_ID.search(item["requestId"])
+                        if match:
+                            index, count = int(match.group(2)), item["preemptions"]
+                            new = count - self.seen.get(index, 0)
+                            if new > 0:
+                                self.generated.setdefault(index, []).extend([item["generatedTokens"]] * new)
+                                self.seen[index] = count
+                except (httpx.HTTPError, KeyError, ValueError):
+                    pass
+                await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._poll())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def recomputed(self, records: list[RequestRecord], preemptions: float) -> float:
+        observed = [(records[i].prompt_tokens + g) for i, gs in self.generated.items() for g in gs if i < len(records)]
+        if observed:
+            return sum(observed) * max(1.0, preemptions / len(observed))
+        return estimate_recomputed(records, preemptions)
+
+
+def estimate_recomputed(records: list[RequestRecord], preemptions: float) -> float:
+    done = [r for r in records if r.ok] or records
+    if not preemptions or not done:
+        return 0.0
+    return preemptions * sum(r.prompt_tokens + r.output_tokens / 2 for r in done) / len(done)
+
+
+# -- running ------------------------------------------------------------------------------
+
+
+def _run_one(server: Server, model: str, entry: P.PolicyEntry, rate: float | None, requests, run_index: int,
+             time_limit: float, on_done) -> tuple[list[RequestRecord], float, float, float]:
+    """One policy at one rate; returns records, duration, preemptions, recomputed tokens."""
+    # Unique request ids let the watcher map the engine's requests back to ours.
+    ids = {r.id: f"bench{run_index}x{i}" for i, r in enumerate(requests)}
+
+    def extra(request) -> dict:
+        body: dict = {"request_id": ids[request.id]}
+        if entry.oracle:
+            body["vllm_xargs"] = {"trail_oracle_length": request.output_tokens}
+        return body
+
+    before = metric_sum(server.metrics(), PREEMPTIONS_METRIC)
+
+    async def go():
+        watcher = PreemptionWatcher(server) if server.admin else None
+        if watcher:
+            watcher.start()
+        try:
+            records, duration = await run_load(server.base, model, requests, time_limit, extra, on_done)
+        finally:
+            if watcher:
+                await watcher.stop()
+        return records, duration, watcher
+
+    records, duration, watcher = asyncio.run(go())
+    time.sleep(1.5)  # vLLM's stat logger publishes a moment after the last step
+    preemptions = metric_sum(server.metrics(), PREEMPTIONS_METRIC) - before
+    recomputed = watcher.recomputed(records, preemptions) if watcher else estimate_recomputed(records, preemptions)
+    return records, duration, preemptions, recomputed
+
+
+def run_bench(config: BenchConfig) -> dict:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from trail_scheduler.assets import BUNDLED_MODEL_NAME, prepare_bundled_model
+
+    console = Console(stderr=True)
+    config.output.mkdir(parents=True, exist_ok=True)
+    logs = Path(tempfile.mkdtemp(prefix="trail-bench-logs-", dir=config.output))
+    model_path = prepare_bundled_model()
+    try:
+        pool = load_prompts(config.prompts)
+        prompts = sample_prompts(pool, config.requests, config.seed, count_tokens=chat_token_counter(model_path))
+    except WorkloadError as error:
+        raise SystemExit(f"error: {error}") from None
+    engine_args = ("--max-num-seqs", str(config.max_num_seqs))
+    runs = [(e, r) for e in config.entries for r in config.rates_for(e)]
+    report: dict = {
+        "title": f"trail bench ({config.preset}): {config.requests} requests per run, cap {config.output_cap}, "
+                 f"max-num-seqs {config.max_num_seqs}, seed {config.seed}",
+        "config": {
+            "preset": config.preset, "requests": config.requests, "rates": [rate_label(r) for r in config.rates],
+            "output_cap": config.output_cap, "seed": config.seed, "max_num_seqs": config.max_num_seqs,
+            "max_wait_seconds": config.max_wait_seconds, "probe": str(config.probe) if config.probe else None,
+            "prompts": str(config.prompts) if config.prompts else "sharegpt-bench-pool",
+            "time_limit_s": config.time_limit,
+            "policies": {e.name: e.description for e in config.entries},
+        },
+        "notes": list(config.notes), "summary": [], "requests": [],
+    }
+    lengths: dict[str, int] | None = None
+    with ExitStack() as stack, Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+    ) as progress:
+        overall = progress.add_task("runs", total=len(runs))
+        run_index = 0
+        for engine in (P.STOCK, P.TRAIL):
+            engine_entries = [e for e in config.entries if e.engine == engine]
+            if not engine_entries and lengths is not None:
+                continue
+            server = config.stock_endpoint if engine == P.STOCK else config.trail_endpoint
+            if server is None:
+                what = "stock vLLM" if engine == P.STOCK else "trail serve"
+                starting = progress.add_task(f"starting {what}", total=None)
+                server = (start_stock_vllm if engine == P.STOCK else start_trail_serve)(logs, *engine_args)
+                stack.callback(server.stop)
+                progress.remove_task(starting)
+            try:
+                model = server.served_model()
+            except EndpointError as error:
+                raise SystemExit(f"error: {error}") from None
+            if engine == P.TRAIL:
+                current = server.configure(policy="fcfs")
+                if current.get("probe") is not None and any(not e.probe for e in engine_entries):
+                    raise SystemExit("error: the trail endpoint already has a probe loaded; prompt-only policies "
+                                     "need an engine without one (start trail serve without --probe)")
+            if lengths is None:  # profile once, on the first engine
+                task = progress.add_task("profiling output lengths", total=len(prompts))
+                lengths = profile_lengths(server.base, model, prompts, config.output_cap,
+                                          progress=lambda: progress.advance(task))
+                progress.remove_task(task)
+                report["lengths"] = length_summary(list(lengths.values()), config.output_cap)
+            probe_loaded = False
+            for entry in engine_entries:
+                if entry.probe and not probe_loaded:
+                    server.load_probe(config.probe)
+                    probe_loaded = True
+                if engine == P.TRAIL:
+                    server.configure(**entry.settings(config.max_wait_seconds))
+                for rate in config.rates_for(entry):
+                    requests = build_requests(prompts, lengths, rate, config.seed)
+                    task = progress.add_task(f"{entry.name} @ {rate_label(rate)}", total=len(requests))
+                    records, duration, preemptions, recomputed = _run_one(
+                        server, model, entry, rate, requests, run_index, config.time_limit,
+                        on_done=lambda record, task=task: progress.advance(task),
+                    )
+                    run_index += 1
+                    progress.remove_task(task)
+                    progress.advance(overall)
+                    row = summarise(entry.name, rate, records, duration, preemptions, recomputed)
+                    report["summary"].append(row)
+                    report["requests"] += [{"policy": entry.name, "rate": rate_label(rate), **vars(r)} for r in records]
+                    if row["failed"]:
+                        errors = {r.error for r in records if r.error}
+                        report["notes"].append(f"{entry.name} @ {rate_label(rate)}: {row['failed']} requests failed: "
+                                               f"{'; '.join(sorted(errors))[:300]}")
+    report["files"] = {k: str(v) for k, v in write_report(config.output, report).items()}
+    print_table(report, Console())
+    console.print(f"report: {config.output}")
+    return report
+
+
+def main(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    report = run_bench(config)
+    return 1 if any(row["completed"] == 0 for row in report["summary"]) else 0

@@ -1,0 +1,185 @@
+"""Engines for benchmarks and engine tests: start, health-check, scrape and stop them.
+
+Two kinds, on identical engine settings: ``trail serve`` (TRAIL's scheduler, any
+policy, switched live through the admin API) and stock vLLM's OpenAI server (its own
+scheduler, for the "stock FCFS" baseline). The stock command line is derived from
+``trail serve``'s own by removing TRAIL's four flags, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+TRAIL_ONLY_FLAGS = ("--scheduler-cls", "--worker-cls", "--scheduling-policy", "--additional-config")
+START_TIMEOUT_S = 300.0
+
+
+class EndpointError(RuntimeError):
+    """An endpoint that cannot be used (not loopback, unreachable, or refusing)."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def check_loopback(url: str) -> str:
+    """Benchmarks send load only to this machine; refuse anything else early."""
+    host = urlsplit(url).hostname or ""
+    if host not in LOOPBACK_HOSTS:
+        raise EndpointError(f"{url}: benchmarks only drive loopback endpoints (127.0.0.1, localhost, ::1)")
+    return url.rstrip("/")
+
+
+def parse_metrics(text: str) -> dict[str, list[tuple[str, float]]]:
+    """Prometheus text → {metric name: [(label text, value), …]}."""
+    samples: dict[str, list[tuple[str, float]]] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        name, _, labels = sample.partition("{")
+        try:
+            samples.setdefault(name, []).append((labels, float(value)))
+        except ValueError:
+            continue
+    return samples
+
+
+def metric_sum(samples: dict[str, list[tuple[str, float]]], name: str, **labels: str) -> float:
+    """Sum of a metric's samples whose labels include ``labels`` (0 if absent)."""
+    return sum(v for text, v in samples.get(name, []) if all(f'{k}="{x}"' in text for k, x in labels.items()))
+
+
+@dataclass
+class Server:
+    """A running OpenAI-compatible endpoint; ``admin`` is None for stock vLLM."""
+
+    base: str
+    admin: str | None = None
+    token: str | None = None
+    log: Path | None = None
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    def admin_client(self) -> httpx.Client:
+        if self.admin is None:
+            raise EndpointError(f"{self.base} has no TRAIL admin API (stock vLLM?)")
+        return httpx.Client(base_url=self.admin, headers={"Authorization": f"Bearer {self.token}"}, timeout=60)
+
+    def configure(self, **settings) -> dict:
+        """PUT the admin API's settings (camelCase fields); raise with the server's reason."""
+        with self.admin_client() as client:
+            reply = client.put("/trail/v1/config", json=settings)
+        if reply.status_code != 200:
+            raise EndpointError(f"{self.admin} refused {sorted(settings)}: {reply.status_code} {reply.text}")
+        return reply.json()
+
+    def load_probe(self, path: Path) -> dict:
+        return self.configure(probe={"data": base64.b64encode(Path(path).read_bytes()).decode()})
+
+    def stats(self) -> dict:
+        with self.admin_client() as client:
+            reply = client.get("/trail/v1/stats")
+        reply.raise_for_status()
+        return reply.json()
+
+    def metrics(self) -> dict[str, list[tuple[str, float]]]:
+        return parse_metrics(httpx.get(f"{self.base}/metrics", timeout=30).text)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a Prometheus sample from /metrics (0 if absent)."""
+        return metric_sum(self.metrics(), name, **labels)
+
+    def served_model(self) -> str:
+        """The first served model name; a clear error if the endpoint does not answer."""
+        try:
+            reply = httpx.get(f"{self.base}/v1/models", timeout=10)
+            reply.raise_for_status()
+            return reply.json()["data"][0]["id"]
+        except (httpx.HTTPError, KeyError, IndexError, ValueError) as error:
+            raise EndpointError(f"{self.base} is not a reachable OpenAI-compatible server: {error}") from None
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
+def _wait_healthy(process: subprocess.Popen, server: Server, what: str) -> Server:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{server.log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"{server.base}/health", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    process.kill()
+    raise RuntimeError(f"{what} did not become healthy in {START_TIMEOUT_S:.0f} s:\n{server.log.read_text()[-4000:]}")
+
+
+def start_trail_serve(log_dir: Path, *extra: str, token: str = "bench-token") -> Server:
+    """``trail serve`` on free loopback ports; ``extra`` goes to it (and on to vLLM)."""
+    port, admin_port = free_port(), free_port()
+    log = Path(log_dir) / f"trail-serve-{port}.log"
+    env = {**os.environ, "TRAIL_ADMIN_TOKEN": token}
+    trail = Path(sys.executable).with_name("trail")
+    process = subprocess.Popen(
+        [str(trail), "serve", "--port", str(port), "--admin-port", str(admin_port), *extra],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
+    )
+    server = Server(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}", token, log, process)
+    return _wait_healthy(process, server, "trail serve")
+
+
+def stock_vllm_argv(port: int, *extra: str) -> list[str]:
+    """Stock vLLM's server arguments: exactly what ``trail serve`` would pass, minus TRAIL's flags."""
+    from trail_scheduler.server.serve import vllm_argv
+    from trail_scheduler.vllm.engine_config import TrailEngineConfig
+
+    args = argparse.Namespace(model=None, port=port, extra_args=list(extra))
+    argv = vllm_argv(args, TrailEngineConfig())
+    stock: list[str] = []
+    skip = False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item in TRAIL_ONLY_FLAGS:
+            skip = True
+        else:
+            stock.append(item)
+    return stock
+
+
+def start_stock_vllm(log_dir: Path, *extra: str) -> Server:
+    """Stock ``vllm.entrypoints.openai.api_server`` with ``trail serve``'s engine settings."""
+    port = free_port()
+    log = Path(log_dir) / f"stock-vllm-{port}.log"
+    argv = stock_vllm_argv(port, *extra)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1", *argv],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    server = Server(f"http://127.0.0.1:{port}", log=log, process=process)
+    return _wait_healthy(process, server, "stock vLLM")

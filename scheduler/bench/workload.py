@@ -1,0 +1,189 @@
+"""Benchmark workloads: prompts, their profiled output lengths, and arrival times.
+
+Every policy must serve exactly the same work, so (as the reference's benchmark does)
+each prompt's natural output length is measured once with greedy decoding on the
+served model, cached, and every later request is sent with ``ignore_eos`` and
+``max_tokens`` equal to that length. A seed fixes the sample of prompts, their order
+and the arrival times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from trail_scheduler.assets import cache_dir, sharegpt_first_turns
+
+# ShareGPT first turns before this index are left to training (the probe and the
+# prompt predictor); benchmarks draw from the rest unless given a benchmark split.
+SHAREGPT_BENCH_SKIP = 8000
+SHAREGPT_BENCH_POOL = 1000
+DEFAULT_OUTPUT_CAP = 512
+MAX_PROMPT_TOKENS = 1024  # prompt + answer must fit max-model-len 2048
+
+
+class WorkloadError(ValueError):
+    """A workload that cannot be built (no prompts, bad file, bad rate)."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    prompt: str
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    """One request of a run: what to send and when (seconds after the run starts)."""
+
+    id: str
+    prompt: str
+    output_tokens: int  # the profiled natural length: max_tokens, with ignore_eos
+    arrival: float
+
+
+def load_prompts(path: Path | None = None) -> list[Prompt]:
+    """Prompts from a JSONL file of ``{"id", "prompt"}``, or the ShareGPT benchmark pool."""
+    if path is None:
+        turns = sharegpt_first_turns(limit=SHAREGPT_BENCH_SKIP + SHAREGPT_BENCH_POOL)
+        prompts = [Prompt(str(i), text) for n, (i, text) in enumerate(turns) if n >= SHAREGPT_BENCH_SKIP]
+        source = f"ShareGPT first turns {SHAREGPT_BENCH_SKIP}.."
+    else:
+        source = str(path)
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError as error:
+            raise WorkloadError(f"cannot read prompts {path}: {error.strerror}") from None
+        prompts = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                prompts.append(Prompt(str(record["id"]), str(record["prompt"])))
+            except (ValueError, KeyError, TypeError) as error:
+                raise WorkloadError(f"{path}:{number}: expected a JSON object with \"id\" and \"prompt\" ({error})") from None
+    prompts = [p for p in prompts if p.prompt.strip()]
+    if not prompts:
+        raise WorkloadError(f"no prompts in {source}")
+    if len({p.id for p in prompts}) != len(prompts):
+        raise WorkloadError(f"prompt ids in {source} are not unique")
+    return prompts
+
+
+def sample_prompts(prompts: Sequence[Prompt], count: int, seed: int, max_prompt_tokens: int = MAX_PROMPT_TOKENS,
+                   count_tokens=None) -> list[Prompt]:
+    """``count`` prompts drawn by ``seed``, skipping prompts too long for the model."""
+    if count < 1:
+        raise WorkloadError(f"need at least one request, got {count}")
+    order = list(prompts)
+    random.Random(seed).shuffle(order)
+    chosen = [p for p in order if count_tokens is None or count_tokens(p.prompt) <= max_prompt_tokens][:count]
+    if len(chosen) < count:
+        raise WorkloadError(f"only {len(chosen)} usable prompts (≤ {max_prompt_tokens} tokens), {count} requested")
+    return chosen
+
+
+def chat_token_counter(model_path: Path):
+    """Prompt length in tokens as the server sees it (chat template included)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+
+    def count(text: str) -> int:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+        return len(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+    return count
+
+
+def arrival_times(count: int, rate: float | None, seed: int) -> list[float]:
+    """Poisson arrivals at ``rate`` requests/s (exponential gaps), or all at 0 (burst: None)."""
+    if rate is None:
+        return [0.0] * count
+    if not (math.isfinite(rate) and rate > 0):
+        raise WorkloadError(f"arrival rate must be a positive number of requests/s, got {rate}")
+    rng = random.Random(seed)
+    times, now = [], 0.0
+    for _ in range(count):
+        times.append(now)
+        now += rng.expovariate(rate)
+    return times
+
+
+def build_requests(prompts: Sequence[Prompt], lengths: dict[str, int], rate: float | None, seed: int) -> list[BenchRequest]:
+    times = arrival_times(len(prompts), rate, seed)
+    return [BenchRequest(p.id, p.prompt, lengths[p.id], t) for p, t in zip(prompts, times)]
+
+
+# -- natural output lengths -------------------------------------------------------------
+
+
+def _profile_key(model: str, cap: int, prompt: Prompt) -> str:
+    digest = hashlib.sha256(prompt.prompt.encode()).hexdigest()[:16]
+    return f"{model}|{cap}|{prompt.id}|{digest}"
+
+
+def length_cache_path() -> Path:
+    return cache_dir() / "bench" / "lengths.json"
+
+
+async def _greedy_length(client: httpx.AsyncClient, base: str, model: str, prompt: Prompt, cap: int) -> int:
+    body = {"model": model, "messages": [{"role": "user", "content": prompt.prompt}], "max_tokens": cap,
+            "temperature": 0}
+    reply = await client.post(f"{base}/v1/chat/completions", json=body)
+    if reply.status_code != 200:
+        raise WorkloadError(f"profiling prompt {prompt.id} failed: {reply.status_code} {reply.text[:300]}")
+    return int(reply.json()["usage"]["completion_tokens"])
+
+
+def profile_lengths(base: str, model: str, prompts: Sequence[Prompt], cap: int, cache: Path | None = None,
+                    concurrency: int = 16, progress=None) -> dict[str, int]:
+    """Natural (greedy) output length of each prompt on the served model, capped; cached on disk.
+
+    The cache key holds the model name, the cap and a hash of the prompt, so a
+    different model, cap or prompt text is profiled afresh.
+    """
+    cache = cache or length_cache_path()
+    known: dict[str, int] = json.loads(cache.read_text()) if cache.exists() else {}
+    missing = [p for p in prompts if _profile_key(model, cap, p) not in known]
+
+    async def run() -> None:
+        limit = asyncio.Semaphore(concurrency)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(600.0)) as client:
+            async def one(prompt: Prompt) -> None:
+                async with limit:
+                    known[_profile_key(model, cap, prompt)] = await _greedy_length(client, base, model, prompt, cap)
+                if progress is not None:
+                    progress()
+            await asyncio.gather(*(one(p) for p in missing))
+
+    if missing:
+        asyncio.run(run())
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        partial = cache.with_suffix(".partial")
+        partial.write_text(json.dumps(known, indent=0, sort_keys=True))
+        partial.replace(cache)
+    # An answer of zero tokens cannot be forced with ignore_eos; one token is the floor.
+    return {p.id: max(1, known[_profile_key(model, cap, p)]) for p in prompts}
+
+
+def length_summary(lengths: Sequence[int], cap: int) -> dict:
+    """The distribution a length-aware scheduler has to work with."""
+    ordered = sorted(lengths)
+    n = len(ordered)
+    quantile = lambda q: ordered[min(n - 1, int(q * (n - 1) + 0.5))]  # noqa: E731
+    mean = sum(ordered) / n
+    std = math.sqrt(sum((x - mean) ** 2 for x in ordered) / n)
+    return {
+        "count": n, "mean": mean, "std": std, "min": ordered[0], "p25": quantile(0.25), "median": quantile(0.5),
+        "p75": quantile(0.75), "max": ordered[-1], "at_cap": sum(1 for x in ordered if x >= cap), "cap": cap,
+    }

@@ -1,0 +1,118 @@
+"""``trail probe eval``: the predictors on held-out prompts, refined as the engine refines.
+
+Each held-out request is replayed through :class:`PredictionTracker` (the scheduler's
+own bookkeeping: prompt estimate, first embedding prediction p⁰, then shift + update
+after every generated token), so the reported errors are the ones the engine's
+``trail_prediction_error`` metric would measure for the same answers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trail_scheduler.core.tracker import PredictionTracker
+from trail_scheduler.probe import ProbeFileError, load_probe
+from trail_scheduler.training.data import Collection, CollectionError
+from trail_scheduler.training.prompt_predictor import collected_lengths, load_prompt_predictor
+
+
+def evaluate(directory, probe_path, prompt_predictor_path, output_dir, split: str = "test", predict_every: int = 1) -> dict:
+    """MAE (tokens) of the prompt predictor, of p⁰, and of the refined prediction along
+    each answer; a true-vs-predicted-bin heatmap (PNG) and a JSON report in ``output_dir``."""
+    started = time.perf_counter()
+    collection = Collection(directory)
+    probe = load_probe(probe_path)
+    if probe.hidden_size != collection.hidden_size:
+        raise ProbeFileError(
+            f"the probe reads hidden size {probe.hidden_size}, the collection's model has {collection.hidden_size}"
+        )
+    predictor = load_prompt_predictor(prompt_predictor_path)
+    states = collection.load(probe.layer, split)
+    prompts = collection.prompts()
+    texts = [prompts[i]["rendered"] for i in states.ids]
+    prompt_estimates = predictor.estimate(texts)
+    with torch.inference_mode():
+        first = probe.module.probabilities(states.prompt_mean).double().numpy()
+        readings = probe.module.probabilities(states.tokens.float()).double().numpy()
+    bins = probe.bins
+    tracker = PredictionTracker(bins)
+    errors = {"prompt": [], "first": [], "refined": []}
+    true_bins, refined_bins, prompt_pairs = [], [], []
+    for r, request_id in enumerate(states.ids):
+        length = int(states.lengths[r])
+        tracker.add(request_id, prompt_estimate=float(prompt_estimates[r]))
+        tracker.advance(request_id, 1)  # the prefill step samples output token 0
+        tracker.observe([request_id], first[r : r + 1], [True])
+        rows = readings[states.offsets[r] : states.offsets[r + 1]]
+        for j in range(length - 1):  # output token j is fed back; its state is read
+            tracker.advance(request_id, 1)
+            if (j + 1) % predict_every == 0:
+                tracker.observe([request_id], rows[j : j + 1], [False])
+        history = np.asarray(tracker.get(request_id).history)
+        result = tracker.finish(request_id, length)
+        for stage in errors:
+            errors[stage].append(getattr(result, stage))
+        truth = length - np.arange(len(history))
+        true_bins.extend(bins.index(v) for v in truth)
+        refined_bins.extend(bins.index(max(0.0, v)) for v in history)
+        prompt_pairs.append((bins.index(length), bins.index(max(0.0, float(prompt_estimates[r])))))
+    mae = {stage: round(float(np.mean(v)), 2) for stage, v in errors.items()}
+    report = {
+        "split": split,
+        "requests": len(states.ids),
+        "generated_tokens": int(states.lengths.sum()),
+        "mean_answer_length": round(float(states.lengths.mean()), 1),
+        "mae_tokens": mae,
+        "prompt_over_refined": round(mae["prompt"] / max(mae["refined"], 1e-9), 2),
+        "prompt_over_first": round(mae["prompt"] / max(mae["first"], 1e-9), 2),
+        "probe": {"path": str(probe_path), "sha256": probe.sha256, "layer": probe.layer},
+        "prompt_predictor": {"path": str(prompt_predictor_path), "sha256": predictor.loaded.sha256},
+        "predict_every": predict_every,
+        "definitions": {
+            "prompt": "|prompt estimate - L| per request",
+            "first": "|p0 estimate + 1 - L| per request (after prefill)",
+            "refined": "per request, the mean over generated tokens of |predicted remaining - true remaining|, "
+            "predicted as the scheduler does (PredictionTracker); then the mean over requests",
+        },
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _heatmap(output_dir / "heatmap.png", bins.count, prompt_pairs, list(zip(true_bins, refined_bins)), report)
+    report["heatmap"] = str(output_dir / "heatmap.png")
+    (output_dir / "eval.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _heatmap(path: Path, k: int, prompt_pairs, refined_pairs, report: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.3))
+    for axis, pairs, title in (
+        (axes[0], prompt_pairs, f"prompt predictor (per request), MAE {report['mae_tokens']['prompt']}"),
+        (axes[1], refined_pairs, f"refined (per token), MAE {report['mae_tokens']['refined']}"),
+    ):
+        counts = np.zeros((k, k))
+        for true_bin, predicted_bin in pairs:
+            counts[true_bin, predicted_bin] += 1
+        shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)  # each true bin's row sums to 1
+        image = axis.imshow(shares, origin="lower", cmap="viridis", vmin=0, vmax=1)
+        axis.set_xlabel("predicted bin")
+        axis.set_ylabel("true bin")
+        axis.set_title(title, fontsize=9)
+        figure.colorbar(image, ax=axis, fraction=0.046)
+    figure.suptitle(f"{report['split']} split, {report['requests']} requests: share of each true bin", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+__all__ = ["CollectionError", "evaluate"]
