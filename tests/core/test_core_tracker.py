@@ -1,0 +1,103 @@
+"""The per-request prediction bookkeeping the vLLM scheduler relies on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trail_scheduler.core.bins import LengthBins
+from trail_scheduler.core.tracker import PredictionTracker
+
+BINS = LengthBins.uniform(10, 512)
+
+
+def one_hot(index: int) -> np.ndarray:
+    row = np.zeros(BINS.count)
+    row[index] = 1.0
+    return row
+
+
+def test_unknown_requests_count_as_the_median_bin_until_read():
+    tracker = PredictionTracker(BINS)
+    tracker.add("a")
+    tracker.add("b", prompt_estimate=40)
+    assert tracker.get("a").predicted_remaining == BINS.representatives[4]
+    assert tracker.get("b").predicted_remaining == 40
+    assert tracker.get("b").initial_prediction == 40
+
+
+def test_estimates_count_down_between_readings_and_never_go_negative():
+    tracker = PredictionTracker(BINS)
+    tracker.add("a", prompt_estimate=3)
+    tracker.advance("a", 2)
+    assert tracker.get("a").predicted_remaining == 1
+    tracker.advance("a", 5)
+    assert tracker.get("a").predicted_remaining == 0
+
+
+def test_first_reading_fixes_the_initial_prediction_as_a_total_length():
+    tracker = PredictionTracker(BINS)
+    tracker.add("a", prompt_estimate=500)
+    tracker.advance("a", 1)  # the prefill step samples the first token
+    tracker.observe(["a"], one_hot(1)[None], [True])
+    state = tracker.get("a")
+    assert state.belief_estimate == pytest.approx(BINS.representatives[1], rel=1e-3)
+    assert state.initial_prediction == pytest.approx(BINS.representatives[1] + 1, rel=1e-3)
+    # A later reading refines the estimate, not r.
+    tracker.advance("a", 1)
+    tracker.observe(["a"], one_hot(0)[None], [False])
+    assert tracker.get("a").initial_prediction == pytest.approx(BINS.representatives[1] + 1, rel=1e-3)
+    assert tracker.get("a").predicted_remaining < BINS.representatives[1]
+
+
+def test_prefill_reading_of_a_resumed_request_keeps_its_belief():
+    tracker = PredictionTracker(BINS)
+    tracker.add("a")
+    tracker.advance("a", 1)
+    tracker.observe(["a"], one_hot(2)[None], [True])
+    before = tracker.get("a").belief.copy()
+    tracker.observe(["a"], one_hot(9)[None], [True])  # recompute after preemption re-reads the prompt
+    assert np.array_equal(tracker.get("a").belief, before)
+
+
+def test_finish_reports_each_stage_error_against_the_true_length():
+    tracker = PredictionTracker(BINS)
+    tracker.add("a", prompt_estimate=100)
+    tracker.advance("a", 1)
+    tracker.observe(["a"], one_hot(0)[None], [True])  # first estimate ≈ 25.6 + 1
+    tracker.advance("a", 9)
+    errors = tracker.finish("a", true_length=10)
+    assert errors.prompt == 90
+    assert errors.first == pytest.approx(abs(BINS.representatives[0] + 1 - 10), rel=1e-3)
+    assert errors.refined is not None and errors.refined >= 0
+    assert tracker.get("a") is None and tracker.finish("a", 10) is None
+
+
+def test_new_bins_restart_beliefs_but_keep_estimates():
+    tracker = PredictionTracker(BINS)
+    tracker.add("a")
+    tracker.advance("a", 1)
+    tracker.observe(["a"], one_hot(3)[None], [True])
+    estimate = tracker.get("a").predicted_remaining
+    tracker.set_bins(LengthBins.uniform(8, 256))
+    assert tracker.get("a").belief is None
+    assert tracker.get("a").predicted_remaining == pytest.approx(estimate)
+    with pytest.raises(ValueError, match="bins"):
+        tracker.observe(["a"], one_hot(3)[None], [False])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.lists(st.floats(0, 1), min_size=10, max_size=10)), max_size=30))
+def test_beliefs_stay_normalised_and_estimates_finite(steps):
+    tracker = PredictionTracker(BINS)
+    tracker.add("a")
+    first = True
+    for tokens, evidence in steps:
+        tracker.advance("a", tokens)
+        tracker.observe(["a"], np.asarray(evidence)[None], [first])
+        first = False
+        state = tracker.get("a")
+        assert np.isclose(state.belief.sum(), 1.0) and np.all(state.belief >= 0)
+        assert np.isfinite(state.predicted_remaining) and state.predicted_remaining >= 0
