@@ -154,10 +154,18 @@ class Policy:
         if not s.policy.preempts_for_order:
             return lambda request: False
         cutoff, cap, c = self._starvation_cutoff(now), s.max_preemptions, s.c
+        oracle = s.policy is PolicyName.TRAIL_ORACLE
+
+        def initial(r: RunningRequest) -> float:
+            # The oracle's first prediction is the true length itself.
+            if oracle and r.true_remaining is not None:
+                return r.generated_tokens + r.true_remaining
+            return r.initial_prediction
+
         return lambda r: (
             r.arrival_time >= cutoff
             and (cap is None or r.preemptions < cap)
-            and is_preemptible(r.generated_tokens, r.initial_prediction, c)
+            and is_preemptible(r.generated_tokens, initial(r), c)
         )
 
     def preemptible(self, request: RunningRequest, now: float) -> bool:

@@ -106,7 +106,10 @@ def test_decisions_are_feasible_and_never_preempt_protected_requests(inputs):
     assert not set(d.preempt) & d.protected
     for victim in victims:
         assert knobs.policy.preempts_for_order
-        assert is_preemptible(victim.generated_tokens, victim.initial_prediction, knobs.c)
+        initial = victim.initial_prediction
+        if knobs.policy is PolicyName.TRAIL_ORACLE and victim.true_remaining is not None:
+            initial = victim.generated_tokens + victim.true_remaining  # the oracle's r is the truth
+        assert is_preemptible(victim.generated_tokens, initial, knobs.c)
         assert knobs.max_preemptions is None or victim.preemptions < knobs.max_preemptions
         margin = knobs.preemption_margin
         assert any(policy.starved(w, now) or policy.rank(victim) > policy.rank(w) + margin for w in admitted)
@@ -398,3 +401,15 @@ def test_settings_accept_the_documented_defaults_and_strings():
     s = SchedulerSettings(policy="trail-oracle")
     assert s.policy is PolicyName.TRAIL_ORACLE
     assert (SchedulerSettings().c, SchedulerSettings().predict_every) == (0.8, 1)
+
+
+def test_the_oracle_judges_youth_by_the_true_length():
+    """TRAIL+ protects a request once it has generated c × its *true* length."""
+    from trail_scheduler.core.policy import Policy, PolicyName, RunningRequest, SchedulerSettings
+
+    policy = Policy(SchedulerSettings(policy=PolicyName.TRAIL_ORACLE, c=0.5))
+    # The (wrong) first prediction says 1000 tokens; the truth is 100, 60 generated.
+    old = RunningRequest("a", 0.0, generated_tokens=60, initial_prediction=1000, predicted_remaining=940, true_remaining=40)
+    young = RunningRequest("b", 0.0, generated_tokens=40, initial_prediction=10, predicted_remaining=0, true_remaining=60)
+    assert not policy.preemptible(old, now=1.0)
+    assert policy.preemptible(young, now=1.0)
