@@ -13,7 +13,7 @@ from trail_scheduler.bench.loadgen import RequestRecord
 SUMMARY_FIELDS = (
     "policy", "rate", "requests", "completed", "failed", "mean_latency_s", "median_latency_s", "p95_latency_s",
     "p99_latency_s", "mean_ttft_s", "median_ttft_s", "latency_per_output_token_s", "output_throughput_tok_s",
-    "duration_s", "preemptions", "recomputed_tokens",
+    "duration_s", "preemptions", "recomputed_tokens", "load_avg_1m",
 )
 
 
@@ -57,6 +57,7 @@ def summarise(policy: str, rate: float | None, records: Sequence[RequestRecord],
         "duration_s": duration,
         "preemptions": preemptions,
         "recomputed_tokens": recomputed_tokens,
+        "load_avg_1m": None,  # filled in by the runner
     }
 
 
@@ -70,6 +71,14 @@ def _json_safe(value):
     return value
 
 
+def write_partial(out: Path, report: dict) -> Path:
+    """The report so far (no plots), replaced atomically after every run."""
+    path = out / "report.partial.json"
+    path.with_suffix(".tmp").write_text(json.dumps(_json_safe(report), indent=1))
+    path.with_suffix(".tmp").replace(path)
+    return path
+
+
 def write_report(out: Path, report: dict) -> dict[str, Path]:
     """report.json (everything, per-request records included), summary.csv, and the plots."""
     out.mkdir(parents=True, exist_ok=True)
@@ -81,6 +90,7 @@ def write_report(out: Path, report: dict) -> dict[str, Path]:
         for row in report["summary"]:
             writer.writerow({k: row[k] for k in SUMMARY_FIELDS})
     paths.update(plot(out, report))
+    (out / "report.partial.json").unlink(missing_ok=True)
     return paths
 
 
@@ -111,7 +121,7 @@ def plot(out: Path, report: dict) -> dict[str, Path]:
         axis.set_xlabel("arrival rate (requests/s)")
         axis.set_title(title)
         axis.grid(alpha=0.3)
-    axes[1].set_yscale("symlog", linthresh=1.0)
+    axes[1].set_yscale("log")  # TTFT spans orders of magnitude between policies
     axes[0].legend(fontsize=8)
     fig.suptitle(report["title"], fontsize=9)
     fig.tight_layout()
@@ -132,7 +142,8 @@ def plot(out: Path, report: dict) -> dict[str, Path]:
     axis.set_ylabel("fraction of requests")
     axis.set_title(f"latency CDF at rate {highest}")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    if axis.get_legend_handles_labels()[0]:
+        axis.legend(fontsize=8)
     fig.tight_layout()
     paths["cdf_png"] = out / "latency_cdf.png"
     fig.savefig(paths["cdf_png"], dpi=90)

@@ -26,12 +26,14 @@ import httpx
 
 from trail_scheduler.bench import policies as P
 from trail_scheduler.bench.loadgen import RequestRecord, run_load
-from trail_scheduler.bench.report import print_table, rate_label, summarise, write_report
+from trail_scheduler.bench.report import print_table, rate_label, summarise, write_partial, write_report
 from trail_scheduler.bench.servers import EndpointError, Server, check_loopback, metric_sum, start_stock_vllm, start_trail_serve
 from trail_scheduler.bench.workload import (
-    DEFAULT_OUTPUT_CAP, WorkloadError, build_requests, chat_token_counter, length_summary, load_prompts,
+    DEFAULT_OUTPUT_CAP, MAX_PROMPT_TOKENS, WorkloadError, build_requests, chat_token_counter, length_summary, load_prompts,
     profile_lengths, sample_prompts,
 )
+
+from trail_scheduler.predictors import SHIPPED_PROBE
 
 PREEMPTIONS_METRIC = "vllm:num_preemptions_total"
 
@@ -44,15 +46,18 @@ class Preset:
     c_sweep: tuple[float, ...]
     sweep_rates: str  # "highest" or "all": the rates the c sweep runs at
     time_limit: float  # per run, seconds
+    max_prompt_tokens: int = MAX_PROMPT_TOKENS
 
 
 PRESETS = {
     # A smoke run: every policy once, tiny answers; minutes on the 2-core CPU machine.
-    "quick": Preset(requests=8, rates=(None, 4.0), output_cap=32, c_sweep=(0.0, 2.0), sweep_rates="highest",
-                    time_limit=120),
+    "quick": Preset(requests=6, rates=(None, 4.0), output_cap=32, c_sweep=(2.0,), sweep_rates="highest",
+                    time_limit=120, max_prompt_tokens=256),
     # The run recorded in docs/benchmarks.md (about an hour on the 2-core CPU machine).
-    "full": Preset(requests=48, rates=(0.15, 0.3, 0.6), output_cap=DEFAULT_OUTPUT_CAP, c_sweep=P.DEFAULT_C_SWEEP,
-                   sweep_rates="highest", time_limit=900),
+    # The full comparison (about 1.5 h on the 2-core CPU machine at ~60 output tokens/s;
+    # docs/benchmarks.md records the run made with a smaller cap and two rates).
+    "full": Preset(requests=32, rates=(0.1, 0.2, 0.4), output_cap=DEFAULT_OUTPUT_CAP, c_sweep=P.DEFAULT_C_SWEEP,
+                   sweep_rates="highest", time_limit=1200),
 }
 
 
@@ -69,7 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                            f"(default: {','.join(P.DEFAULT_POLICIES)})")
     parser.add_argument("--c-sweep", help="comma-separated values of c for extra TRAIL entries ('' for none)")
     parser.add_argument("--sweep-rates", choices=("highest", "all"), help="rates the c sweep runs at")
-    parser.add_argument("--probe", type=Path, help="probe file for TRAIL with embedding refinement")
+    parser.add_argument("--probe", type=Path,
+                        help="probe file for TRAIL with embedding refinement (default: the shipped one, if any)")
     parser.add_argument("--max-wait-seconds", type=float, help="starvation bound for the TRAIL-engine policies")
     parser.add_argument("--max-num-seqs", type=int, default=8, help="engine batch size (small: queueing comes early)")
     parser.add_argument("--seed", type=int, default=0, help="fixes the prompt sample and arrival times")
@@ -107,6 +113,7 @@ class BenchConfig:
     entries: list[P.PolicyEntry]
     sweep_rates: str
     time_limit: float
+    max_prompt_tokens: int
     seed: int
     max_num_seqs: int
     max_wait_seconds: float | None
@@ -137,6 +144,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     output_cap = args.output_cap or preset.output_cap
     if requests < 1 or output_cap < 1:
         raise SystemExit("error: --requests and --output-cap must be at least 1")
+    if args.probe is None and SHIPPED_PROBE.is_file():  # the probe trained for the bundled model
+        args.probe = SHIPPED_PROBE
     if args.probe is not None and not args.probe.is_file():
         raise SystemExit(f"error: probe file {args.probe} not found")
     if args.prompts is not None and not args.prompts.is_file():
@@ -159,12 +168,16 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
             trail_endpoint = Server(check_loopback(args.trail_endpoint), check_loopback(args.admin_endpoint), token)
         if args.stock_endpoint:
             stock_endpoint = Server(check_loopback(args.stock_endpoint))
+        for server in (trail_endpoint, stock_endpoint):
+            if server is not None:
+                server.served_model()  # reachable and OpenAI-compatible, before any work
     except EndpointError as error:
         raise SystemExit(f"error: {error}") from None
     output = args.output or Path("bench-results") / time.strftime("%Y%m%d-%H%M%S")
     return BenchConfig(
         preset=args.preset or "full", requests=requests, rates=rates, output_cap=output_cap, entries=entries,
         sweep_rates=args.sweep_rates or preset.sweep_rates, time_limit=args.time_limit or preset.time_limit,
+        max_prompt_tokens=preset.max_prompt_tokens,
         seed=args.seed, max_num_seqs=args.max_num_seqs, max_wait_seconds=args.max_wait_seconds, probe=args.probe,
         prompts=args.prompts, output=output, notes=notes, trail_endpoint=trail_endpoint, stock_endpoint=stock_endpoint,
     )
@@ -193,6 +206,7 @@ class PreemptionWatcher:
         self.seen: dict[int, int] = {}  # request index -> preemptions seen
         self.generated: dict[int, list[int]] = {}  # request index -> generated tokens at each preemption
         self._task: asyncio.Task | None = None
+        self.observed = 0  # preemptions seen by the poll (the rest are extrapolated)
 
     async def _poll(self) -> None:
         async with httpx.AsyncClient(base_url=self.server.admin, timeout=10,
@@ -222,6 +236,7 @@ class PreemptionWatcher:
 
     def recomputed(self, records: list[RequestRecord], preemptions: float) -> float:
         observed = [(records[i].prompt_tokens + g) for i, gs in self.generated.items() for g in gs if i < len(records)]
+        self.observed = len(observed)
         if observed:
             return sum(observed) * max(1.0, preemptions / len(observed))
         return estimate_recomputed(records, preemptions)
@@ -238,8 +253,8 @@ def estimate_recomputed(records: list[RequestRecord], preemptions: float) -> flo
 
 
 def _run_one(server: Server, model: str, entry: P.PolicyEntry, rate: float | None, requests, run_index: int,
-             time_limit: float, on_done) -> tuple[list[RequestRecord], float, float, float]:
-    """One policy at one rate; returns records, duration, preemptions, recomputed tokens."""
+             time_limit: float, on_done) -> tuple[list[RequestRecord], float, float, float, int]:
+    """One policy at one rate: records, duration, preemptions, recomputed tokens, preemptions observed."""
     # Unique request ids let the watcher map the engine's requests back to ours.
     ids = {r.id: f"bench{run_index}x{i}" for i, r in enumerate(requests)}
 
@@ -266,14 +281,14 @@ def _run_one(server: Server, model: str, entry: P.PolicyEntry, rate: float | Non
     time.sleep(1.5)  # vLLM's stat logger publishes a moment after the last step
     preemptions = metric_sum(server.metrics(), PREEMPTIONS_METRIC) - before
     recomputed = watcher.recomputed(records, preemptions) if watcher else estimate_recomputed(records, preemptions)
-    return records, duration, preemptions, recomputed
+    return records, duration, preemptions, recomputed, (watcher.observed if watcher else 0)
 
 
 def run_bench(config: BenchConfig) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from trail_scheduler.assets import BUNDLED_MODEL_NAME, prepare_bundled_model
+    from trail_scheduler.assets import prepare_bundled_model
 
     console = Console(stderr=True)
     config.output.mkdir(parents=True, exist_ok=True)
@@ -281,7 +296,8 @@ def run_bench(config: BenchConfig) -> dict:
     model_path = prepare_bundled_model()
     try:
         pool = load_prompts(config.prompts)
-        prompts = sample_prompts(pool, config.requests, config.seed, count_tokens=chat_token_counter(model_path))
+        prompts = sample_prompts(pool, config.requests, config.seed, config.max_prompt_tokens,
+                                 count_tokens=chat_token_counter(model_path))
     except WorkloadError as error:
         raise SystemExit(f"error: {error}") from None
     engine_args = ("--max-num-seqs", str(config.max_num_seqs))
@@ -307,14 +323,19 @@ def run_bench(config: BenchConfig) -> dict:
         run_index = 0
         for engine in (P.STOCK, P.TRAIL):
             engine_entries = [e for e in config.entries if e.engine == engine]
-            if not engine_entries and lengths is not None:
+            if not engine_entries:
                 continue
             server = config.stock_endpoint if engine == P.STOCK else config.trail_endpoint
+            engine_scope = ExitStack()  # an engine started here is stopped before the next one starts
+            stack.enter_context(engine_scope)
             if server is None:
                 what = "stock vLLM" if engine == P.STOCK else "trail serve"
                 starting = progress.add_task(f"starting {what}", total=None)
-                server = (start_stock_vllm if engine == P.STOCK else start_trail_serve)(logs, *engine_args)
-                stack.callback(server.stop)
+                if engine == P.STOCK:
+                    server = start_stock_vllm(logs, *engine_args)
+                else:  # without a probe: the probe-free entries run first, the probe is loaded live after
+                    server = start_trail_serve(logs, "--probe", "none", *engine_args)
+                engine_scope.callback(server.stop)
                 progress.remove_task(starting)
             try:
                 model = server.served_model()
@@ -341,7 +362,7 @@ def run_bench(config: BenchConfig) -> dict:
                 for rate in config.rates_for(entry):
                     requests = build_requests(prompts, lengths, rate, config.seed)
                     task = progress.add_task(f"{entry.name} @ {rate_label(rate)}", total=len(requests))
-                    records, duration, preemptions, recomputed = _run_one(
+                    records, duration, preemptions, recomputed, observed = _run_one(
                         server, model, entry, rate, requests, run_index, config.time_limit,
                         on_done=lambda record, task=task: progress.advance(task),
                     )
@@ -349,14 +370,22 @@ def run_bench(config: BenchConfig) -> dict:
                     progress.remove_task(task)
                     progress.advance(overall)
                     row = summarise(entry.name, rate, records, duration, preemptions, recomputed)
+                    # Other work on the machine skews timings: keep the evidence with the numbers.
+                    row["load_avg_1m"] = os.getloadavg()[0]
+                    row["preemptions_observed_by_poll"] = observed
+                    progress.console.print(f"{entry.name} @ {rate_label(rate)}: mean latency "
+                                           f"{row['mean_latency_s']:.2f} s, TTFT {row['mean_ttft_s']:.2f} s, "
+                                           f"{row['output_throughput_tok_s']:.1f} tok/s")
                     report["summary"].append(row)
                     report["requests"] += [{"policy": entry.name, "rate": rate_label(rate), **vars(r)} for r in records]
                     if row["failed"]:
                         errors = {r.error for r in records if r.error}
                         report["notes"].append(f"{entry.name} @ {rate_label(rate)}: {row['failed']} requests failed: "
                                                f"{'; '.join(sorted(errors))[:300]}")
+                    write_partial(config.output, report)  # a long run that dies keeps what it measured
+            engine_scope.close()
     report["files"] = {k: str(v) for k, v in write_report(config.output, report).items()}
-    print_table(report, Console())
+    print_table(report, Console(width=max(Console().width, 150)))
     console.print(f"report: {config.output}")
     return report
 

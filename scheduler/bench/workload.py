@@ -132,6 +132,10 @@ def _profile_key(model: str, cap: int, prompt: Prompt) -> str:
     return f"{model}|{cap}|{prompt.id}|{digest}"
 
 
+def _cached_caps(known: dict[str, int]) -> set[int]:
+    return {int(key.split("|")[1]) for key in known}
+
+
 def length_cache_path() -> Path:
     return cache_dir() / "bench" / "lengths.json"
 
@@ -154,6 +158,15 @@ def profile_lengths(base: str, model: str, prompts: Sequence[Prompt], cap: int, 
     """
     cache = cache or length_cache_path()
     known: dict[str, int] = json.loads(cache.read_text()) if cache.exists() else {}
+    # Greedy decoding is deterministic and causal: the answer under a smaller cap is a
+    # prefix of the answer under a larger one, so a larger-cap profile gives min(L, cap).
+    for prompt in prompts:
+        key = _profile_key(model, cap, prompt)
+        if key not in known:
+            larger = [known[k] for k in (_profile_key(model, c, prompt) for c in _cached_caps(known)) if k in known
+                      and int(k.split("|")[1]) >= cap]
+            if larger:
+                known[key] = min(larger[0], cap)
     missing = [p for p in prompts if _profile_key(model, cap, p) not in known]
 
     async def run() -> None:

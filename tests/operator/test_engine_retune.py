@@ -7,50 +7,25 @@ server; the Pod object points at the local process (podIP 127.0.0.1, container p
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-from test_operator import CPU_SPEC, add_pod, cluster, create, edit_spec, free_port  # noqa: F401 (fixture)
+from test_operator import CPU_SPEC, add_pod, cluster, create, edit_spec  # noqa: F401 (fixture)
 from kopf_harness import LLMS, NS, condition, eventually, obj, running_operator
 
 from trail_scheduler.api import ADMIN_PREFIX
-
-TRAIL = Path(sys.executable).parent / "trail"
+from trail_scheduler.bench.servers import start_trail_serve
 
 
 @pytest.fixture
 def trail_serve(tmp_path):
-    http_port, admin_port, token = free_port(), free_port(), "engine-test-token"
-    log = (tmp_path / "serve.log").open("w")
-    process = subprocess.Popen(
-        [str(TRAIL), "serve", "--port", str(http_port), "--admin-port", str(admin_port),
-         "--max-model-len", "2048", "--dtype", "float32", "--gpu-memory-utilization", "0.3", "--enforce-eager"],
-        env={**os.environ, "TRAIL_ADMIN_TOKEN": token}, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
+    token = "engine-test-token"
+    server = start_trail_serve(tmp_path, "--probe", "none", "--prompt-predictor", "none", token=token)
     try:
-        while time.monotonic() < deadline:
-            assert process.poll() is None, f"trail serve exited {process.returncode}: " \
-                                           f"{(tmp_path / 'serve.log').read_text()[-3000:]}"
-            try:
-                if httpx.get(f"http://127.0.0.1:{http_port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        else:
-            pytest.fail(f"trail serve not healthy after 300 s: {(tmp_path / 'serve.log').read_text()[-3000:]}")
-        yield admin_port, token
+        yield int(server.admin.rsplit(":", 1)[1]), token
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        server.stop()
 
 
 @pytest.mark.engine

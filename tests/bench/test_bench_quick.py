@@ -1,0 +1,62 @@
+"""`trail bench --quick` end to end on the real engine (CI's smoke run).
+
+It asserts only that the run completes and that the report is well formed, not any
+speed-up: a few tiny requests on a shared CPU measure nothing about policies.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trail_scheduler.bench.policies import BASE_ENTRIES
+from trail_scheduler.bench.probes import untrained_probe
+from trail_scheduler.bench.report import SUMMARY_FIELDS
+from trail_scheduler.bench.runner import PRESETS
+
+pytestmark = pytest.mark.engine
+
+
+def test_quick_preset_runs_every_policy_and_writes_a_well_formed_report(tmp_path):
+    # An untrained probe: exercises the live probe load and the refinement entries.
+    probe = untrained_probe(tmp_path / "untrained.safetensors")
+    out = tmp_path / "report"
+    trail = Path(sys.executable).with_name("trail")
+    result = subprocess.run([str(trail), "bench", "--quick", "--probe", str(probe), "--output", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    report = json.loads((out / "report.json").read_text())
+    preset = PRESETS["quick"]
+    rates = {"burst" if r is None else f"{r:g}" for r in preset.rates}
+    rows = {(row["policy"], row["rate"]): row for row in report["summary"]}
+    expected = {(name, rate) for name in ("fcfs", "sjf", "trail-prompt", "trail", "trail+") for rate in rates}
+    highest = "burst"  # the sweep runs at the highest rate only; a burst is the highest
+    expected |= {(f"trail@c={c:g}", highest) for c in preset.c_sweep}
+    assert set(rows) == expected
+    assert report["config"]["policies"]["fcfs"] == BASE_ENTRIES["fcfs"].description
+    for row in rows.values():
+        assert row["completed"] == row["requests"] == preset.requests, row
+        for field in ("mean_latency_s", "p99_latency_s", "mean_ttft_s", "output_throughput_tok_s"):
+            assert math.isfinite(row[field]) and row[field] > 0, (field, row)
+        assert row["mean_ttft_s"] <= row["mean_latency_s"] <= row["p99_latency_s"] + 1e-9
+        assert row["preemptions"] >= 0 and row["recomputed_tokens"] >= 0
+    # Every request got exactly its profiled length, under every policy.
+    sent = [r for r in report["requests"] if r["error"] is None]
+    assert len(sent) == len(expected) * preset.requests
+    assert all(r["output_tokens"] == r["expected_tokens"] for r in sent)
+    lengths = report["lengths"]
+    assert lengths["count"] == preset.requests and 1 <= lengths["min"] <= lengths["max"] <= preset.output_cap
+
+    with (out / "summary.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert tuple(table[0]) == SUMMARY_FIELDS and len(table) == len(expected)
+    for name in ("latency_ttft_vs_rate.png", "latency_cdf.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "mean lat" in result.stdout  # the terminal table

@@ -1,0 +1,218 @@
+"""`trail bench` without an engine: workloads, policy selection, reports, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from trail_scheduler.bench import policies as P
+from trail_scheduler.bench.loadgen import RequestRecord
+from trail_scheduler.bench.report import percentile, summarise, write_report
+from trail_scheduler.bench.servers import EndpointError, check_loopback, free_port, parse_metrics, metric_sum
+from trail_scheduler.bench.workload import (
+    Prompt, WorkloadError, _profile_key, arrival_times, build_requests, length_summary, load_prompts,
+    profile_lengths, sample_prompts,
+)
+
+def bench_error(*args: str) -> str:
+    """The error `trail bench ARGS` stops with, before any engine starts."""
+    from trail_scheduler.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["bench", *args])
+    assert stopped.value.code not in (0, None)
+    return str(stopped.value.code)
+
+
+# -- workloads ------------------------------------------------------------------------
+
+
+def test_poisson_arrivals_are_seeded_and_have_the_asked_rate():
+    times = arrival_times(4000, 2.0, seed=7)
+    assert times == arrival_times(4000, 2.0, seed=7)
+    assert times != arrival_times(4000, 2.0, seed=8)
+    assert times[0] == 0 and all(b >= a for a, b in zip(times, times[1:]))
+    assert abs(len(times) / times[-1] - 2.0) < 0.15  # ~4000 exponential gaps of mean 0.5 s
+    assert arrival_times(5, None, seed=0) == [0.0] * 5  # burst
+
+
+@pytest.mark.parametrize("rate", [0.0, -1.0, math.inf, math.nan])
+def test_bad_rates_are_refused(rate):
+    with pytest.raises(WorkloadError, match="positive"):
+        arrival_times(3, rate, seed=0)
+
+
+def test_jsonl_prompts_load_and_bad_files_say_where(tmp_path):
+    good = tmp_path / "p.jsonl"
+    good.write_text('{"id": "a", "prompt": "hi"}\n\n{"id": 2, "prompt": "there"}\n')
+    assert load_prompts(good) == [Prompt("a", "hi"), Prompt("2", "there")]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "prompt": "hi"}\n{"text": "no id"}\n')
+    with pytest.raises(WorkloadError, match=r"bad.jsonl:2"):
+        load_prompts(bad)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(WorkloadError, match="no prompts"):
+        load_prompts(empty)
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n')
+    with pytest.raises(WorkloadError, match="not unique"):
+        load_prompts(dup)
+
+
+def test_sampling_is_seeded_and_skips_prompts_too_long():
+    pool = [Prompt(str(i), "word " * i) for i in range(1, 50)]
+    count = lambda text: len(text.split())  # noqa: E731
+    first = sample_prompts(pool, 10, seed=3, max_prompt_tokens=20, count_tokens=count)
+    assert first == sample_prompts(pool, 10, seed=3, max_prompt_tokens=20, count_tokens=count)
+    assert all(count(p.prompt) <= 20 for p in first) and len({p.id for p in first}) == 10
+    with pytest.raises(WorkloadError, match="only 20 usable"):
+        sample_prompts(pool, 30, seed=3, max_prompt_tokens=20, count_tokens=count)
+
+
+def test_the_default_pool_is_sharegpt_beyond_the_training_prefix():
+    pool = load_prompts()
+    assert len(pool) == 1000 and all(p.prompt.strip() for p in pool)
+
+
+def test_a_larger_cap_profile_answers_a_smaller_cap_without_any_request(tmp_path):
+    """Greedy answers are prefixes of each other: min(length at cap 512, 256) needs no engine."""
+    prompts = [Prompt("a", "short one"), Prompt("b", "long one")]
+    cache = tmp_path / "lengths.json"
+    cache.write_text(json.dumps({_profile_key("m", 512, prompts[0]): 40, _profile_key("m", 512, prompts[1]): 512}))
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    assert profile_lengths(unreachable, "m", prompts, 256, cache=cache) == {"a": 40, "b": 256}
+    # A changed prompt text is profiled afresh: here that needs the (unreachable) engine.
+    import httpx
+
+    with pytest.raises(httpx.ConnectError):
+        profile_lengths(unreachable, "m", [Prompt("a", "changed text")], 256, cache=cache)
+
+
+def test_every_policy_gets_the_same_requests():
+    prompts = [Prompt(str(i), f"p{i}") for i in range(5)]
+    lengths = {str(i): 10 * (i + 1) for i in range(5)}
+    one, two = build_requests(prompts, lengths, 1.0, seed=1), build_requests(prompts, lengths, 1.0, seed=1)
+    assert one == two and [r.output_tokens for r in one] == [10, 20, 30, 40, 50]
+
+
+def test_length_summary_counts_answers_at_the_cap():
+    summary = length_summary([10, 20, 512, 512], 512)
+    assert summary["at_cap"] == 2 and summary["median"] in (20, 512) and summary["mean"] == 263.5
+
+
+# -- policies ---------------------------------------------------------------------------
+
+
+def test_policy_order_puts_probe_entries_after_probe_free_ones():
+    entries, notes = P.resolve(["trail", "fcfs", "trail+", "sjf"], [0.0, 0.8], have_probe=True, explicit=True)
+    names = [e.name for e in entries]
+    assert names[0] == "fcfs"
+    first_probe = next(i for i, e in enumerate(entries) if e.probe)
+    assert all(e.probe for e in entries[first_probe:]) and not any(e.probe for e in entries[:first_probe])
+    assert "trail@c=0" in names and "trail@c=0.8" not in names  # 0.8 is 'trail' itself
+    assert notes == []
+
+
+def test_refinement_without_a_probe_is_an_error_when_asked_and_a_note_by_default():
+    with pytest.raises(P.PolicyError, match="needs a probe"):
+        P.resolve(["trail"], [], have_probe=False, explicit=True)
+    entries, notes = P.resolve(list(P.DEFAULT_POLICIES), [2.0], have_probe=False, explicit=False)
+    assert "trail" not in [e.name for e in entries] and "trail-prompt@c=2" in [e.name for e in entries]
+    assert notes and "no --probe" in notes[0]
+
+
+def test_unknown_policy_is_named():
+    with pytest.raises(P.PolicyError, match="unknown policy 'srpt'"):
+        P.resolve(["fcfs", "srpt"], [], have_probe=False, explicit=True)
+
+
+# -- reports ----------------------------------------------------------------------------
+
+
+def test_percentiles_match_numpy():
+    import numpy as np
+
+    values = [3.0, 1.0, 7.0, 2.5, 9.0, 4.0]
+    for q in (0, 50, 95, 99, 100):
+        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+    assert math.isnan(percentile([], 50))
+
+
+def _record(i: int, sent: float, first: float, done: float, tokens: int, error: str | None = None) -> RequestRecord:
+    return RequestRecord(str(i), sent, sent, first, done if error is None else None, 10, tokens, tokens, error)
+
+
+def test_summary_numbers_and_files(tmp_path):
+    records = [_record(0, 0.0, 0.5, 2.0, 20), _record(1, 1.0, 1.5, 5.0, 40), _record(2, 1.0, None, None, 0, "boom")]
+    row = summarise("fcfs", 2.0, records, 6.0, preemptions=3, recomputed_tokens=90)
+    assert (row["completed"], row["failed"]) == (2, 1)
+    assert row["mean_latency_s"] == pytest.approx(3.0) and row["mean_ttft_s"] == pytest.approx(0.5)
+    assert row["output_throughput_tok_s"] == pytest.approx(60 / 5.0)  # first send to last finish
+    assert row["latency_per_output_token_s"] == pytest.approx((2 / 20 + 4 / 40) / 2)
+    report = {"title": "t", "summary": [row, {**row, "policy": "trail", "rate": "burst"}], "notes": [],
+              "requests": [{"policy": "fcfs", "rate": "2", **vars(r)} for r in records]}
+    row["load_avg_1m"] = 1.0
+    paths = write_report(tmp_path, report)
+    assert json.loads(paths["json"].read_text())["summary"][0]["policy"] == "fcfs"
+    assert paths["csv"].read_text().splitlines()[0].startswith("policy,rate,requests")
+    for key in ("latency_png", "cdf_png"):
+        assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_metrics_parsing_sums_matching_labels():
+    text = ('# HELP x\nvllm:num_preemptions_total{engine="0",model_name="m"} 3.0\n'
+            'vllm:num_preemptions_total{engine="1",model_name="m"} 2.0\ntrail_preemptions_total{reason="policy"} 4\n')
+    samples = parse_metrics(text)
+    assert metric_sum(samples, "vllm:num_preemptions_total") == 5.0
+    assert metric_sum(samples, "vllm:num_preemptions_total", engine="1") == 2.0
+    assert metric_sum(samples, "absent") == 0.0
+
+
+# -- the command's errors -----------------------------------------------------------------
+
+
+def test_only_loopback_endpoints():
+    assert check_loopback("http://127.0.0.1:8000/") == "http://127.0.0.1:8000"
+    with pytest.raises(EndpointError, match="loopback"):
+        check_loopback("http://10.0.0.5:8000")
+
+
+def test_cli_unknown_policy():
+    assert "unknown policy 'lifo'" in bench_error("--quick", "--policies", "fcfs,lifo")
+
+
+def test_cli_missing_probe_file(tmp_path):
+    assert "not found" in bench_error("--quick", "--probe", str(tmp_path / "missing.safetensors"))
+
+
+def test_cli_refinement_without_a_probe(monkeypatch, tmp_path):
+    from trail_scheduler.bench import runner
+
+    monkeypatch.setattr(runner, "SHIPPED_PROBE", tmp_path / "not-shipped.safetensors")
+    assert "needs a probe" in bench_error("--quick", "--policies", "fcfs,trail")
+
+
+def test_cli_unreachable_endpoint(monkeypatch):
+    monkeypatch.setenv("TRAIL_ADMIN_TOKEN", "x")
+    port = free_port()  # nothing listens here
+    message = bench_error("--quick", "--trail-endpoint", f"http://127.0.0.1:{port}",
+                          "--admin-endpoint", f"http://127.0.0.1:{port}")
+    assert "not a reachable OpenAI-compatible server" in message
+
+
+def test_cli_admin_endpoint_needs_a_token(monkeypatch):
+    monkeypatch.delenv("TRAIL_ADMIN_TOKEN", raising=False)
+    message = bench_error("--quick", "--trail-endpoint", "http://127.0.0.1:1", "--admin-endpoint", "http://127.0.0.1:2")
+    assert "needs a token" in message
+
+
+def test_cli_remote_endpoint_refused():
+    assert "loopback" in bench_error("--quick", "--stock-endpoint", "http://example.com:8000")
+
+
+@pytest.mark.parametrize(("rates", "message"), [("1,-2", "positive"), ("0", "positive"), ("fast", "numbers")])
+def test_cli_bad_rate(rates, message):
+    assert message in bench_error("--quick", "--rates", rates)
