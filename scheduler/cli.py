@@ -24,14 +24,16 @@ def _model_prepare(args: argparse.Namespace) -> int:
 
 
 def _add_probe_commands(sub: argparse._SubParsersAction) -> None:
-    probe = sub.add_parser("probe", help="length probes: inspect (and, with training, collect/train/eval)")
+    """``probe inspect`` here; collect/train/sweep/eval and ``prompt-predictor`` from the training package."""
+    probe = sub.add_parser("probe", help="length probes: collect, train, sweep, eval, inspect")
     probe_sub = probe.add_subparsers(dest="probe_command", required=True)
     inspect = probe_sub.add_parser("inspect", help="validate a probe file and print its metadata")
     inspect.add_argument("file")
     inspect.set_defaults(handler=_probe_inspect)
-    from trail_scheduler.training.cli import add_probe_commands
+    from trail_scheduler.training.cli import add_probe_commands, add_training_commands
 
     add_probe_commands(probe_sub)
+    add_training_commands(probe_sub, sub)
 
 
 def _probe_inspect(args: argparse.Namespace) -> int:

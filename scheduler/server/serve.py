@@ -37,8 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--c", type=float, help="preemption threshold: preemptible while generated < c × first prediction")
     parser.add_argument("--predict-every", type=int, help="run the probe every k tokens")
     parser.add_argument("--max-wait-seconds", type=float, help="starvation bound (promote requests waiting longer)")
-    parser.add_argument("--probe", help="probe file (.safetensors)")
+    parser.add_argument(
+        "--probe", help="probe file (.safetensors), or 'none' (default with the bundled model: the shipped one)"
+    )
     parser.add_argument("--probe-layer", type=int, help="decoder layer to capture when no probe names one")
+    parser.add_argument(
+        "--prompt-predictor",
+        help="prompt-predictor file estimating each request's length on arrival, or 'none' "
+        "(default with the bundled model: the shipped one)",
+    )
     parser.add_argument(
         "--scheduler-config", help="JSON/YAML file with the admin API's settings fields (how pods read their ConfigMap)"
     )
@@ -47,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def scheduler_settings(args: argparse.Namespace) -> tuple[SchedulerSettings, str | None, int]:
     """Settings from the config file, then explicit flags; the probe path; the generation."""
     settings = SchedulerSettings()
-    probe_path, generation = args.probe, 0
+    no_probe = args.probe == "none"
+    probe_path, generation = (None if no_probe else args.probe), 0
     if args.scheduler_config:
         text = Path(args.scheduler_config).read_text()
         try:
@@ -57,7 +65,7 @@ def scheduler_settings(args: argparse.Namespace) -> tuple[SchedulerSettings, str
         changes = {k: getattr(update, k) for k in update.model_fields_set if k in SchedulerSettings.__dataclass_fields__}
         settings = SchedulerSettings(**{**settings.__dict__, **changes})
         generation = update.generation or 0
-        if update.probe is not None and probe_path is None:
+        if update.probe is not None and probe_path is None and not no_probe:
             from trail_scheduler.server.admin import ProbeFetchError, fetch_probe
 
             try:
@@ -78,7 +86,69 @@ def scheduler_settings(args: argparse.Namespace) -> tuple[SchedulerSettings, str
         settings = SchedulerSettings(**{**settings.__dict__, **{k: v for k, v in flags.items() if v is not None}})
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
+    if probe_path is None and not no_probe and args.model is None and args.probe_layer is None:
+        probe_path = _shipped("SHIPPED_PROBE")  # trained for the bundled model
     return settings, probe_path, generation
+
+
+def _shipped(name: str) -> str | None:
+    from trail_scheduler import predictors
+
+    path = getattr(predictors, name)
+    return str(path) if path.exists() else None
+
+
+def load_prompt_predictor_arg(args: argparse.Namespace):
+    """The prompt predictor to run on arrival (None: requests carry no prompt estimate)."""
+    path = args.prompt_predictor
+    if path is None and args.model is None:
+        path = _shipped("SHIPPED_PROMPT_PREDICTOR")
+    if path is None or path == "none":
+        return None
+    from trail_scheduler.probe import ProbeFileError
+    from trail_scheduler.training.prompt_predictor import load_prompt_predictor
+
+    try:
+        predictor = load_prompt_predictor(path)
+    except ProbeFileError as error:
+        raise SystemExit(f"error: --prompt-predictor: {error}") from None
+    predictor.estimate_one("warm-up")  # load the encoder now, not on the first request
+    return predictor
+
+
+def attach_prompt_predictor(engine, predictor) -> None:
+    """Estimate each request's length on arrival, off the event loop, and send it with the
+    request as ``sampling_params.extra_args["trail_prompt_estimate"]`` (one already given,
+    e.g. through vllm_xargs, is kept). Wraps the engine client's ``generate``, which every
+    OpenAI endpoint calls with the rendered prompt (token ids, and the text when known)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from trail_scheduler.vllm.scheduler import PROMPT_ESTIMATE_ARG
+
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trail-prompt-predictor")
+    original = engine.generate
+
+    def prompt_text(prompt) -> str | None:
+        if isinstance(prompt, str):
+            return prompt
+        if isinstance(prompt, dict):
+            if isinstance(prompt.get("prompt"), str):
+                return prompt["prompt"]
+            if prompt.get("prompt_token_ids") is not None and engine.tokenizer is not None:
+                return engine.tokenizer.decode(prompt["prompt_token_ids"])
+        return None
+
+    async def generate(prompt, sampling_params, request_id, *args, **kwargs):
+        extra = getattr(sampling_params, "extra_args", None) or {}
+        if hasattr(sampling_params, "extra_args") and PROMPT_ESTIMATE_ARG not in extra:
+            text = prompt_text(prompt)
+            if text is not None:
+                estimate = await asyncio.get_running_loop().run_in_executor(executor, predictor.estimate_one, text)
+                sampling_params.extra_args = {**extra, PROMPT_ESTIMATE_ARG: estimate}
+        async for output in original(prompt, sampling_params, request_id, *args, **kwargs):
+            yield output
+
+    engine.generate = generate
 
 
 def admin_token(args: argparse.Namespace) -> str:
@@ -149,7 +219,7 @@ class _QuietServer:
         return Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
 
 
-async def _run(vllm_args: argparse.Namespace, token: str, admin_port: int) -> None:
+async def _run(vllm_args: argparse.Namespace, token: str, admin_port: int, prompt_predictor=None) -> None:
     from vllm.entrypoints.launchers.api_server.entry import build_and_serve, build_async_engine_client
     from vllm.entrypoints.launchers.launcher import setup_server
 
@@ -158,6 +228,8 @@ async def _run(vllm_args: argparse.Namespace, token: str, admin_port: int) -> No
 
     listen_address, sock = setup_server(vllm_args, reuse_port=False)
     async with build_async_engine_client(vllm_args) as engine:
+        if prompt_predictor is not None:
+            attach_prompt_predictor(engine, prompt_predictor)
         admin = _QuietServer.make(build_admin_app(engine, token), vllm_args.host or "0.0.0.0", admin_port)
         admin_task = asyncio.create_task(admin.serve())
         poller = asyncio.create_task(poll_engine(engine))
@@ -192,6 +264,7 @@ def run(args: argparse.Namespace) -> int:
     engine_config = TrailEngineConfig(
         settings=settings, probe_path=probe_path, probe_layer=args.probe_layer, generation=generation
     )
+    prompt_predictor = load_prompt_predictor_arg(args)
     token = admin_token(args)
     cli_env_setup()
     parser = make_arg_parser(FlexibleArgumentParser(prog="trail serve"))
@@ -200,5 +273,7 @@ def run(args: argparse.Namespace) -> int:
     logger.info("TRAIL %s (c=%s, predict every %d) on %s", settings.policy.value, settings.c, settings.predict_every, vllm_args.model)
     import uvloop
 
-    uvloop.run(_run(vllm_args, token, args.admin_port))
+    if prompt_predictor is not None:
+        logger.info("prompt predictor %s (sha256 %s)", args.prompt_predictor or "shipped", prompt_predictor.loaded.sha256[:12])
+    uvloop.run(_run(vllm_args, token, args.admin_port, prompt_predictor))
     return 0

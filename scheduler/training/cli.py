@@ -61,3 +61,111 @@ def _collect(args) -> int:
         return 2
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _bins(args, collection):
+    from trail_scheduler.core.bins import LengthBins
+    from trail_scheduler.training.train import default_bins
+
+    if args.bins is None:
+        return default_bins(collection)
+    max_tokens = float(collection.info["sampling"]["max_tokens"])
+    if args.bins.startswith("log"):
+        return LengthBins.log_spaced(int(args.bins[3:] or 12), max_tokens, open_top=False)
+    return LengthBins.uniform(int(args.bins), max_tokens)
+
+
+def _recipe_arguments(parser, **defaults) -> None:
+    from trail_scheduler.training.train import Recipe
+
+    d = Recipe(**defaults)
+    parser.add_argument("--epochs", type=int, default=d.epochs)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--patience", type=int, default=d.patience, help="early stopping: epochs without a better validation MAE")
+    parser.add_argument("--hidden-units", type=int, default=d.hidden_units)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--token-stride", type=int, default=d.token_stride, help="train on every n-th output token")
+    parser.add_argument("--max-train-examples", type=int, default=d.max_train_examples)
+    parser.add_argument("--bins", help="number of equal bins over 0..max_tokens (default 10), or logN for log-spaced")
+
+
+def _recipe(args):
+    from trail_scheduler.training.train import Recipe
+
+    return Recipe(**{k: getattr(args, k) for k in Recipe.__dataclass_fields__ if k != "weight_decay"})
+
+
+def add_training_commands(probe_sub, sub) -> None:
+    train = probe_sub.add_parser("train", help="train a probe on a collection (reference recipe, early stopping)")
+    train.add_argument("collection", type=Path)
+    train.add_argument("--output", "-o", type=Path, required=True, help="probe file to write (.safetensors)")
+    train.add_argument("--layer", type=int, help="default: the sweep's best layer, else a third of the depth")
+    _recipe_arguments(train)
+    train.set_defaults(handler=_train)
+
+    sweep = probe_sub.add_parser("sweep", help="a probe per collected layer: validation MAE per layer and a plot")
+    sweep.add_argument("collection", type=Path)
+    sweep.add_argument("--layers", help="comma-separated subset of the collected layers")
+    _recipe_arguments(sweep)
+    sweep.set_defaults(handler=_sweep)
+
+    evaluate = probe_sub.add_parser("eval", help="MAE of prompt predictor, first and refined predictions on held-out prompts")
+    evaluate.add_argument("collection", type=Path)
+    evaluate.add_argument("--probe", required=True, type=Path)
+    evaluate.add_argument("--prompt-predictor", required=True, type=Path)
+    evaluate.add_argument("--split", default="test", choices=["test", "validation", "train"])
+    evaluate.add_argument("--predict-every", type=int, default=1)
+    evaluate.add_argument("--output", "-o", type=Path, help="report folder (default: COLLECTION/eval)")
+    evaluate.set_defaults(handler=_eval)
+
+    predictor = sub.add_parser("prompt-predictor", help="the prompt-only length predictor (MiniLM + head)")
+    predictor_sub = predictor.add_subparsers(dest="prompt_predictor_command", required=True)
+    ptrain = predictor_sub.add_parser("train", help="train it on a collection's prompts and answer lengths")
+    ptrain.add_argument("collection", type=Path)
+    ptrain.add_argument("--output", "-o", type=Path, required=True)
+    _recipe_arguments(ptrain, lr=1e-3, hidden_units=256)
+    ptrain.set_defaults(handler=_prompt_train)
+
+
+def _run(work) -> int:
+    from trail_scheduler.probe import ProbeFileError
+    from trail_scheduler.training.data import CollectionError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = work()
+    except (CollectionError, ProbeFileError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _train(args) -> int:
+    from trail_scheduler.training.data import Collection
+    from trail_scheduler.training.train import train_probe
+
+    return _run(lambda: train_probe(args.collection, args.output, args.layer, _bins(args, Collection(args.collection)), _recipe(args)))
+
+
+def _sweep(args) -> int:
+    from trail_scheduler.training.data import Collection
+    from trail_scheduler.training.train import sweep
+
+    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    return _run(lambda: sweep(args.collection, layers, _bins(args, Collection(args.collection)), _recipe(args)))
+
+
+def _eval(args) -> int:
+    from trail_scheduler.training.evaluate import evaluate
+
+    output = args.output or args.collection / "eval"
+    return _run(lambda: evaluate(args.collection, args.probe, args.prompt_predictor, output, args.split, args.predict_every))
+
+
+def _prompt_train(args) -> int:
+    from trail_scheduler.training.data import Collection
+    from trail_scheduler.training.prompt_predictor import train_prompt_predictor
+
+    return _run(lambda: train_prompt_predictor(args.collection, args.output, _bins(args, Collection(args.collection)), _recipe(args)))

@@ -18,7 +18,7 @@ import torch
 from trail_scheduler.core.tracker import PredictionTracker
 from trail_scheduler.probe import ProbeFileError, load_probe
 from trail_scheduler.training.data import Collection, CollectionError
-from trail_scheduler.training.prompt_predictor import collected_lengths, load_prompt_predictor
+from trail_scheduler.training.prompt_predictor import load_prompt_predictor
 
 
 def evaluate(directory, probe_path, prompt_predictor_path, output_dir, split: str = "test", predict_every: int = 1) -> dict:
@@ -40,27 +40,7 @@ def evaluate(directory, probe_path, prompt_predictor_path, output_dir, split: st
         first = probe.module.probabilities(states.prompt_mean).double().numpy()
         readings = probe.module.probabilities(states.tokens.float()).double().numpy()
     bins = probe.bins
-    tracker = PredictionTracker(bins)
-    errors = {"prompt": [], "first": [], "refined": []}
-    true_bins, refined_bins, prompt_pairs = [], [], []
-    for r, request_id in enumerate(states.ids):
-        length = int(states.lengths[r])
-        tracker.add(request_id, prompt_estimate=float(prompt_estimates[r]))
-        tracker.advance(request_id, 1)  # the prefill step samples output token 0
-        tracker.observe([request_id], first[r : r + 1], [True])
-        rows = readings[states.offsets[r] : states.offsets[r + 1]]
-        for j in range(length - 1):  # output token j is fed back; its state is read
-            tracker.advance(request_id, 1)
-            if (j + 1) % predict_every == 0:
-                tracker.observe([request_id], rows[j : j + 1], [False])
-        history = np.asarray(tracker.get(request_id).history)
-        result = tracker.finish(request_id, length)
-        for stage in errors:
-            errors[stage].append(getattr(result, stage))
-        truth = length - np.arange(len(history))
-        true_bins.extend(bins.index(v) for v in truth)
-        refined_bins.extend(bins.index(max(0.0, v)) for v in history)
-        prompt_pairs.append((bins.index(length), bins.index(max(0.0, float(prompt_estimates[r])))))
+    errors, prompt_pairs, refined_pairs = replay(states, first, readings, prompt_estimates, bins, predict_every)
     mae = {stage: round(float(np.mean(v)), 2) for stage, v in errors.items()}
     report = {
         "split": split,
@@ -83,10 +63,42 @@ def evaluate(directory, probe_path, prompt_predictor_path, output_dir, split: st
     }
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    _heatmap(output_dir / "heatmap.png", bins.count, prompt_pairs, list(zip(true_bins, refined_bins)), report)
+    _heatmap(output_dir / "heatmap.png", bins.count, prompt_pairs, refined_pairs, report)
     report["heatmap"] = str(output_dir / "heatmap.png")
     (output_dir / "eval.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def replay(states, first: np.ndarray, readings: np.ndarray, prompt_estimates, bins, predict_every: int = 1):
+    """Feed each request's probe readings to a :class:`PredictionTracker` as the scheduler
+    does; returns the per-request errors by stage and (true bin, predicted bin) pairs
+    (per request for the prompt predictor, per generated token for the refined estimate).
+
+    ``first`` ``[R, K]``: p⁰ per request; ``readings`` ``[T, K]``: the probe on each output
+    token (rows as in ``states.offsets``); ``prompt_estimates``: per request, or None.
+    """
+    tracker = PredictionTracker(bins)
+    errors = {"prompt": [], "first": [], "refined": []}
+    prompt_pairs, refined_pairs = [], []
+    for r, request_id in enumerate(states.ids):
+        length = int(states.lengths[r])
+        estimate = None if prompt_estimates is None else float(prompt_estimates[r])
+        tracker.add(request_id, prompt_estimate=estimate)
+        tracker.advance(request_id, 1)  # the prefill step samples output token 0
+        tracker.observe([request_id], first[r : r + 1], [True])
+        rows = readings[states.offsets[r] : states.offsets[r + 1]]
+        for j in range(length - 1):  # output token j is fed back; its state is read
+            tracker.advance(request_id, 1)
+            if (j + 1) % predict_every == 0:
+                tracker.observe([request_id], rows[j : j + 1], [False])
+        history = np.asarray(tracker.get(request_id).history)
+        result = tracker.finish(request_id, length)
+        for stage in errors:
+            errors[stage].append(getattr(result, stage))
+        truth = length - np.arange(len(history))
+        refined_pairs.extend((bins.index(t), bins.index(max(0.0, h))) for t, h in zip(truth, history))
+        prompt_pairs.append((bins.index(length), bins.index(max(0.0, tracker.unknown_estimate if estimate is None else estimate))))
+    return errors, prompt_pairs, refined_pairs
 
 
 def _heatmap(path: Path, k: int, prompt_pairs, refined_pairs, report: dict) -> None:

@@ -15,7 +15,6 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -65,6 +64,9 @@ def fit(
     (raw-input weights), the per-epoch history and the best epoch."""
     from tqdm import tqdm
 
+    # Batch-32 steps are too small to gain from threads, and spinning OpenMP threads
+    # stall badly when other processes share the cores.
+    torch.set_num_threads(1)
     torch.manual_seed(recipe.seed)
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     xs, val_xs = (x - mean) / std, (val_x - mean) / std
@@ -85,7 +87,7 @@ def fit(
             loss.backward()
             optimiser.step()
             schedule.step()
-            total += float(loss) * len(batch)
+            total += loss.item() * len(batch)
         val_mae = mae(probe, val_xs, val_remaining, bins)
         history.append({"epoch": epoch, "train_loss": round(total / len(xs), 4), "val_mae": round(val_mae, 2)})
         bar.set_postfix(loss=f"{total / len(xs):.3f}", val_mae=f"{val_mae:.1f}")

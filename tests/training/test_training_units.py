@@ -1,0 +1,132 @@
+"""The training pieces that need no engine: shard contents and label convention, split
+rules, input validation, and the predictor file checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from trail_scheduler.core.bins import LengthBins
+from trail_scheduler.probe import LengthProbe, ProbeFileError, save_probe
+from trail_scheduler.training.capture import RequestCollector
+from trail_scheduler.training.collect import CollectOptions, assign_splits, read_prompts, resolve_layers
+from trail_scheduler.training.data import Collection, CollectionError
+from trail_scheduler.training.prompt_predictor import load_prompt_predictor
+
+
+def _states(rows: int, base: float) -> torch.Tensor:
+    """[rows, 2 layers, 4]: row r of layer l holds base + r + 100*l (so rows are traceable)."""
+    r = torch.arange(rows, dtype=torch.float32)[:, None, None]
+    l = torch.tensor([0.0, 100.0])[None, :, None]
+    return (base + r + l).expand(rows, 2, 4).clone()
+
+
+def test_collector_handles_chunked_prefill_decode_and_recompute(tmp_path):
+    collector = RequestCollector(tmp_path, layers=(3, 7), hidden_size=4, shard_size=10)
+    prompt_len = 5
+    # Prefill in two chunks (3 + 2 prompt rows); the second chunk completes the prompt.
+    collector.observe("a", "id-a", _states(3, 0), start=0, prompt_len=prompt_len)
+    collector.observe("a", "id-a", _states(2, 3), start=3, prompt_len=prompt_len)
+    # Decode: output tokens 0 and 1 fed back (positions 5 and 6).
+    collector.observe("a", "id-a", _states(1, 50), start=5, prompt_len=prompt_len)
+    collector.observe("a", "id-a", _states(1, 51), start=6, prompt_len=prompt_len)
+    # Preempted and recomputed from 0: prompt + the two outputs again, then one more decode.
+    collector.observe("a", "id-a", _states(7, 0), start=0, prompt_len=prompt_len)
+    collector.observe("a", "id-a", _states(1, 60), start=7, prompt_len=prompt_len)
+    # A request whose prompt never completed is not written.
+    collector.observe("b", "id-b", _states(2, 0), start=0, prompt_len=9)
+    collector.finish(["a", "b"])
+    assert collector.flush() and not collector.active
+    (path,) = sorted((tmp_path / "shards").glob("shard-*.safetensors"))
+    from safetensors.torch import load_file
+
+    shard = load_file(path)
+    assert shard["lengths"].tolist() == [4]  # three outputs fed back + the last one sampled
+    assert shard["prompt_mean"].shape == (2, 1, 4)
+    assert shard["prompt_mean"][0, 0, 0].item() == pytest.approx(2.0)  # mean of 0..4
+    assert shard["prompt_mean"][1, 0, 0].item() == pytest.approx(102.0)  # the second layer
+    assert shard["tokens"][0, :, 0].tolist() == [5.0, 6.0, 60.0]  # recomputed outputs, then decode
+    assert shard["offsets"].tolist() == [0, 3]
+
+
+def test_examples_follow_the_engine_label_convention(tmp_path):
+    collector = RequestCollector(tmp_path / "c", layers=(3, 7), hidden_size=4, shard_size=10)
+    collector.observe("a", "x", _states(2, 0), start=0, prompt_len=2)
+    for j in range(3):
+        collector.observe("a", "x", _states(1, 10 + j), start=2 + j, prompt_len=2)
+    collector.flush(everything=True)
+    directory = tmp_path / "c"
+    (directory / "collection.json").write_text(json.dumps({"layers": [3, 7], "hidden_size": 4}))
+    (directory / "split.json").write_text(json.dumps({"seed": 0, "ids": {"train": ["x"]}}))
+    states = Collection(directory).load(7, "train")
+    x, labels, remaining = states.examples(LengthBins.uniform(4, 8))
+    # L = 4: the prompt mean predicts L-1 = 3 remaining; output token j predicts L-j-2.
+    assert remaining.tolist() == [3.0, 2.0, 1.0, 0.0]
+    assert labels.tolist() == [1, 1, 0, 0]
+    assert x[:, 0].tolist() == [100.5, 110.0, 111.0, 112.0]  # layer 7 (+100), prompt mean of 0 and 1
+    with pytest.raises(CollectionError, match="layer 5 was not collected"):
+        Collection(directory).load(5, "train")
+
+
+def test_layers_beyond_the_model_are_refused_with_the_valid_range():
+    assert resolve_layers((12, 4, 4), 30) == (4, 12)
+    assert resolve_layers("all", 3) == (0, 1, 2)
+    assert 10 in resolve_layers("sweep", 30)
+    with pytest.raises(CollectionError, match=r"layer\(s\) \[30\] out of range: this model has 30 layers, valid indices 0..29"):
+        resolve_layers((4, 30), 30)
+
+
+def test_empty_or_malformed_prompt_files_are_refused(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(CollectionError, match="no prompts in .*empty.jsonl"):
+        read_prompts(CollectOptions(output=tmp_path, prompts_file=empty))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"text": "no prompt key"}\n')
+    with pytest.raises(CollectionError, match=r"bad.jsonl:2: expected a JSON object with a non-empty \"prompt\""):
+        read_prompts(CollectOptions(output=tmp_path, prompts_file=bad))
+    with pytest.raises(CollectionError, match="prompt file not found"):
+        read_prompts(CollectOptions(output=tmp_path, prompts_file=tmp_path / "missing.jsonl"))
+
+
+def test_split_is_by_prompt_seeded_and_independent_of_the_limit(tmp_path):
+    ids = [f"p{i}" for i in range(400)]
+    options = CollectOptions(output=tmp_path, benchmark_size=50, seed=3)
+    order, split = assign_splits(ids, options)
+    again, same = assign_splits(list(reversed(ids))[::-1], options)
+    assert (order, split) == (again, same)
+    groups = [set(split[name]) for name in ("train", "validation", "test", "benchmark")]
+    assert sum(map(len, groups)) == 400 and len(set().union(*groups)) == 400  # disjoint, complete
+    assert len(groups[3]) == 50 and not groups[3] & set(order)  # benchmark prompts are never collected
+    assert 20 <= len(groups[1]) <= 50 and 20 <= len(groups[2]) <= 50
+    _, other_seed = assign_splits(ids, CollectOptions(output=tmp_path, benchmark_size=50, seed=4))
+    assert other_seed["validation"] != split["validation"]
+
+
+def test_a_probe_is_not_taken_for_a_prompt_predictor(tmp_path):
+    path = tmp_path / "probe.safetensors"
+    save_probe(LengthProbe(576, 10), LengthBins.uniform(), path, model="m", layer=10, training={})
+    with pytest.raises(ProbeFileError, match="is not a prompt predictor"):
+        load_prompt_predictor(path)
+    other = tmp_path / "other-encoder.safetensors"
+    save_probe(LengthProbe(768, 10), LengthBins.uniform(), other, model="m", layer=0,
+               training={"kind": "prompt-predictor", "encoder": "bert-base"})
+    with pytest.raises(ProbeFileError, match="trained on 'bert-base' \\(768 dims\\)"):
+        load_prompt_predictor(other)
+
+
+def test_fit_folds_the_standardisation_into_the_saved_weights():
+    from trail_scheduler.training.train import Recipe, fit, mae
+
+    torch.manual_seed(0)
+    bins = LengthBins.uniform(4, 8)
+    x = torch.randn(256, 6) * torch.tensor([1, 1, 1, 1, 1, 300.0]) + 40  # one huge dimension, offset
+    remaining = (x[:, 0] > 40).double() * 7  # the length is readable from dimension 0
+    y = torch.tensor([bins.index(v) for v in remaining.tolist()])
+    probe, history, best = fit(x, y, x, remaining, bins, Recipe(epochs=8, batch_size=32, hidden_units=16))
+    assert best >= 1 and len(history) >= best
+    assert mae(probe, x, remaining, bins) == pytest.approx(history[best - 1]["val_mae"], abs=0.01)
+    assert mae(probe, x, remaining, bins) < 2.5  # an uninformed guess (the middle, ~4) is off by 3.5
