@@ -20,7 +20,7 @@ def _layers(text: str):
 
 
 def add_probe_commands(probe_sub) -> None:
-    from trail_scheduler.training.collect import CollectOptions
+    from trail_scheduler.training.options import CollectOptions
 
     d = CollectOptions(output=Path("."))
     collect = probe_sub.add_parser(
@@ -48,7 +48,8 @@ def add_probe_commands(probe_sub) -> None:
 
 
 def _collect(args) -> int:
-    from trail_scheduler.training.collect import CollectOptions, collect
+    from trail_scheduler.training.collect import collect
+    from trail_scheduler.training.options import CollectOptions
     from trail_scheduler.training.data import CollectionError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -76,7 +77,7 @@ def _bins(args, collection):
 
 
 def _recipe_arguments(parser, **defaults) -> None:
-    from trail_scheduler.training.train import Recipe
+    from trail_scheduler.training.options import Recipe
 
     d = Recipe(**defaults)
     parser.add_argument("--epochs", type=int, default=d.epochs)
@@ -91,7 +92,7 @@ def _recipe_arguments(parser, **defaults) -> None:
 
 
 def _recipe(args):
-    from trail_scheduler.training.train import Recipe
+    from trail_scheduler.training.options import Recipe
 
     return Recipe(**{k: getattr(args, k) for k in Recipe.__dataclass_fields__ if k != "weight_decay"})
 

@@ -14,34 +14,12 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from trail_scheduler.training.data import SPLITS, Collection, CollectionError
+from trail_scheduler.training.options import CollectOptions
 
 logger = logging.getLogger("trail.collect")
-
-
-@dataclass(frozen=True)
-class CollectOptions:
-    output: Path
-    model: str | None = None  # None: the bundled SmolLM2-135M-Instruct
-    prompts_file: Path | None = None  # JSONL {"prompt", "id"?}; None: bundled ShareGPT first turns
-    layers: tuple[int, ...] | str = "sweep"  # layer indices, "all", or "sweep" (every ~sixth, and a third)
-    limit: int = 2000  # prompts to collect (train + validation + test), counting earlier runs
-    max_tokens: int = 512
-    temperature: float = 0.7
-    top_p: float = 0.9
-    seed: int = 0
-    benchmark_size: int = 500
-    validation_fraction: float = 0.1
-    test_fraction: float = 0.1
-    max_prompt_tokens: int = 1024
-    max_num_seqs: int = 48
-    shard_size: int = 64
-    kv_cache_gib: float = 2.0
-    pool: int | None = None  # read at most this many prompts from the source
-    max_minutes: float | None = None  # stop admitting prompts after this long (running ones finish)
 
 
 def model_dims(model_dir: str) -> tuple[int, int]:

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -23,21 +23,9 @@ from trail_scheduler.core.bins import LengthBins
 from trail_scheduler.core.refine import expected_remaining
 from trail_scheduler.probe import LengthProbe, save_probe
 from trail_scheduler.training.data import Collection, CollectionError
+from trail_scheduler.training.options import Recipe
 
 logger = logging.getLogger("trail.train")
-
-
-@dataclass(frozen=True)
-class Recipe:
-    epochs: int = 30
-    lr: float = 0.01
-    batch_size: int = 32
-    weight_decay: float = 0.01  # AdamW's default
-    patience: int = 5  # epochs without a better validation MAE before stopping
-    hidden_units: int = 512
-    seed: int = 0
-    token_stride: int = 1  # keep every n-th output token (sweeps use more)
-    max_train_examples: int | None = None  # random subset of the training examples
 
 
 def default_bins(collection: Collection) -> LengthBins:
