@@ -18,6 +18,19 @@ from trail_scheduler.api import ADMIN_PREFIX
 from trail_scheduler.bench.servers import start_trail_serve
 
 
+def _probe_for_hidden_size(hidden_size: int) -> bytes:
+    import tempfile
+    from pathlib import Path
+
+    from trail_scheduler.core.bins import LengthBins
+    from trail_scheduler.probe import LengthProbe, save_probe
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "probe.safetensors"
+        save_probe(LengthProbe(hidden_size, 10), LengthBins.uniform(), path, model="other", layer=10, training={})
+        return path.read_bytes()
+
+
 @pytest.fixture
 def trail_serve(tmp_path):
     token = "engine-test-token"
@@ -51,9 +64,21 @@ async def test_edit_c_reaches_a_real_trail_serve(cluster, trail_serve):  # noqa:
                                      for p in obj(cluster, LLMS, "smollm2")["status"].get("pods", [])),
                          timeout=60, what="status reports c=3.25")
         elapsed = time.monotonic() - started
+
+        # A probe the pod refuses (trained for another hidden size): Degraded with the
+        # pod's own message, and the pod keeps what it ran.
+        cluster.objects["v1/configmaps", NS, "probes"] = {
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "probes", "namespace": NS},
+            "binaryData": {"p.bin": base64.b64encode(_probe_for_hidden_size(64)).decode()}}
+        await edit_spec(cluster, "smollm2", {"scheduler": {"c": 3.25, "probe": {
+            "configMapKeyRef": {"name": "probes", "key": "p.bin"}}}}, generation=3)
+        degraded = await eventually(
+            lambda: (d := condition(cluster, "smollm2", "Degraded")) and d["reason"] == "SettingsRejected" and d,
+            timeout=60, what="Degraded/SettingsRejected")
+    assert "hidden size 64" in degraded["message"], degraded
     print(f"\nedit → applied and reported in status: {elapsed:.2f} s")
     reply = httpx.get(f"http://127.0.0.1:{admin_port}{ADMIN_PREFIX}/config",
                       headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert reply.status_code == 200
-    assert reply.json()["c"] == 3.25 and reply.json()["generation"] == 2
-    assert condition(cluster, "smollm2", "SchedulerSynced")["status"] == "True"
+    assert reply.json()["c"] == 3.25 and reply.json()["generation"] == 2  # the rejected change left no trace
+    assert reply.json()["probe"] is None
