@@ -34,6 +34,7 @@ from trail_scheduler.bench.workload import (
 )
 
 from trail_scheduler.predictors import SHIPPED_PROBE
+from trail_scheduler.probe import load_probe
 
 PREEMPTIONS_METRIC = "vllm:num_preemptions_total"
 
@@ -334,7 +335,9 @@ def run_bench(config: BenchConfig) -> dict:
                 if engine == P.STOCK:
                     server = start_stock_vllm(logs, *engine_args)
                 else:  # without a probe: the probe-free entries run first, the probe is loaded live after
-                    server = start_trail_serve(logs, "--probe", "none", *engine_args)
+                    # (so the engine must capture the layer that probe reads from the start).
+                    layer = ["--probe-layer", str(load_probe(config.probe).layer)] if config.probe else []
+                    server = start_trail_serve(logs, "--probe", "none", *layer, *engine_args)
                 engine_scope.callback(server.stop)
                 progress.remove_task(starting)
             try:

@@ -204,19 +204,16 @@ def vllm_argv(args: argparse.Namespace, engine_config: TrailEngineConfig) -> lis
     return result
 
 
-class _QuietServer:
-    """A uvicorn server that leaves signal handling to vLLM's."""
+def _admin_server(app, host: str, port: int):
+    """A uvicorn server for the admin app that leaves signal handling to vLLM's server."""
+    import uvicorn
 
-    @staticmethod
-    def make(app, host: str, port: int):
-        import uvicorn
+    class QuietServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            yield
 
-        class Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self):
-                yield
-
-        return Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+    return QuietServer(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
 
 
 async def _run(vllm_args: argparse.Namespace, token: str, admin_port: int, prompt_predictor=None) -> None:
@@ -230,7 +227,7 @@ async def _run(vllm_args: argparse.Namespace, token: str, admin_port: int, promp
     async with build_async_engine_client(vllm_args) as engine:
         if prompt_predictor is not None:
             attach_prompt_predictor(engine, prompt_predictor)
-        admin = _QuietServer.make(build_admin_app(engine, token), vllm_args.host or "0.0.0.0", admin_port)
+        admin = _admin_server(build_admin_app(engine, token), vllm_args.host or "0.0.0.0", admin_port)
         admin_task = asyncio.create_task(admin.serve())
         poller = asyncio.create_task(poll_engine(engine))
         logger.info("TRAIL admin API on port %d", admin_port)
