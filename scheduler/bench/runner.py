@@ -34,7 +34,6 @@ from trail_scheduler.bench.workload import (
 )
 
 from trail_scheduler.predictors import SHIPPED_PROBE
-from trail_scheduler.probe import load_probe
 
 PREEMPTIONS_METRIC = "vllm:num_preemptions_total"
 
@@ -336,6 +335,8 @@ def run_bench(config: BenchConfig) -> dict:
                     server = start_stock_vllm(logs, *engine_args)
                 else:  # without a probe: the probe-free entries run first, the probe is loaded live after
                     # (so the engine must capture the layer that probe reads from the start).
+                    from trail_scheduler.probe import load_probe  # torch: not in the operator image's CLI
+
                     layer = ["--probe-layer", str(load_probe(config.probe).layer)] if config.probe else []
                     server = start_trail_serve(logs, "--probe", "none", *layer, *engine_args)
                 engine_scope.callback(server.stop)
