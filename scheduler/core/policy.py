@@ -105,7 +105,9 @@ class Room:
 class Decision:
     admit: tuple[str, ...] = ()
     preempt: tuple[str, ...] = ()
-    # All waiting requests, best first: the order vLLM should admit them in.
+    # Every request waiting once this decision is carried out, best first: the ones
+    # already waiting and the ones it preempts. The order vLLM should admit them in;
+    # a victim left out would keep its stale priority and could be resumed at once.
     waiting_order: tuple[str, ...] = ()
     # All running requests (after preemption), the most expendable first: who goes
     # when memory runs out. Protected (non-preemptible) requests come last.
@@ -201,7 +203,10 @@ class Policy:
         admit: list[str] = []
         preempt: list[str] = []
         margin = self.settings.preemption_margin
+        best_victim = None  # victims wait again: nobody ranked behind one may take the room it left
         for request in ordered_waiting:
+            if best_victim is not None and waiting_key(best_victim) < waiting_key(request):
+                break
             needed = request.blocks_needed
             if slots >= 1 and blocks >= needed:
                 admit.append(request.request_id)
@@ -217,12 +222,17 @@ class Policy:
                     break
             if not (freed_slots >= 1 and freed_blocks >= needed):
                 break  # strict order: nothing behind the head may overtake it
-            preempt.extend(r.request_id for r in candidates[next_candidate:taken])
+            if taken > next_candidate:  # candidates run worst rank first: the last taken ranks best
+                preempt.extend(r.request_id for r in candidates[next_candidate:taken])
+                best_victim = candidates[taken - 1]
             next_candidate = taken
             admit.append(request.request_id)
             slots, blocks = freed_slots - 1, freed_blocks - needed
 
         preempted = set(preempt)
+        if preempted:  # victims rank behind everyone admitted (see above), so admissions stay in front
+            victims = [r for r in running if r.request_id in preempted]
+            ordered_waiting = sorted([*ordered_waiting, *victims], key=waiting_key)
         survivors = [r.request_id for r in by_worst_rank if r.request_id not in preempted]
         victim_order = [rid for rid in survivors if rid not in protected]
         victim_order += [rid for rid in survivors if rid in protected]

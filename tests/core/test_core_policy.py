@@ -100,7 +100,8 @@ def test_decisions_are_feasible_and_never_preempt_protected_requests(inputs):
     victims = [by_id[i] for i in d.preempt]
     admitted = [by_id[i] for i in d.admit]
 
-    assert sorted(d.waiting_order) == sorted(r.request_id for r in waits)
+    # Preempted requests wait again: they are ranked with the rest, behind everyone admitted.
+    assert sorted(d.waiting_order) == sorted([*(r.request_id for r in waits), *d.preempt])
     assert list(d.admit) == list(d.waiting_order[: len(d.admit)])  # strict queue order
     assert set(d.preempt) <= {r.request_id for r in runs} and len(set(d.preempt)) == len(d.preempt)
     assert not set(d.preempt) & d.protected
@@ -227,6 +228,14 @@ def test_short_arrival_preempts_a_young_long_request():
     """Full batch: a short newcomer displaces the young long request (10 < 0.8 × 500)."""
     d = decide("trail", [waiting("short", pred=20.0)], full_batch(generated=10), c=0.8)
     assert d.preempt == ("long",) and d.admit == ("short",)
+
+
+def test_a_victim_waits_behind_its_displacer_and_in_rank_order_with_the_rest():
+    """The preempted request queues by its rank: after the newcomer, before anything predicted longer."""
+    queue = [waiting("short", pred=20.0), waiting("longer", pred=900.0)]
+    d = decide("trail", queue, full_batch(generated=10), c=0.8)
+    assert d.preempt == ("long",)
+    assert d.waiting_order == ("short", "long", "longer")
 
 
 def test_short_arrival_does_not_preempt_an_old_long_request():
