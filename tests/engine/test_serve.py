@@ -186,7 +186,9 @@ def test_c_zero_never_preempts_a_started_request(trail_server):
 
 def test_large_c_preempts_young_long_requests_for_short_ones(trail_server):
     trail_server.configure(policy="trail", c=100.0, maxWaitSeconds=None)
-    assert _long_then_short(trail_server) >= 1
+    # Each long request is displaced once and waits until the short ones are done; a victim
+    # that vLLM resumed at once would be displaced again every step (dozens).
+    assert 1 <= _long_then_short(trail_server) <= 2
 
 
 def test_fcfs_never_preempts_for_ordering(trail_server):
