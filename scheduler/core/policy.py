@@ -113,6 +113,7 @@ class Decision:
     # when memory runs out. Protected (non-preemptible) requests come last.
     victim_order: tuple[str, ...] = ()
     protected: frozenset[str] = field(default_factory=frozenset)
+    promoted: int = 0  # how many of ``admit`` the starvation guard put in front
 
 
 class Policy:
@@ -204,30 +205,29 @@ class Policy:
         preempt: list[str] = []
         margin = self.settings.preemption_margin
         best_victim = None  # victims wait again: nobody ranked behind one may take the room it left
+        promoted = 0
         for request in ordered_waiting:
             if best_victim is not None and waiting_key(best_victim) < waiting_key(request):
                 break
             needed = request.blocks_needed
-            if slots >= 1 and blocks >= needed:
-                admit.append(request.request_id)
-                slots, blocks = slots - 1, blocks - needed
-                continue
-            threshold = (-math.inf if request.arrival_time < cutoff else rank(request)) + margin
-            taken = next_candidate
-            freed_slots, freed_blocks = slots, blocks
-            while taken < len(candidates) and rank(candidates[taken]) > threshold:
-                freed_slots, freed_blocks = freed_slots + 1, freed_blocks + candidates[taken].blocks_held
-                taken += 1
-                if freed_slots >= 1 and freed_blocks >= needed:
-                    break
-            if not (freed_slots >= 1 and freed_blocks >= needed):
-                break  # strict order: nothing behind the head may overtake it
-            if taken > next_candidate:  # candidates run worst rank first: the last taken ranks best
-                preempt.extend(r.request_id for r in candidates[next_candidate:taken])
-                best_victim = candidates[taken - 1]
-            next_candidate = taken
+            starved = request.arrival_time < cutoff
+            if not (slots >= 1 and blocks >= needed):  # make room by displacing worse-ranked young requests
+                threshold = (-math.inf if starved else rank(request)) + margin
+                taken = next_candidate
+                while taken < len(candidates) and rank(candidates[taken]) > threshold:
+                    slots, blocks = slots + 1, blocks + candidates[taken].blocks_held
+                    taken += 1
+                    if slots >= 1 and blocks >= needed:
+                        break
+                if not (slots >= 1 and blocks >= needed):
+                    break  # strict order: nothing behind the head may overtake it
+                if taken > next_candidate:  # candidates run worst rank first: the last taken ranks best
+                    preempt.extend(r.request_id for r in candidates[next_candidate:taken])
+                    best_victim = candidates[taken - 1]
+                next_candidate = taken
+            promoted += starved
             admit.append(request.request_id)
-            slots, blocks = freed_slots - 1, freed_blocks - needed
+            slots, blocks = slots - 1, blocks - needed
 
         preempted = set(preempt)
         if preempted:  # victims rank behind everyone admitted (see above), so admissions stay in front
@@ -242,4 +242,5 @@ class Policy:
             waiting_order=tuple(r.request_id for r in ordered_waiting),
             victim_order=tuple(victim_order),
             protected=protected,
+            promoted=promoted,
         )

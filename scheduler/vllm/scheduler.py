@@ -236,9 +236,8 @@ class TrailScheduler(Scheduler):
                     self._preempt_request(request, time.monotonic())
             finally:
                 self._trail_preempting = False
-        starved = {w.request_id for w in waiting if self.trail_policy.starved(w, now)}
         self.trail_metrics.decisions["admit"] += len(decision.admit)
-        self.trail_metrics.decisions["promote"] += len(starved.intersection(decision.admit))
+        self.trail_metrics.decisions["promote"] += decision.promoted
         # Encode the decision as priorities (smaller first in, larger first out).
         for position, request_id in enumerate(decision.waiting_order):
             self.requests[request_id].priority = position

@@ -114,6 +114,7 @@ def test_decisions_are_feasible_and_never_preempt_protected_requests(inputs):
         assert knobs.max_preemptions is None or victim.preemptions < knobs.max_preemptions
         margin = knobs.preemption_margin
         assert any(policy.starved(w, now) or policy.rank(victim) > policy.rank(w) + margin for w in admitted)
+    assert d.promoted == sum(policy.starved(w, now) for w in admitted)
     assert len(admitted) <= room.free_slots + len(victims)
     assert sum(w.blocks_needed for w in admitted) <= room.free_blocks + sum(v.blocks_held for v in victims)
     # Under memory pressure the engine evicts from the front of victim_order: protected last.
@@ -422,3 +423,11 @@ def test_the_oracle_judges_youth_by_the_true_length():
     young = RunningRequest("b", 0.0, generated_tokens=40, initial_prediction=10, predicted_remaining=0, true_remaining=60)
     assert not policy.preemptible(old, now=1.0)
     assert policy.preemptible(young, now=1.0)
+
+
+def test_the_decision_counts_the_admissions_the_starvation_guard_made():
+    """Only the starved admission counts as promoted; the fresh one got in on rank."""
+    queue = [waiting("starved", pred=900.0, arrival=0.0), waiting("fresh", pred=5.0, arrival=95.0)]
+    d = decide("trail", queue, [], slots=2, now=100.0, max_wait_seconds=10.0)
+    assert d.admit == ("starved", "fresh") and d.promoted == 1
+    assert decide("trail", queue, [], slots=2, now=100.0).promoted == 0
