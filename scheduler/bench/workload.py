@@ -21,11 +21,8 @@ from pathlib import Path
 import httpx
 
 from trail_scheduler.assets import cache_dir, sharegpt_first_turns
+from trail_scheduler.predictors import SHIPPED_BENCHMARK_SPLIT
 
-# ShareGPT first turns before this index are left to training (the probe and the
-# prompt predictor); benchmarks draw from the rest unless given a benchmark split.
-SHAREGPT_BENCH_SKIP = 8000
-SHAREGPT_BENCH_POOL = 1000
 DEFAULT_OUTPUT_CAP = 512
 MAX_PROMPT_TOKENS = 1024  # prompt + answer must fit max-model-len 2048
 
@@ -53,9 +50,7 @@ class BenchRequest:
 def load_prompts(path: Path | None = None) -> list[Prompt]:
     """Prompts from a JSONL file of ``{"id", "prompt"}``, or the ShareGPT benchmark pool."""
     if path is None:
-        turns = sharegpt_first_turns(limit=SHAREGPT_BENCH_SKIP + SHAREGPT_BENCH_POOL)
-        prompts = [Prompt(str(i), text) for n, (i, text) in enumerate(turns) if n >= SHAREGPT_BENCH_SKIP]
-        source = f"ShareGPT first turns {SHAREGPT_BENCH_SKIP}.."
+        prompts, source = benchmark_split_prompts(), f"the ShareGPT benchmark split ({SHIPPED_BENCHMARK_SPLIT.name})"
     else:
         source = str(path)
         try:
@@ -76,6 +71,24 @@ def load_prompts(path: Path | None = None) -> list[Prompt]:
         raise WorkloadError(f"no prompts in {source}")
     if len({p.id for p in prompts}) != len(prompts):
         raise WorkloadError(f"prompt ids in {source} are not unique")
+    return prompts
+
+
+def benchmark_split_prompts() -> list[Prompt]:
+    """The shipped predictors' benchmark split, in the bundled file's order.
+
+    Read as ``trail probe collect`` read the pool (a repeated text or id counts once),
+    so the prompts are exactly those of the collection's ``benchmark.jsonl``.
+    """
+    wanted = set(json.loads(SHIPPED_BENCHMARK_SPLIT.read_text())["ids"])
+    seen_text, seen_id, prompts = set(), set(), []
+    for prompt_id, text in sharegpt_first_turns():
+        if text in seen_text or prompt_id in seen_id:
+            continue
+        seen_text.add(text)
+        seen_id.add(prompt_id)
+        if prompt_id in wanted:
+            prompts.append(Prompt(prompt_id, text))
     return prompts
 
 

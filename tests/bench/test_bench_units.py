@@ -15,6 +15,7 @@ from trail_scheduler.bench.workload import (
     Prompt, WorkloadError, _profile_key, arrival_times, build_requests, length_summary, load_prompts,
     profile_lengths, sample_prompts,
 )
+from trail_scheduler.predictors import SHIPPED_BENCHMARK_SPLIT
 
 def bench_error(*args: str) -> str:
     """The error `trail bench ARGS` stops with, before any engine starts."""
@@ -72,9 +73,11 @@ def test_sampling_is_seeded_and_skips_prompts_too_long():
         sample_prompts(pool, 30, seed=3, max_prompt_tokens=20, count_tokens=count)
 
 
-def test_the_default_pool_is_sharegpt_beyond_the_training_prefix():
+def test_the_default_pool_is_the_benchmark_split_the_shipped_predictors_never_saw():
+    split = json.loads(SHIPPED_BENCHMARK_SPLIT.read_text())
     pool = load_prompts()
-    assert len(pool) == 1000 and all(p.prompt.strip() for p in pool)
+    assert sorted(p.id for p in pool) == sorted(split["ids"]) and len(pool) == split["benchmark_size"] == 500
+    assert all(p.prompt.strip() for p in pool)
 
 
 def test_a_larger_cap_profile_answers_a_smaller_cap_without_any_request(tmp_path):
