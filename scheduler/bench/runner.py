@@ -53,10 +53,9 @@ PRESETS = {
     # A smoke run: every policy once, tiny answers; minutes on the 2-core CPU machine.
     "quick": Preset(requests=6, rates=(None, 4.0), output_cap=32, c_sweep=(2.0,), sweep_rates="highest",
                     time_limit=120, max_prompt_tokens=256),
-    # The run recorded in docs/benchmarks.md (about an hour on the 2-core CPU machine).
-    # The full comparison (about 1.5 h on the 2-core CPU machine at ~60 output tokens/s;
-    # docs/benchmarks.md records the run made with a smaller cap and two rates).
-    "full": Preset(requests=32, rates=(0.1, 0.2, 0.4), output_cap=DEFAULT_OUTPUT_CAP, c_sweep=P.DEFAULT_C_SWEEP,
+    # The run recorded in docs/benchmarks.md: light queueing (0.2 requests/s) and the
+    # highest load (a burst), the c sweep in the burst; 49 min on the 2-core CPU machine.
+    "full": Preset(requests=32, rates=(0.2, None), output_cap=DEFAULT_OUTPUT_CAP, c_sweep=P.DEFAULT_C_SWEEP,
                    sweep_rates="highest", time_limit=1200),
 }
 
@@ -66,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="smoke preset: a few minutes on a 2-core CPU")
     parser.add_argument("--full", action="store_const", dest="preset", const="full",
                         help="the preset recorded in docs/benchmarks.md (default)")
-    parser.add_argument("--prompts", type=Path, help="JSONL of {\"id\", \"prompt\"} (default: the ShareGPT benchmark pool)")
+    parser.add_argument("--prompts", type=Path, help="JSONL of {\"id\", \"prompt\"} (default: the shipped predictors' ShareGPT benchmark split)")
     parser.add_argument("--requests", type=int, help="requests per run")
     parser.add_argument("--rates", help="comma-separated arrival rates in requests/s; 'burst' sends all at once")
     parser.add_argument("--output-cap", type=int, help="cap on profiled output lengths (default 512)")
