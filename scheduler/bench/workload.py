@@ -48,7 +48,7 @@ class BenchRequest:
 
 
 def load_prompts(path: Path | None = None) -> list[Prompt]:
-    """Prompts from a JSONL file of ``{"id", "prompt"}``, or the ShareGPT benchmark pool."""
+    """Prompts from a JSONL file of ``{"id", "prompt"}``, or the shipped ShareGPT benchmark split."""
     if path is None:
         prompts, source = benchmark_split_prompts(), f"the ShareGPT benchmark split ({SHIPPED_BENCHMARK_SPLIT.name})"
     else:
