@@ -56,10 +56,11 @@ def time_decide(waiting: int = 1000, running: int = 256, calls: int = 300) -> di
     results = {}
     for name, settings in (("trail", SchedulerSettings(policy="trail", c=0.8)),
                            ("trail+guard", SchedulerSettings(policy="trail", c=0.8, max_wait_seconds=30.0)),
+                           ("trail c=0", SchedulerSettings(policy="trail", c=0.0)),  # nobody preemptible
                            ("fcfs", SchedulerSettings(policy="fcfs"))):
         policy = Policy(settings)
         for _ in range(20):  # warm-up
-            policy.decide(queue, batch, room, now)
+            decision = policy.decide(queue, batch, room, now)
         samples = []
         for _ in range(calls):
             started = time.perf_counter()
@@ -67,7 +68,7 @@ def time_decide(waiting: int = 1000, running: int = 256, calls: int = 300) -> di
             samples.append((time.perf_counter() - started) * 1e3)
         samples.sort()
         results[name] = {"median_ms": statistics.median(samples), "p99_ms": samples[int(0.99 * (len(samples) - 1))],
-                         "min_ms": samples[0]}
+                         "min_ms": samples[0], "preemptions": len(decision.preempt)}
     return results
 
 

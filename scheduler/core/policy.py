@@ -13,6 +13,7 @@ Decisions are pure functions of their inputs: same input, same decision.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -204,10 +205,10 @@ class Policy:
         admit: list[str] = []
         preempt: list[str] = []
         margin = self.settings.preemption_margin
-        best_victim = None  # victims wait again: nobody ranked behind one may take the room it left
+        best_victim_key = None  # victims wait again: nobody ranked behind one may take the room it left
         promoted = 0
         for request in ordered_waiting:
-            if best_victim is not None and waiting_key(best_victim) < waiting_key(request):
+            if best_victim_key is not None and best_victim_key < waiting_key(request):
                 break
             needed = request.blocks_needed
             starved = request.arrival_time < cutoff
@@ -223,16 +224,20 @@ class Policy:
                     break  # strict order: nothing behind the head may overtake it
                 if taken > next_candidate:  # candidates run worst rank first: the last taken ranks best
                     preempt.extend(r.request_id for r in candidates[next_candidate:taken])
-                    best_victim = candidates[taken - 1]
+                    best_victim_key = waiting_key(candidates[taken - 1])
                 next_candidate = taken
             promoted += starved
             admit.append(request.request_id)
             slots, blocks = slots - 1, blocks - needed
 
         preempted = set(preempt)
-        if preempted:  # victims rank behind everyone admitted (see above), so admissions stay in front
-            victims = [r for r in running if r.request_id in preempted]
-            ordered_waiting = sorted([*ordered_waiting, *victims], key=waiting_key)
+        if preempted:  # victims wait again, in rank order; they rank behind everyone admitted (see above)
+            ordered_keys = list(map(waiting_key, ordered_waiting))
+            for victim in (r for r in running if r.request_id in preempted):
+                key = waiting_key(victim)
+                at = bisect.bisect(ordered_keys, key)
+                ordered_keys.insert(at, key)
+                ordered_waiting.insert(at, victim)
         survivors = [r.request_id for r in by_worst_rank if r.request_id not in preempted]
         victim_order = [rid for rid in survivors if rid not in protected]
         victim_order += [rid for rid in survivors if rid in protected]
