@@ -196,6 +196,50 @@ def test_fcfs_never_preempts_for_ordering(trail_server):
     assert _long_then_short(trail_server) == 0
 
 
+def _finish_order_of_a_long_request_among_short_ones(server) -> tuple[int, float]:
+    """Two requests fill the batch; a long-predicted one queues, then six short-predicted ones.
+
+    Returns how many short requests finished before the long one, and how many
+    admissions the starvation guard made meanwhile (``trail_requests{decision="promote"}``).
+    """
+    import time
+
+    before = server.metric("trail_requests_total", decision="promote")
+    finished: dict[str, float] = {}
+
+    def send(name: str, max_tokens: int, estimate: int) -> None:
+        body = {"model": MODEL, "prompt": "Write a long story about a dragon.", "max_tokens": max_tokens,
+                "ignore_eos": True, "temperature": 0, "vllm_xargs": {"trail_prompt_estimate": estimate}}
+        reply = httpx.post(f"{server.base}/v1/completions", json=body, timeout=300)
+        assert reply.status_code == 200, reply.text
+        finished[name] = time.monotonic()
+
+    with concurrent.futures.ThreadPoolExecutor(9) as pool:
+        futures = [pool.submit(send, f"blocker{i}", 120, 120) for i in range(2)]
+        time.sleep(1.0)  # both are decoding
+        futures.append(pool.submit(send, "long", 8, 1000))
+        time.sleep(0.3)
+        futures += [pool.submit(send, f"short{i}", 30, 5) for i in range(6)]
+        for future in futures:
+            future.result()
+    time.sleep(1.5)  # the API server drains the engine's counters every second
+    shorts_first = sum(finished[f"short{i}"] < finished["long"] for i in range(6))
+    return shorts_first, server.metric("trail_requests_total", decision="promote") - before
+
+
+def test_the_starvation_guard_promotes_a_long_waiting_request(trail_server):
+    # Without the guard shortest-first serves every short request before the long one.
+    trail_server.configure(policy="trail", c=0.0, maxWaitSeconds=None)
+    shorts_first, promoted = _finish_order_of_a_long_request_among_short_ones(trail_server)
+    assert (shorts_first, promoted) == (6, 0)
+    # With a 1 s bound, by the time the blockers' 120 tokens are done everyone has waited
+    # too long: the oldest, the long request, goes first and overtakes all six.
+    trail_server.configure(policy="trail", c=0.0, maxWaitSeconds=1.0)
+    shorts_first, promoted = _finish_order_of_a_long_request_among_short_ones(trail_server)
+    assert promoted >= 1 and shorts_first == 0, (shorts_first, promoted)
+    trail_server.configure(maxWaitSeconds=None)
+
+
 # -- predictions from the model's hidden states --------------------------------------
 
 
