@@ -194,7 +194,8 @@ class Policy:
             return (1, rank(r), r.arrival_time, r.request_id)
 
         ordered_waiting = sorted(waiting, key=waiting_key)
-        by_worst_rank = sorted(running, key=lambda r: (-rank(r), -r.arrival_time, r.request_id))
+        # Exactly the reverse of the waiting order's keys, so the last victim taken ranks best.
+        by_worst_rank = sorted(running, key=lambda r: (rank(r), r.arrival_time, r.request_id), reverse=True)
         preemptible = self.preemptible_predicate(now)
         protected = frozenset(r.request_id for r in running if not preemptible(r))
         # Worst rank first; victims are always taken from the front.
@@ -222,7 +223,7 @@ class Policy:
                         break
                 if not (slots >= 1 and blocks >= needed):
                     break  # strict order: nothing behind the head may overtake it
-                if taken > next_candidate:  # candidates run worst rank first: the last taken ranks best
+                if taken > next_candidate:
                     preempt.extend(r.request_id for r in candidates[next_candidate:taken])
                     best_victim_key = waiting_key(candidates[taken - 1])
                 next_candidate = taken

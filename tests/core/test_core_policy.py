@@ -431,3 +431,13 @@ def test_the_decision_counts_the_admissions_the_starvation_guard_made():
     d = decide("trail", queue, [], slots=2, now=100.0, max_wait_seconds=10.0)
     assert d.admit == ("starved", "fresh") and d.promoted == 1
     assert decide("trail", queue, [], slots=2, now=100.0).promoted == 0
+
+
+def test_a_request_ranked_between_two_tied_victims_waits_behind_the_better_one():
+    """Two victims tie on rank and arrival: the one with the smaller id queues first, so the
+    waiting request whose id sorts between them does not take the room they left."""
+    queue = [waiting("head", pred=1.0, blocks=8), waiting("ab", pred=50.0)]
+    batch = [running("a", 0, 500.0, pred=50.0, blocks=4), running("b", 0, 500.0, pred=50.0, blocks=4)]
+    d = decide("trail", queue, batch, slots=0, blocks=0, c=0.8)
+    assert d.preempt == ("b", "a") and d.admit == ("head",)
+    assert d.waiting_order == ("head", "a", "ab", "b")
