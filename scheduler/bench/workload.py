@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from trail_scheduler.assets import cache_dir, sharegpt_first_turns
+from trail_scheduler.assets import cache_dir, sharegpt_first_turns, unique_prompts
 from trail_scheduler.predictors import SHIPPED_BENCHMARK_SPLIT
 
 DEFAULT_OUTPUT_CAP = 512
@@ -77,19 +77,11 @@ def load_prompts(path: Path | None = None) -> list[Prompt]:
 def benchmark_split_prompts() -> list[Prompt]:
     """The shipped predictors' benchmark split, in the bundled file's order.
 
-    Read as ``trail probe collect`` read the pool (a repeated text or id counts once),
-    so the prompts are exactly those of the collection's ``benchmark.jsonl``.
+    Read as ``trail probe collect`` read the pool, so the prompts are exactly those of
+    the collection's ``benchmark.jsonl``.
     """
     wanted = set(json.loads(SHIPPED_BENCHMARK_SPLIT.read_text())["ids"])
-    seen_text, seen_id, prompts = set(), set(), []
-    for prompt_id, text in sharegpt_first_turns():
-        if text in seen_text or prompt_id in seen_id:
-            continue
-        seen_text.add(text)
-        seen_id.add(prompt_id)
-        if prompt_id in wanted:
-            prompts.append(Prompt(prompt_id, text))
-    return prompts
+    return [Prompt(i, text) for i, text in unique_prompts(sharegpt_first_turns()) if i in wanted]
 
 
 def sample_prompts(prompts: Sequence[Prompt], count: int, seed: int, max_prompt_tokens: int = MAX_PROMPT_TOKENS,

@@ -204,7 +204,7 @@ class Policy:
 
         slots, blocks = room.free_slots, room.free_blocks
         admit: list[str] = []
-        preempt: list[str] = []
+        victims: list[RunningRequest] = []
         margin = self.settings.preemption_margin
         best_victim_key = None  # victims wait again: nobody ranked behind one may take the room it left
         promoted = 0
@@ -224,17 +224,17 @@ class Policy:
                 if not (slots >= 1 and blocks >= needed):
                     break  # strict order: nothing behind the head may overtake it
                 if taken > next_candidate:
-                    preempt.extend(r.request_id for r in candidates[next_candidate:taken])
+                    victims += candidates[next_candidate:taken]
                     best_victim_key = waiting_key(candidates[taken - 1])
                 next_candidate = taken
             promoted += starved
             admit.append(request.request_id)
             slots, blocks = slots - 1, blocks - needed
 
-        preempted = set(preempt)
-        if preempted:  # victims wait again, in rank order; they rank behind everyone admitted (see above)
+        preempted = {r.request_id for r in victims}
+        if victims:  # they wait again, in rank order, behind everyone admitted (see above)
             ordered_keys = list(map(waiting_key, ordered_waiting))
-            for victim in (r for r in running if r.request_id in preempted):
+            for victim in victims:
                 key = waiting_key(victim)
                 at = bisect.bisect(ordered_keys, key)
                 ordered_keys.insert(at, key)
@@ -244,7 +244,7 @@ class Policy:
         victim_order += [rid for rid in survivors if rid in protected]
         return Decision(
             admit=tuple(admit),
-            preempt=tuple(preempt),
+            preempt=tuple(r.request_id for r in victims),
             waiting_order=tuple(r.request_id for r in ordered_waiting),
             victim_order=tuple(victim_order),
             protected=protected,

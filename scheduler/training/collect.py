@@ -16,6 +16,7 @@ import random
 import time
 from pathlib import Path
 
+from trail_scheduler.assets import sharegpt_first_turns, unique_prompts
 from trail_scheduler.training.data import SPLITS, Collection, CollectionError
 from trail_scheduler.training.options import CollectOptions
 
@@ -65,15 +66,8 @@ def read_prompts(options: CollectOptions) -> list[tuple[str, str]]:
                 raise CollectionError(f"{path}:{number}: expected a JSON object with a non-empty \"prompt\" string")
             rows.append((str(row.get("id", f"{path.stem}-{number}")), text.strip()))
     else:
-        from trail_scheduler.assets import sharegpt_first_turns
-
         rows = list(sharegpt_first_turns(limit=options.pool))
-    seen_text, seen_id, unique = set(), set(), []
-    for prompt_id, text in rows[: options.pool] if options.pool else rows:
-        if text not in seen_text and prompt_id not in seen_id:  # ShareGPT repeats some
-            seen_text.add(text)
-            seen_id.add(prompt_id)
-            unique.append((prompt_id, text))
+    unique = unique_prompts(rows[: options.pool] if options.pool else rows)
     if not unique:
         raise CollectionError(f"no prompts in {options.prompts_file or 'the ShareGPT data'}")
     return unique
