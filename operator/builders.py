@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from trail_operator.crd import API_VERSION, KIND
 from trail_operator.spec import LLMServerSpec
-from trail_scheduler.api import ConfigUpdate
+from trail_scheduler.api import ConfigUpdate, read_settings_file, settings_file_text
 
 HTTP_PORT = 8000
 ADMIN_PORT = 8001
@@ -168,21 +167,21 @@ def scheduler_generation(stored: dict[str, Any] | None, desired: dict[str, Any],
                          desired_sha: str | None) -> int:
     """The generation to stamp on the settings: unchanged while the settings are, else a
     new one (the resource's metadata.generation, and always above the stored one)."""
-    if stored is not None and same_settings(stored, desired) and stored.get("probeSha256") == desired_sha:
+    stored_sha = ((stored or {}).get("probe") or {}).get("sha256")
+    if stored is not None and same_settings(stored, desired) and stored_sha == desired_sha:
         return int(stored.get("generation") or 0)
     previous = int(stored.get("generation") or 0) if stored else 0
     return max(int(meta_generation or 0), previous + 1)
 
 
 def build_configmap(owner: Owner, spec: LLMServerSpec, generation: int, probe_data: bytes | None) -> dict[str, Any]:
-    settings = scheduler_update(spec, generation, probe_data, live=False)
-    # probeSha256 lets the operator tell, after a restart, which probe the file holds.
-    settings_file = {**settings, "probeSha256": probe_sha256(spec, probe_data)}
+    # The probe's sha256 in the file also tells a restarted operator which probe it holds.
+    settings = ConfigUpdate.model_validate(scheduler_update(spec, generation, probe_data, live=False))
     configmap: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(owner, names(owner)["configmap"]),
-        "data": {SCHEDULER_FILE: json.dumps(settings_file, indent=2, sort_keys=True)},
+        "data": {SCHEDULER_FILE: settings_file_text(settings)},
     }
     if spec.scheduler.probe is not None and spec.scheduler.probe.config_map_key_ref is not None:
         assert probe_data is not None
@@ -193,7 +192,8 @@ def build_configmap(owner: Owner, spec: LLMServerSpec, generation: int, probe_da
 def stored_settings(configmap: dict[str, Any] | None) -> dict[str, Any] | None:
     """The settings file inside an existing scheduler ConfigMap (None if absent/unreadable)."""
     try:
-        return json.loads(((configmap or {}).get("data") or {})[SCHEDULER_FILE])
+        text = ((configmap or {}).get("data") or {})[SCHEDULER_FILE]
+        return read_settings_file(text).model_dump(mode="json", by_alias=True, exclude_unset=True)
     except (KeyError, TypeError, ValueError):
         return None
 

@@ -7,8 +7,11 @@ pydantic here, so the operator can import it without the engine stack.
 
 from __future__ import annotations
 
+import json
 import math
 import re
+
+import yaml
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -77,6 +80,27 @@ class ConfigUpdate(_Wire):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ValueError("maxWaitSeconds must be a positive number, or null to turn the guard off")
         return value
+
+
+def settings_file_text(update: ConfigUpdate) -> str:
+    """The scheduler settings file a pod reads at start (``trail serve --scheduler-config``).
+
+    The operator writes it into the pod's ConfigMap and ``trail serve`` reads it back with
+    :func:`read_settings_file`: both sides go through this module, so the file can only
+    hold what the admin API's ``PUT`` accepts.
+    """
+    return json.dumps(update.model_dump(mode="json", by_alias=True, exclude_unset=True), indent=2, sort_keys=True)
+
+
+def read_settings_file(text: str) -> ConfigUpdate:
+    """Parse a settings file (JSON, or YAML for people writing one by hand); ValueError says why."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(f"not JSON or YAML: {error}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ValueError(f"expected a mapping of settings, got {type(raw).__name__}")
+    return ConfigUpdate.model_validate(raw or {})
 
 
 class ProbeInfo(_Wire):

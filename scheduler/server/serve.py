@@ -17,9 +17,7 @@ import secrets
 import tempfile
 from pathlib import Path
 
-import yaml
-
-from trail_scheduler.api import ConfigUpdate
+from trail_scheduler.api import read_settings_file
 from trail_scheduler.core.policy import PolicyName, SchedulerSettings
 from trail_scheduler.vllm.engine_config import TrailEngineConfig
 
@@ -57,10 +55,9 @@ def scheduler_settings(args: argparse.Namespace) -> tuple[SchedulerSettings, str
     no_probe = args.probe == "none"
     probe_path, generation = (None if no_probe else args.probe), 0
     if args.scheduler_config:
-        text = Path(args.scheduler_config).read_text()
         try:
-            update = ConfigUpdate.model_validate(yaml.safe_load(text) or {})
-        except (yaml.YAMLError, ValueError) as error:
+            update = read_settings_file(Path(args.scheduler_config).read_text())
+        except (OSError, ValueError) as error:
             raise SystemExit(f"error: invalid --scheduler-config {args.scheduler_config}: {error}") from None
         changes = {k: getattr(update, k) for k in update.model_fields_set if k in SchedulerSettings.__dataclass_fields__}
         settings = SchedulerSettings(**{**settings.__dict__, **changes})

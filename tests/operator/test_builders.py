@@ -143,3 +143,29 @@ def test_scheduler_generation_moves_only_when_settings_do() -> None:
     assert builders.scheduler_generation(stored, {**desired, "c": 1.0}, 9, None) == 9
     assert builders.scheduler_generation(stored, {**desired, "c": 1.0}, None, None) == 6
     assert builders.scheduler_generation(None, desired, None, None) == 1
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_trail_serve_reads_the_settings_file_the_operator_writes(path, tmp_path) -> None:
+    """The pod's start-up path: the ConfigMap's file, read by `trail serve --scheduler-config`
+    exactly as the server container's args say (an extra field here once crash-looped every pod)."""
+    import argparse
+
+    from trail_scheduler.server.serve import add_arguments, scheduler_settings
+
+    spec, objects = build(load(path)["spec"], generation=7)
+    configmap, deployment = objects[1], objects[3]
+    (tmp_path / builders.SCHEDULER_FILE).write_text(configmap["data"][builders.SCHEDULER_FILE])
+    args = container(deployment)["args"]
+    config_flag = args.index("--scheduler-config")
+    assert args[config_flag + 1] == f"{builders.SCHEDULER_DIR}/{builders.SCHEDULER_FILE}"
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    # The probe is fetched at start; here only the settings are read (no download).
+    parsed, _ = parser.parse_known_args(["--scheduler-config", str(tmp_path / builders.SCHEDULER_FILE),
+                                         "--probe", "none"])
+    settings, _, generation = scheduler_settings(parsed)
+    assert generation == 7
+    assert (settings.policy, settings.c, settings.predict_every) == (
+        spec.scheduler.policy, spec.scheduler.c, spec.scheduler.predict_every)
+    assert settings.max_wait_seconds == spec.scheduler.max_wait_seconds
