@@ -27,7 +27,7 @@ def _run(args: argparse.Namespace) -> int:
     kopf.configure(verbose=args.verbose)
     asyncio.run(kopf.operator(
         clusterwide=not args.namespace,
-        namespaces=args.namespace or None,
+        namespaces=args.namespace,  # empty with clusterwide (kopf refuses None)
         standalone=True,
         liveness_endpoint=args.liveness or None,
     ))
