@@ -313,6 +313,7 @@ def build_deployment(owner: Owner, spec: LLMServerSpec, images: Images) -> dict[
             "image": image(spec, images),
             "command": fetch,
             "volumeMounts": [{"name": "model", "mountPath": MODELS_DIR}],
+            "terminationMessagePolicy": "FallbackToLogsOnError",  # the reason shows in the pod's status
         })
     if spec.engine.tensor_parallel_size > 1:
         # NCCL between tensor-parallel workers needs more shared memory than the default 64 MiB.
@@ -330,6 +331,7 @@ def build_deployment(owner: Owner, spec: LLMServerSpec, images: Images) -> dict[
         ],
         "env": env,
         "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",  # why a crash-looping server exits
         # Model loading (and downloads) can take many minutes: the startup probe allows 30.
         "startupProbe": {**health, "periodSeconds": 10, "failureThreshold": 180},
         "readinessProbe": {**health, "periodSeconds": 5, "failureThreshold": 3},
