@@ -143,6 +143,8 @@ class StatsView(_Wire):
     waiting: list[RequestStats]
     preemptions_total: int
     last_decision_seconds: float = 0.0
+    worker_probe_sha256: str | None = Field(
+        default=None, description="the probe the workers' last readings came from (None before any)")
 
 
 class ErrorReply(_Wire):

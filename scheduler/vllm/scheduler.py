@@ -84,6 +84,7 @@ class TrailScheduler(Scheduler):
         self.trail_layer = capture_layer(config, probe, self.vllm_config.model_config)
         self.trail_set_probe(probe)
         self.trail_pending_update: RunnerUpdate | None = None
+        self.trail_worker_probe: str | None = None  # the probe whose readings the workers sent last
         self.trail_metrics = EngineMetrics()
         self.trail_preemptions_total = 0
         self._trail_preempting = False
@@ -120,6 +121,11 @@ class TrailScheduler(Scheduler):
         self.trail_generation = self.trail_generation + 1 if update.generation is None else update.generation
         if probe is not None:
             self.trail_set_probe(probe)
+        # Updates wait for the next step (none comes while the engine is idle): a later
+        # settings-only change must not drop a probe still on its way to the workers.
+        pending = self.trail_pending_update
+        if probe_bytes is None and pending is not None:
+            probe_bytes = pending.probe_bytes
         self.trail_pending_update = RunnerUpdate(settings.predict_every, probe_bytes)
         logger.info("TRAIL settings generation %d in force: %s", self.trail_generation, settings)
         return {"ok": True, "config": self.trail_config()}
@@ -160,6 +166,7 @@ class TrailScheduler(Scheduler):
             "waiting": [self._trail_request_stats(r, running=False) for r in self.waiting],
             "preemptionsTotal": self.trail_preemptions_total,
             "lastDecisionSeconds": self.trail_last_decision_seconds,
+            "workerProbeSha256": self.trail_worker_probe,
         }
 
     def trail_drain_metrics(self) -> dict:
@@ -213,8 +220,11 @@ class TrailScheduler(Scheduler):
         for request_id, tokens in zip(model_runner_output.req_ids, model_runner_output.sampled_token_ids):
             tracker.advance(request_id, len(tokens))
         evidence = getattr(model_runner_output, "trail_evidence", None)
-        if evidence is not None and evidence.probabilities.shape[-1] == tracker.bins.count:
-            tracker.observe(evidence.request_ids, evidence.probabilities, evidence.from_prefill)
+        if evidence is not None:
+            self.trail_worker_probe = evidence.probe_sha256
+            # Readings of a probe being replaced (the new one is on its way) are not mixed in.
+            if self.trail_probe is not None and evidence.probe_sha256 == self.trail_probe.sha256:
+                tracker.observe(evidence.request_ids, evidence.probabilities, evidence.from_prefill)
         return super().update_from_output(scheduler_output, model_runner_output)
 
     def _trail_order_and_preempt(self) -> None:

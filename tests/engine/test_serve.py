@@ -269,3 +269,22 @@ def test_probe_predictions_flow_and_beat_the_unknown_length_guess(trail_server, 
     # The prompt stage is the unknown-length guess here (no prompt predictor yet).
     assert mean["refined"] < mean["prompt"], mean
     assert mean["first"] < mean["prompt"], mean
+
+
+def test_a_probe_reaches_the_workers_when_a_settings_change_follows_it_on_an_idle_engine(trail_server, tmp_path):
+    """Changes wait for the next engine step; a settings-only PUT right after a probe PUT
+    once replaced the pending probe, and the workers kept the old one while GET /config
+    reported the new one."""
+    import base64
+
+    from trail_scheduler.core.bins import LengthBins
+    from trail_scheduler.probe import LengthProbe, save_probe
+
+    path = tmp_path / "fresh.safetensors"
+    sha = save_probe(LengthProbe(576, 10), LengthBins.uniform(), path, model="SmolLM2-135M-Instruct", layer=10,
+                     training={"recipe": "untrained, for this test"})
+    assert trail_server.configure(policy="trail", probe={"data": base64.b64encode(path.read_bytes()).decode()})[
+        "probe"]["sha256"] == sha
+    trail_server.configure(c=0.7)  # before any step could carry the probe to the workers
+    chat(trail_server, "Say hi.", max_tokens=4)
+    assert trail_server.stats()["workerProbeSha256"] == sha
