@@ -89,10 +89,10 @@ async def reconcile(kube: Kube, retune: RetuneClient, images: Images, namespace:
         return True
     context["desired_replicas"] = spec.replicas
 
-    live_secret = await kube.get("Secret", namespace, n["secret"])
-    live_configmap = await kube.get("ConfigMap", namespace, n["configmap"])
-    live = [live_secret, live_configmap, await kube.get("Service", namespace, n["service"]),
-            await kube.get("Deployment", namespace, n["deployment"])]
+    # The owned objects, in build_all's order, read concurrently (one round-trip, not four).
+    live = list(await asyncio.gather(*(kube.get(kind, namespace, n[key]) for kind, key in (
+        ("Secret", "secret"), ("ConfigMap", "configmap"), ("Service", "service"), ("Deployment", "deployment")))))
+    live_secret, live_configmap = live[0], live[1]
     try:
         probe_data = await read_probe(kube, namespace, spec)
         expected_sha = builders.probe_sha256(spec, probe_data)
