@@ -40,24 +40,37 @@ def decision_inputs(waiting: int, running: int, seed: int = 0):
     """A loaded engine: a full batch (no free slot) and a long queue of mixed predictions."""
     rng = random.Random(seed)
     now = 1000.0
-    queue = [WaitingRequest(f"w{i}", now - rng.uniform(0, 60), rng.uniform(1, 512), rng.randint(1, 40))
-             for i in range(waiting)]
+    queue = [
+        WaitingRequest(f"w{i}", now - rng.uniform(0, 60), rng.uniform(1, 512), rng.randint(1, 40))
+        for i in range(waiting)
+    ]
     batch = []
     for i in range(running):
         initial = rng.uniform(1, 512)
         generated = rng.randint(0, int(initial))
-        batch.append(RunningRequest(f"r{i}", now - rng.uniform(0, 60), generated, initial,
-                                    max(0.0, initial - generated), rng.randint(1, 60), rng.randint(0, 2)))
+        batch.append(
+            RunningRequest(
+                f"r{i}",
+                now - rng.uniform(0, 60),
+                generated,
+                initial,
+                max(0.0, initial - generated),
+                rng.randint(1, 60),
+                rng.randint(0, 2),
+            )
+        )
     return queue, batch, Room(free_slots=0, free_blocks=64), now
 
 
 def time_decide(waiting: int = 1000, running: int = 256, calls: int = 300) -> dict:
     queue, batch, room, now = decision_inputs(waiting, running)
     results = {}
-    for name, settings in (("trail", SchedulerSettings(policy="trail", c=0.8)),
-                           ("trail+guard", SchedulerSettings(policy="trail", c=0.8, max_wait_seconds=30.0)),
-                           ("trail c=0", SchedulerSettings(policy="trail", c=0.0)),  # nobody preemptible
-                           ("fcfs", SchedulerSettings(policy="fcfs"))):
+    for name, settings in (
+        ("trail", SchedulerSettings(policy="trail", c=0.8)),
+        ("trail+guard", SchedulerSettings(policy="trail", c=0.8, max_wait_seconds=30.0)),
+        ("trail c=0", SchedulerSettings(policy="trail", c=0.0)),  # nobody preemptible
+        ("fcfs", SchedulerSettings(policy="fcfs")),
+    ):
         policy = Policy(settings)
         for _ in range(20):  # warm-up
             decision = policy.decide(queue, batch, room, now)
@@ -67,8 +80,12 @@ def time_decide(waiting: int = 1000, running: int = 256, calls: int = 300) -> di
             policy.decide(queue, batch, room, now)
             samples.append((time.perf_counter() - started) * 1e3)
         samples.sort()
-        results[name] = {"median_ms": statistics.median(samples), "p99_ms": samples[int(0.99 * (len(samples) - 1))],
-                         "min_ms": samples[0], "preemptions": len(decision.preempt)}
+        results[name] = {
+            "median_ms": statistics.median(samples),
+            "p99_ms": samples[int(0.99 * (len(samples) - 1))],
+            "min_ms": samples[0],
+            "preemptions": len(decision.preempt),
+        }
     return results
 
 
@@ -113,8 +130,13 @@ def engine_overhead(requests: int, tokens: int, repeats: int, probe: Path | None
     from trail_scheduler.bench.servers import start_stock_vllm, start_trail_serve
     from trail_scheduler.bench.workload import BenchRequest, chat_token_counter, load_prompts, sample_prompts
 
-    prompts = sample_prompts(load_prompts(), requests, seed=0, max_prompt_tokens=512,
-                             count_tokens=chat_token_counter(prepare_bundled_model()))
+    prompts = sample_prompts(
+        load_prompts(),
+        requests,
+        seed=0,
+        max_prompt_tokens=512,
+        count_tokens=chat_token_counter(prepare_bundled_model()),
+    )
     work = [BenchRequest(p.id, p.prompt, tokens, 0.0) for p in prompts]
     engine_args = ("--max-num-seqs", str(requests))
     logs = Path(tempfile.mkdtemp(prefix="trail-overhead-"))
@@ -126,8 +148,10 @@ def engine_overhead(requests: int, tokens: int, repeats: int, probe: Path | None
         runs = [_burst(server, model, work) for _ in range(repeats)]
         results[name] = {key: statistics.mean(r[key] for r in runs) for key in ("throughput_tok_s", "step_ms")}
         results[name]["runs"] = runs
-        print(f"{name:>10}: {results[name]['throughput_tok_s']:.1f} tok/s, step {results[name]['step_ms']:.1f} ms",
-              file=sys.stderr)
+        print(
+            f"{name:>10}: {results[name]['throughput_tok_s']:.1f} tok/s, step {results[name]['step_ms']:.1f} ms",
+            file=sys.stderr,
+        )
 
     stock = start_stock_vllm(logs, *engine_args)
     try:

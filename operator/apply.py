@@ -87,8 +87,9 @@ async def fetch_all(kube: Kube, namespace: str, desired: list[dict[str, Any]]) -
     return [await kube.get(obj["kind"], namespace, obj["metadata"]["name"]) for obj in desired]
 
 
-async def apply_all(kube: Kube, namespace: str, owner_uid: str, desired: list[dict[str, Any]],
-                    live: list[dict[str, Any] | None]) -> list[str]:
+async def apply_all(
+    kube: Kube, namespace: str, owner_uid: str, desired: list[dict[str, Any]], live: list[dict[str, Any] | None]
+) -> list[str]:
     """Create or patch each object in order; return what was written ("created
     Deployment x"). Ownership of every object is checked before anything is written."""
     for current in live:

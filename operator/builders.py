@@ -93,18 +93,21 @@ def _metadata(owner: Owner, name: str) -> dict[str, Any]:
         "name": name,
         "namespace": owner.namespace,
         "labels": {**selector_labels(owner), LABEL_INSTANCE: owner.name, LABEL_MANAGED_BY: MANAGER},
-        "ownerReferences": [{
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "name": owner.name,
-            "uid": owner.uid,
-            "controller": True,
-            "blockOwnerDeletion": True,
-        }],
+        "ownerReferences": [
+            {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": owner.name,
+                "uid": owner.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
     }
 
 
 # --- scheduler settings -------------------------------------------------------------
+
 
 def probe_sha256(spec: LLMServerSpec, probe_data: bytes | None) -> str | None:
     """The sha256 pods should report for the probe in ``spec`` (None: no probe)."""
@@ -118,9 +121,7 @@ def probe_sha256(spec: LLMServerSpec, probe_data: bytes | None) -> str | None:
     return probe.sha256
 
 
-def scheduler_update(
-    spec: LLMServerSpec, generation: int, probe_data: bytes | None, *, live: bool
-) -> dict[str, Any]:
+def scheduler_update(spec: LLMServerSpec, generation: int, probe_data: bytes | None, *, live: bool) -> dict[str, Any]:
     """The admin API body (camelCase) for ``spec.scheduler``.
 
     ``live=False`` is the ConfigMap file a pod reads at start: a ConfigMap probe is the
@@ -144,7 +145,8 @@ def scheduler_update(
         if probe.config_map_key_ref is not None:
             assert probe_data is not None
             body["probe"] = (
-                {"data": base64.b64encode(probe_data).decode()} if live
+                {"data": base64.b64encode(probe_data).decode()}
+                if live
                 else {"url": f"file://{SCHEDULER_DIR}/{PROBE_FILE}", "sha256": sha}
             )
         elif probe.url is not None:
@@ -163,8 +165,9 @@ def same_settings(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(a.get(key) == b.get(key) for key in _COMPARED)
 
 
-def scheduler_generation(stored: dict[str, Any] | None, desired: dict[str, Any], meta_generation: int | None,
-                         desired_sha: str | None) -> int:
+def scheduler_generation(
+    stored: dict[str, Any] | None, desired: dict[str, Any], meta_generation: int | None, desired_sha: str | None
+) -> int:
     """The generation to stamp on the settings: unchanged while the settings are, else a
     new one (the resource's metadata.generation, and always above the stored one)."""
     stored_sha = ((stored or {}).get("probe") or {}).get("sha256")
@@ -200,6 +203,7 @@ def stored_settings(configmap: dict[str, Any] | None) -> dict[str, Any] | None:
 
 # --- secret, service, deployment ----------------------------------------------------
 
+
 def build_secret(owner: Owner, token: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -234,9 +238,12 @@ def build_service(owner: Owner) -> dict[str, Any]:
 def server_args(spec: LLMServerSpec) -> list[str]:
     """The ``trail serve`` command line (policy, c and the probe come from the ConfigMap)."""
     args = [
-        "--port", str(HTTP_PORT),
-        "--admin-port", str(ADMIN_PORT),
-        "--scheduler-config", f"{SCHEDULER_DIR}/{SCHEDULER_FILE}",
+        "--port",
+        str(HTTP_PORT),
+        "--admin-port",
+        str(ADMIN_PORT),
+        "--scheduler-config",
+        f"{SCHEDULER_DIR}/{SCHEDULER_FILE}",
     ]
     model = spec.model
     if model.hugging_face is not None:
@@ -285,8 +292,12 @@ def build_deployment(owner: Owner, spec: LLMServerSpec, images: Images) -> dict[
     ]
     hf = spec.model.hugging_face
     if hf is not None and hf.token_secret_ref is not None:
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {
-            "name": hf.token_secret_ref.name, "key": hf.token_secret_ref.key}}})
+        env.append(
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": hf.token_secret_ref.name, "key": hf.token_secret_ref.key}},
+            }
+        )
     env += [{"name": var.name, "value": var.value} for var in spec.engine.env]
 
     mounts = [
@@ -300,21 +311,24 @@ def build_deployment(owner: Owner, spec: LLMServerSpec, images: Images) -> dict[
     init_containers: list[dict[str, Any]] = []
     if spec.model.pvc is not None:
         mounts.append({"name": "model", "mountPath": MODELS_DIR, "readOnly": True})
-        volumes.append({"name": "model", "persistentVolumeClaim": {"claimName": spec.model.pvc.claim_name,
-                                                                   "readOnly": True}})
+        volumes.append(
+            {"name": "model", "persistentVolumeClaim": {"claimName": spec.model.pvc.claim_name, "readOnly": True}}
+        )
     elif spec.model.url is not None:
         mounts.append({"name": "model", "mountPath": MODELS_DIR, "readOnly": True})
         volumes.append({"name": "model", "emptyDir": {}})
         fetch = ["python", "-m", "trail_operator.fetch_model", "--url", spec.model.url.url, "--dest", MODELS_DIR]
         if spec.model.url.sha256:
             fetch += ["--sha256", spec.model.url.sha256]
-        init_containers.append({
-            "name": "fetch-model",
-            "image": image(spec, images),
-            "command": fetch,
-            "volumeMounts": [{"name": "model", "mountPath": MODELS_DIR}],
-            "terminationMessagePolicy": "FallbackToLogsOnError",  # the reason shows in the pod's status
-        })
+        init_containers.append(
+            {
+                "name": "fetch-model",
+                "image": image(spec, images),
+                "command": fetch,
+                "volumeMounts": [{"name": "model", "mountPath": MODELS_DIR}],
+                "terminationMessagePolicy": "FallbackToLogsOnError",  # the reason shows in the pod's status
+            }
+        )
     if spec.engine.tensor_parallel_size > 1:
         # NCCL between tensor-parallel workers needs more shared memory than the default 64 MiB.
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
@@ -366,8 +380,9 @@ def build_deployment(owner: Owner, spec: LLMServerSpec, images: Images) -> dict[
     }
 
 
-def build_all(owner: Owner, spec: LLMServerSpec, images: Images, *, token: str, generation: int,
-              probe_data: bytes | None) -> list[dict[str, Any]]:
+def build_all(
+    owner: Owner, spec: LLMServerSpec, images: Images, *, token: str, generation: int, probe_data: bytes | None
+) -> list[dict[str, Any]]:
     """Everything one LLMServer owns, in the order to apply it (what pods mount first)."""
     return [
         build_secret(owner, token),

@@ -67,8 +67,14 @@ async def write_status(kube: Kube, obj: dict[str, Any], obs: Observation) -> Non
         await kube.patch("LLMServer", meta["namespace"], meta["name"], {"status": status}, subresource="status")
 
 
-async def reconcile(kube: Kube, retune: RetuneClient, images: Images, namespace: str, name: str,
-                    logger: logging.Logger | logging.LoggerAdapter) -> bool:
+async def reconcile(
+    kube: Kube,
+    retune: RetuneClient,
+    images: Images,
+    namespace: str,
+    name: str,
+    logger: logging.Logger | logging.LoggerAdapter,
+) -> bool:
     """One pass; True when settled (nothing to retry before the next change or resync)."""
     obj = await kube.get("LLMServer", namespace, name)
     if obj is None or obj["metadata"].get("deletionTimestamp"):
@@ -77,8 +83,11 @@ async def reconcile(kube: Kube, retune: RetuneClient, images: Images, namespace:
     owner = Owner(name, namespace, meta["uid"])
     generation = meta.get("generation")
     n = builders.names(owner)
-    context = {"generation": generation, "endpoint": builders.endpoint(owner),
-               "selector": builders.selector_string(owner)}
+    context = {
+        "generation": generation,
+        "endpoint": builders.endpoint(owner),
+        "selector": builders.selector_string(owner),
+    }
 
     try:
         spec = parse_spec(obj.get("spec"))
@@ -90,15 +99,27 @@ async def reconcile(kube: Kube, retune: RetuneClient, images: Images, namespace:
     context["desired_replicas"] = spec.replicas
 
     # The owned objects, in build_all's order, read concurrently (one round-trip, not four).
-    live = list(await asyncio.gather(*(kube.get(kind, namespace, n[key]) for kind, key in (
-        ("Secret", "secret"), ("ConfigMap", "configmap"), ("Service", "service"), ("Deployment", "deployment")))))
+    live = list(
+        await asyncio.gather(
+            *(
+                kube.get(kind, namespace, n[key])
+                for kind, key in (
+                    ("Secret", "secret"),
+                    ("ConfigMap", "configmap"),
+                    ("Service", "service"),
+                    ("Deployment", "deployment"),
+                )
+            )
+        )
+    )
     live_secret, live_configmap = live[0], live[1]
     try:
         probe_data = await read_probe(kube, namespace, spec)
         expected_sha = builders.probe_sha256(spec, probe_data)
         start_settings = builders.scheduler_update(spec, 0, probe_data, live=False)
         sched_gen = builders.scheduler_generation(
-            builders.stored_settings(live_configmap), start_settings, generation, expected_sha)
+            builders.stored_settings(live_configmap), start_settings, generation, expected_sha
+        )
         token = builders.secret_token(live_secret) or secrets.token_urlsafe(32)
         desired = builders.build_all(owner, spec, images, token=token, generation=sched_gen, probe_data=probe_data)
         for line in await apply_all(kube, namespace, owner.uid, desired, live):
@@ -115,8 +136,9 @@ async def reconcile(kube: Kube, retune: RetuneClient, images: Images, namespace:
     for report in reports:
         if report.error:
             logger.warning(f"pod {report.name}: {report.error}")
-    await write_status(kube, obj, Observation(deployment=deployment, reports=reports,
-                                              scheduler_generation=sched_gen, **context))
+    await write_status(
+        kube, obj, Observation(deployment=deployment, reports=reports, scheduler_generation=sched_gen, **context)
+    )
     return all(report.synced or report.rejected for report in reports)
 
 
@@ -146,8 +168,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.daemon(crd.GROUP, crd.VERSION, crd.PLURAL, cancellation_timeout=5.0)
-async def serve(name: str, namespace: str, memo: kopf.Memo, logger: logging.Logger,
-                stopped: kopf.DaemonStopped, **_: Any) -> None:
+async def serve(
+    name: str, namespace: str, memo: kopf.Memo, logger: logging.Logger, stopped: kopf.DaemonStopped, **_: Any
+) -> None:
     key = (namespace, name)
     wake = memo.wakers.setdefault(key, asyncio.Event())
     failures = 0
@@ -160,7 +183,7 @@ async def serve(name: str, namespace: str, memo: kopf.Memo, logger: logging.Logg
                 logger.error(f"reconcile failed, will retry: {error}")
                 settled = False
             failures = 0 if settled else failures + 1
-            delay = RESYNC_SECONDS if settled else min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** failures)
+            delay = RESYNC_SECONDS if settled else min(MAX_BACKOFF_SECONDS, 0.5 * 2**failures)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=delay)
     finally:

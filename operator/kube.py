@@ -114,14 +114,15 @@ class Kube:
         selector = ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
         reply = await self._call("GET", self.path(kind, namespace), params={"labelSelector": selector})
         return [
-            item for item in reply.get("items") or []
+            item
+            for item in reply.get("items") or []
             if labels.items() <= ((item.get("metadata") or {}).get("labels") or {}).items()
         ]
 
     async def create(self, kind: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self._call("POST", self.path(kind, namespace), json=body)
 
-    async def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any],
-                    subresource: str | None = None) -> dict[str, Any]:
-        return await self._call("PATCH", self.path(kind, namespace, name, subresource), json=patch,
-                                headers=MERGE_PATCH)
+    async def patch(
+        self, kind: str, namespace: str, name: str, patch: dict[str, Any], subresource: str | None = None
+    ) -> dict[str, Any]:
+        return await self._call("PATCH", self.path(kind, namespace, name, subresource), json=patch, headers=MERGE_PATCH)

@@ -41,8 +41,7 @@ class PodReport:
     def status_entry(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": self.name, "ip": self.ip, "synced": self.synced}
         if self.view is not None:
-            entry.update(generation=self.view.get("generation"), policy=self.view.get("policy"),
-                         c=self.view.get("c"))
+            entry.update(generation=self.view.get("generation"), policy=self.view.get("policy"), c=self.view.get("c"))
             probe = self.view.get("probe") or {}
             if probe.get("sha256"):
                 entry["probeSha256"] = probe["sha256"]
@@ -92,8 +91,15 @@ def _detail(response: httpx.Response) -> str:
 
 
 class RetuneClient:
-    def __init__(self, client: httpx.AsyncClient | None = None, *, attempts: int = 4, base_delay: float = 0.25,
-                 timeout: float = 10.0, put_timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient | None = None,
+        *,
+        attempts: int = 4,
+        base_delay: float = 0.25,
+        timeout: float = 10.0,
+        put_timeout: float = 120.0,
+    ) -> None:
         self._client = client or httpx.AsyncClient(timeout=timeout)
         self.attempts = attempts
         self.base_delay = base_delay
@@ -110,7 +116,8 @@ class RetuneClient:
                 await asyncio.sleep(self.base_delay * 2 ** (attempt - 1))
             try:
                 response = await self._client.request(
-                    method, url, headers={"Authorization": f"Bearer {token}"}, **kwargs)
+                    method, url, headers={"Authorization": f"Bearer {token}"}, **kwargs
+                )
             except httpx.HTTPError as error:
                 last = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
                 continue
@@ -119,15 +126,17 @@ class RetuneClient:
             last = f"HTTP {response.status_code}: {_detail(response)}"
         raise _Transient(f"admin API unreachable after {self.attempts} attempts ({last})")
 
-    async def sync_pod(self, target: PodTarget, token: str, desired: dict[str, Any],
-                       expected_sha: str | None) -> PodReport:
+    async def sync_pod(
+        self, target: PodTarget, token: str, desired: dict[str, Any], expected_sha: str | None
+    ) -> PodReport:
         base = f"http://{target.ip}:{target.admin_port}{CONFIG_PATH}"
         report = {"name": target.name, "ip": target.ip}
         try:
             response = await self._request("GET", base, token)
             if response.status_code != 200:
-                return PodReport(**report, synced=False, error=f"GET config: HTTP {response.status_code}: "
-                                                              f"{_detail(response)}")
+                return PodReport(
+                    **report, synced=False, error=f"GET config: HTTP {response.status_code}: {_detail(response)}"
+                )
             view = ConfigView.model_validate(response.json()).model_dump(mode="json", by_alias=True)
             if in_sync(view, desired, expected_sha):
                 return PodReport(**report, synced=True, view=view)
@@ -136,18 +145,27 @@ class RetuneClient:
                 body.pop("probe", None)  # the pod already runs this probe: do not send it again
             response = await self._request("PUT", base, token, json=body, timeout=self.put_timeout)
             if response.status_code != 200:
-                return PodReport(**report, synced=False, view=view, rejected=400 <= response.status_code < 500,
-                                 error=f"pod refused the settings (HTTP {response.status_code}): "
-                                       f"{_detail(response)}")
+                return PodReport(
+                    **report,
+                    synced=False,
+                    view=view,
+                    rejected=400 <= response.status_code < 500,
+                    error=f"pod refused the settings (HTTP {response.status_code}): {_detail(response)}",
+                )
             view = ConfigView.model_validate(response.json()).model_dump(mode="json", by_alias=True)
             synced = in_sync(view, desired, expected_sha)
-            return PodReport(**report, synced=synced, view=view,
-                             error=None if synced else "pod accepted the settings but reports different ones")
+            return PodReport(
+                **report,
+                synced=synced,
+                view=view,
+                error=None if synced else "pod accepted the settings but reports different ones",
+            )
         except _Transient as error:
             return PodReport(**report, synced=False, error=str(error))
         except ValueError as error:  # a reply that is not a ConfigView
             return PodReport(**report, synced=False, error=f"unexpected admin API reply: {error}")
 
-    async def sync_all(self, targets: list[PodTarget], token: str, desired: dict[str, Any],
-                       expected_sha: str | None) -> list[PodReport]:
+    async def sync_all(
+        self, targets: list[PodTarget], token: str, desired: dict[str, Any], expected_sha: str | None
+    ) -> list[PodReport]:
         return list(await asyncio.gather(*(self.sync_pod(t, token, desired, expected_sha) for t in targets)))

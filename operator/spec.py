@@ -20,8 +20,15 @@ from trail_operator.crd import defaulted_spec
 from trail_scheduler.core.policy import MAX_C, PolicyName
 
 RESERVED_FLAGS = (
-    "--port", "--admin-port", "--admin-token-file", "--model", "--scheduler-config",
-    "--tensor-parallel-size", "--policy", "--c", "--probe",
+    "--port",
+    "--admin-port",
+    "--admin-token-file",
+    "--model",
+    "--scheduler-config",
+    "--tensor-parallel-size",
+    "--policy",
+    "--c",
+    "--probe",
 )
 SHA256 = r"^[0-9a-f]{64}$"
 

@@ -54,8 +54,9 @@ def _progressing(obs: Observation) -> dict[str, Any]:
     stale = int(dstatus.get("observedGeneration") or 0) < int((deployment.get("metadata") or {}).get("generation") or 0)
     updated, ready = int(dstatus.get("updatedReplicas") or 0), int(dstatus.get("readyReplicas") or 0)
     if stale or updated < desired or ready < desired:
-        return _condition("Progressing", True, "RollingOut",
-                          f"{updated}/{desired} pods updated, {ready}/{desired} ready")
+        return _condition(
+            "Progressing", True, "RollingOut", f"{updated}/{desired} pods updated, {ready}/{desired} ready"
+        )
     return _condition("Progressing", False, "RolloutComplete", f"{desired} pods up to date")
 
 
@@ -66,8 +67,7 @@ def _degraded(obs: Observation) -> dict[str, Any]:
         return _condition("Degraded", True, "ApplyFailed", obs.apply_error)
     rejected = [r for r in obs.reports if r.rejected]
     if rejected:
-        return _condition("Degraded", True, "SettingsRejected",
-                          "; ".join(f"pod {r.name}: {r.error}" for r in rejected))
+        return _condition("Degraded", True, "SettingsRejected", "; ".join(f"pod {r.name}: {r.error}" for r in rejected))
     return _condition("Degraded", False, "AsExpected", "no errors")
 
 
@@ -78,16 +78,28 @@ def _synced(obs: Observation) -> dict[str, Any]:
         return _condition("SchedulerSynced", None, "Unknown", "the scheduler ConfigMap is not written yet")
     gen = obs.scheduler_generation
     if not obs.reports:
-        return _condition("SchedulerSynced", True, "NoReadyPods",
-                          f"settings generation {gen} are in the ConfigMap; pods read them at start")
+        return _condition(
+            "SchedulerSynced",
+            True,
+            "NoReadyPods",
+            f"settings generation {gen} are in the ConfigMap; pods read them at start",
+        )
     pending = [r for r in obs.reports if not r.synced]
     if not pending:
-        return _condition("SchedulerSynced", True, "AllPodsSynced",
-                          f"{len(obs.reports)}/{len(obs.reports)} ready pods run generation {gen}")
+        return _condition(
+            "SchedulerSynced",
+            True,
+            "AllPodsSynced",
+            f"{len(obs.reports)}/{len(obs.reports)} ready pods run generation {gen}",
+        )
     reason = "Rejected" if any(r.rejected for r in pending) else "PodsPending"
     detail = "; ".join(f"pod {r.name}: {r.error or 'not yet applied'}" for r in pending)
-    return _condition("SchedulerSynced", False, reason,
-                      f"{len(pending)}/{len(obs.reports)} ready pods not on generation {gen}: {detail}")
+    return _condition(
+        "SchedulerSynced",
+        False,
+        reason,
+        f"{len(pending)}/{len(obs.reports)} ready pods not on generation {gen}: {detail}",
+    )
 
 
 def compute_status(obs: Observation, previous: dict[str, Any] | None, now: datetime.datetime) -> dict[str, Any]:
@@ -111,8 +123,10 @@ def compute_status(obs: Observation, previous: dict[str, Any] | None, now: datet
         "pods": [r.status_entry() for r in obs.reports],
     }
     optional = {
-        "observedGeneration": obs.generation, "schedulerGeneration": obs.scheduler_generation,
-        "endpoint": obs.endpoint, "selector": obs.selector,
+        "observedGeneration": obs.generation,
+        "schedulerGeneration": obs.scheduler_generation,
+        "endpoint": obs.endpoint,
+        "selector": obs.selector,
     }
     status.update({key: value for key, value in optional.items() if value is not None})
     return status

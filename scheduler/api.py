@@ -12,7 +12,6 @@ import math
 import re
 
 import yaml
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
@@ -144,7 +143,8 @@ class StatsView(_Wire):
     preemptions_total: int
     last_decision_seconds: float = 0.0
     worker_probe_sha256: str | None = Field(
-        default=None, description="the probe the workers' last readings came from (None before any)")
+        default=None, description="the probe the workers' last readings came from (None before any)"
+    )
 
 
 class ErrorReply(_Wire):

@@ -80,9 +80,14 @@ async def _stream_one(client: httpx.AsyncClient, base: str, body: dict, record: 
         record.first_token = record.finished
 
 
-async def run_load(base: str, model: str, requests: Sequence[BenchRequest], time_limit: float,
-                   extra: Callable[[BenchRequest], dict | None] = lambda r: None,
-                   on_done: Callable[[RequestRecord], None] | None = None) -> tuple[list[RequestRecord], float]:
+async def run_load(
+    base: str,
+    model: str,
+    requests: Sequence[BenchRequest],
+    time_limit: float,
+    extra: Callable[[BenchRequest], dict | None] = lambda r: None,
+    on_done: Callable[[RequestRecord], None] | None = None,
+) -> tuple[list[RequestRecord], float]:
     """Send ``requests`` on their schedule; return the records and the run's wall time."""
     records = [RequestRecord(r.id, r.arrival, expected_tokens=r.output_tokens) for r in requests]
     limits = httpx.Limits(max_connections=len(requests) + 4, max_keepalive_connections=len(requests) + 4)

@@ -35,14 +35,17 @@ class PolicyEntry:
 
 BASE_ENTRIES = {
     "fcfs": PolicyEntry("fcfs", "stock vLLM (its own scheduler), first come first served", STOCK),
-    "trail-fcfs": PolicyEntry("trail-fcfs", "trail serve with policy fcfs (TRAIL's scheduler class, FCFS order)",
-                              TRAIL, "fcfs"),
+    "trail-fcfs": PolicyEntry(
+        "trail-fcfs", "trail serve with policy fcfs (TRAIL's scheduler class, FCFS order)", TRAIL, "fcfs"
+    ),
     "sjf": PolicyEntry("sjf", "shortest job first on the prompt predictor, no preemption", TRAIL, "sjf"),
-    "trail-prompt": PolicyEntry("trail-prompt", "TRAIL (c=0.8) on the prompt predictor alone, no probe", TRAIL,
-                                "trail", 0.8),
+    "trail-prompt": PolicyEntry(
+        "trail-prompt", "TRAIL (c=0.8) on the prompt predictor alone, no probe", TRAIL, "trail", 0.8
+    ),
     "trail": PolicyEntry("trail", "TRAIL (c=0.8) with embedding refinement (probe)", TRAIL, "trail", 0.8, probe=True),
-    "trail+": PolicyEntry("trail+", "TRAIL+ (c=0.8) ranked by the true (profiled) lengths", TRAIL, "trail-oracle",
-                          0.8, oracle=True),
+    "trail+": PolicyEntry(
+        "trail+", "TRAIL+ (c=0.8) ranked by the true (profiled) lengths", TRAIL, "trail-oracle", 0.8, oracle=True
+    ),
 }
 DEFAULT_POLICIES = ("fcfs", "sjf", "trail-prompt", "trail", "trail+")
 DEFAULT_C_SWEEP = (0.0, 0.5, 2.0)  # beside the main entries' c = 0.8
@@ -58,7 +61,9 @@ def sweep_entry(c: float, refined: bool) -> PolicyEntry:
     return PolicyEntry(f"{base}@c={c:g}", f"TRAIL (c={c:g}) {how}", TRAIL, "trail", c, probe=refined)
 
 
-def resolve(names: Sequence[str], c_sweep: Sequence[float], have_probe: bool, explicit: bool) -> tuple[list[PolicyEntry], list[str]]:
+def resolve(
+    names: Sequence[str], c_sweep: Sequence[float], have_probe: bool, explicit: bool
+) -> tuple[list[PolicyEntry], list[str]]:
     """The entries to run (stock first, then probe-free TRAIL ones, then probe ones) and notes.
 
     Without a probe the refinement entries cannot run: asked for explicitly that is an
@@ -67,7 +72,9 @@ def resolve(names: Sequence[str], c_sweep: Sequence[float], have_probe: bool, ex
     """
     unknown = [n for n in names if n not in BASE_ENTRIES]
     if unknown:
-        raise PolicyError(f"unknown policy {', '.join(map(repr, unknown))}; expected some of: {', '.join(BASE_ENTRIES)}")
+        raise PolicyError(
+            f"unknown policy {', '.join(map(repr, unknown))}; expected some of: {', '.join(BASE_ENTRIES)}"
+        )
     notes: list[str] = []
     entries = [BASE_ENTRIES[n] for n in dict.fromkeys(names)]
     if not have_probe and any(e.probe for e in entries):

@@ -20,6 +20,12 @@ def untrained_probe(path: Path, seed: int = 0) -> Path:
     from trail_scheduler.probe import LengthProbe, save_probe
 
     torch.manual_seed(seed)
-    save_probe(LengthProbe(BUNDLED_HIDDEN_SIZE, 10).eval(), LengthBins.uniform(), path, model=BUNDLED_MODEL_NAME,
-               layer=BUNDLED_LAYER, training={"recipe": "untrained (trail_scheduler.bench.probes): timing and smoke only"})
+    save_probe(
+        LengthProbe(BUNDLED_HIDDEN_SIZE, 10).eval(),
+        LengthBins.uniform(),
+        path,
+        model=BUNDLED_MODEL_NAME,
+        layer=BUNDLED_LAYER,
+        training={"recipe": "untrained (trail_scheduler.bench.probes): timing and smoke only"},
+    )
     return path

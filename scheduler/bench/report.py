@@ -11,9 +11,23 @@ from pathlib import Path
 from trail_scheduler.bench.loadgen import RequestRecord
 
 SUMMARY_FIELDS = (
-    "policy", "rate", "requests", "completed", "failed", "mean_latency_s", "median_latency_s", "p95_latency_s",
-    "p99_latency_s", "mean_ttft_s", "median_ttft_s", "latency_per_output_token_s", "output_throughput_tok_s",
-    "duration_s", "preemptions", "recomputed_tokens", "load_avg_1m",
+    "policy",
+    "rate",
+    "requests",
+    "completed",
+    "failed",
+    "mean_latency_s",
+    "median_latency_s",
+    "p95_latency_s",
+    "p99_latency_s",
+    "mean_ttft_s",
+    "median_ttft_s",
+    "latency_per_output_token_s",
+    "output_throughput_tok_s",
+    "duration_s",
+    "preemptions",
+    "recomputed_tokens",
+    "load_avg_1m",
 )
 
 
@@ -32,8 +46,14 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def summarise(policy: str, rate: float | None, records: Sequence[RequestRecord], duration: float,
-              preemptions: float, recomputed_tokens: float) -> dict:
+def summarise(
+    policy: str,
+    rate: float | None,
+    records: Sequence[RequestRecord],
+    duration: float,
+    preemptions: float,
+    recomputed_tokens: float,
+) -> dict:
     done = [r for r in records if r.ok]
     latencies = [r.latency for r in done]
     ttfts = [r.ttft for r in done]
@@ -133,7 +153,8 @@ def plot(out: Path, report: dict) -> dict[str, Path]:
     fig, axis = plt.subplots(figsize=(6.5, 4.2))
     for policy in policies:
         latencies = sorted(
-            r["finished"] - r["sent"] for r in report["requests"]
+            r["finished"] - r["sent"]
+            for r in report["requests"]
             if r["policy"] == policy and r["rate"] == highest and r["error"] is None
         )
         if latencies:
@@ -158,11 +179,17 @@ def print_table(report: dict, console=None) -> None:
     console = console or Console()
     table = Table(title=report["title"], show_lines=False)
     columns = [
-        ("policy", "policy", str), ("rate", "rate", str), ("done", "completed", str),
-        ("mean lat s", "mean_latency_s", "{:.2f}".format), ("p50", "median_latency_s", "{:.2f}".format),
-        ("p95", "p95_latency_s", "{:.2f}".format), ("p99", "p99_latency_s", "{:.2f}".format),
-        ("TTFT s", "mean_ttft_s", "{:.2f}".format), ("s/tok", "latency_per_output_token_s", "{:.3f}".format),
-        ("tok/s", "output_throughput_tok_s", "{:.1f}".format), ("preempt", "preemptions", "{:.0f}".format),
+        ("policy", "policy", str),
+        ("rate", "rate", str),
+        ("done", "completed", str),
+        ("mean lat s", "mean_latency_s", "{:.2f}".format),
+        ("p50", "median_latency_s", "{:.2f}".format),
+        ("p95", "p95_latency_s", "{:.2f}".format),
+        ("p99", "p99_latency_s", "{:.2f}".format),
+        ("TTFT s", "mean_ttft_s", "{:.2f}".format),
+        ("s/tok", "latency_per_output_token_s", "{:.3f}".format),
+        ("tok/s", "output_throughput_tok_s", "{:.1f}".format),
+        ("preempt", "preemptions", "{:.0f}".format),
         ("recomp tok", "recomputed_tokens", "{:.0f}".format),
     ]
     for header, _, _ in columns:

@@ -27,12 +27,25 @@ import httpx
 from trail_scheduler.bench import policies as P
 from trail_scheduler.bench.loadgen import RequestRecord, run_load
 from trail_scheduler.bench.report import print_table, rate_label, summarise, write_partial, write_report
-from trail_scheduler.bench.servers import EndpointError, Server, check_loopback, metric_sum, start_stock_vllm, start_trail_serve
-from trail_scheduler.bench.workload import (
-    DEFAULT_OUTPUT_CAP, MAX_PROMPT_TOKENS, WorkloadError, build_requests, chat_token_counter, length_summary, load_prompts,
-    profile_lengths, sample_prompts,
+from trail_scheduler.bench.servers import (
+    EndpointError,
+    Server,
+    check_loopback,
+    metric_sum,
+    start_stock_vllm,
+    start_trail_serve,
 )
-
+from trail_scheduler.bench.workload import (
+    DEFAULT_OUTPUT_CAP,
+    MAX_PROMPT_TOKENS,
+    WorkloadError,
+    build_requests,
+    chat_token_counter,
+    length_summary,
+    load_prompts,
+    profile_lengths,
+    sample_prompts,
+)
 from trail_scheduler.predictors import SHIPPED_PROBE
 
 PREEMPTIONS_METRIC = "vllm:num_preemptions_total"
@@ -51,30 +64,60 @@ class Preset:
 
 PRESETS = {
     # A smoke run: every policy once, tiny answers; minutes on the 2-core CPU machine.
-    "quick": Preset(requests=6, rates=(None, 4.0), output_cap=32, c_sweep=(2.0,), sweep_rates="highest",
-                    time_limit=120, max_prompt_tokens=256),
+    "quick": Preset(
+        requests=6,
+        rates=(None, 4.0),
+        output_cap=32,
+        c_sweep=(2.0,),
+        sweep_rates="highest",
+        time_limit=120,
+        max_prompt_tokens=256,
+    ),
     # The run recorded in docs/benchmarks.md: light queueing (0.2 requests/s) and the
     # highest load (a burst), the c sweep in the burst; 49 min on the 2-core CPU machine.
-    "full": Preset(requests=32, rates=(0.2, None), output_cap=DEFAULT_OUTPUT_CAP, c_sweep=P.DEFAULT_C_SWEEP,
-                   sweep_rates="highest", time_limit=1200),
+    "full": Preset(
+        requests=32,
+        rates=(0.2, None),
+        output_cap=DEFAULT_OUTPUT_CAP,
+        c_sweep=P.DEFAULT_C_SWEEP,
+        sweep_rates="highest",
+        time_limit=1200,
+    ),
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_const", dest="preset", const="quick",
-                        help="smoke preset: a few minutes on a 2-core CPU")
-    parser.add_argument("--full", action="store_const", dest="preset", const="full",
-                        help="the preset recorded in docs/benchmarks.md (default)")
-    parser.add_argument("--prompts", type=Path, help="JSONL of {\"id\", \"prompt\"} (default: the shipped predictors' ShareGPT benchmark split)")
+    parser.add_argument(
+        "--quick",
+        action="store_const",
+        dest="preset",
+        const="quick",
+        help="smoke preset: a few minutes on a 2-core CPU",
+    )
+    parser.add_argument(
+        "--full",
+        action="store_const",
+        dest="preset",
+        const="full",
+        help="the preset recorded in docs/benchmarks.md (default)",
+    )
+    parser.add_argument(
+        "--prompts",
+        type=Path,
+        help='JSONL of {"id", "prompt"} (default: the shipped predictors\' ShareGPT benchmark split)',
+    )
     parser.add_argument("--requests", type=int, help="requests per run")
     parser.add_argument("--rates", help="comma-separated arrival rates in requests/s; 'burst' sends all at once")
     parser.add_argument("--output-cap", type=int, help="cap on profiled output lengths (default 512)")
-    parser.add_argument("--policies", help=f"comma-separated, from: {', '.join(P.BASE_ENTRIES)} "
-                                           f"(default: {','.join(P.DEFAULT_POLICIES)})")
+    parser.add_argument(
+        "--policies",
+        help=f"comma-separated, from: {', '.join(P.BASE_ENTRIES)} (default: {','.join(P.DEFAULT_POLICIES)})",
+    )
     parser.add_argument("--c-sweep", help="comma-separated values of c for extra TRAIL entries ('' for none)")
     parser.add_argument("--sweep-rates", choices=("highest", "all"), help="rates the c sweep runs at")
-    parser.add_argument("--probe", type=Path,
-                        help="probe file for TRAIL with embedding refinement (default: the shipped one, if any)")
+    parser.add_argument(
+        "--probe", type=Path, help="probe file for TRAIL with embedding refinement (default: the shipped one, if any)"
+    )
     parser.add_argument("--max-wait-seconds", type=float, help="starvation bound for the TRAIL-engine policies")
     parser.add_argument("--max-num-seqs", type=int, default=8, help="engine batch size (small: queueing comes early)")
     parser.add_argument("--seed", type=int, default=0, help="fixes the prompt sample and arrival times")
@@ -83,7 +126,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trail-endpoint", help="a running trail serve (OpenAI port) to use instead of starting one")
     parser.add_argument("--admin-endpoint", help="its admin API (token from --admin-token-file or TRAIL_ADMIN_TOKEN)")
     parser.add_argument("--admin-token-file", type=Path)
-    parser.add_argument("--stock-endpoint", help="a running stock vLLM server to use for 'fcfs' instead of starting one")
+    parser.add_argument(
+        "--stock-endpoint", help="a running stock vLLM server to use for 'fcfs' instead of starting one"
+    )
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -160,8 +205,11 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         if args.trail_endpoint:
             if not args.admin_endpoint:
                 raise SystemExit("error: --trail-endpoint needs --admin-endpoint (policies are switched through it)")
-            token = (args.admin_token_file.read_text().strip() if args.admin_token_file
-                     else os.environ.get("TRAIL_ADMIN_TOKEN", "").strip())
+            token = (
+                args.admin_token_file.read_text().strip()
+                if args.admin_token_file
+                else os.environ.get("TRAIL_ADMIN_TOKEN", "").strip()
+            )
             if not token:
                 raise SystemExit("error: the admin API needs a token: --admin-token-file or TRAIL_ADMIN_TOKEN")
             trail_endpoint = Server(check_loopback(args.trail_endpoint), check_loopback(args.admin_endpoint), token)
@@ -174,11 +222,23 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         raise SystemExit(f"error: {error}") from None
     output = args.output or Path("bench-results") / time.strftime("%Y%m%d-%H%M%S")
     return BenchConfig(
-        preset=args.preset or "full", requests=requests, rates=rates, output_cap=output_cap, entries=entries,
-        sweep_rates=args.sweep_rates or preset.sweep_rates, time_limit=args.time_limit or preset.time_limit,
+        preset=args.preset or "full",
+        requests=requests,
+        rates=rates,
+        output_cap=output_cap,
+        entries=entries,
+        sweep_rates=args.sweep_rates or preset.sweep_rates,
+        time_limit=args.time_limit or preset.time_limit,
         max_prompt_tokens=preset.max_prompt_tokens,
-        seed=args.seed, max_num_seqs=args.max_num_seqs, max_wait_seconds=args.max_wait_seconds, probe=args.probe,
-        prompts=args.prompts, output=output, notes=notes, trail_endpoint=trail_endpoint, stock_endpoint=stock_endpoint,
+        seed=args.seed,
+        max_num_seqs=args.max_num_seqs,
+        max_wait_seconds=args.max_wait_seconds,
+        probe=args.probe,
+        prompts=args.prompts,
+        output=output,
+        notes=notes,
+        trail_endpoint=trail_endpoint,
+        stock_endpoint=stock_endpoint,
     )
 
 
@@ -208,8 +268,9 @@ class PreemptionWatcher:
         self.observed = 0  # preemptions seen by the poll (the rest are extrapolated)
 
     async def _poll(self) -> None:
-        async with httpx.AsyncClient(base_url=self.server.admin, timeout=10,
-                                     headers={"Authorization": f"Bearer {self.server.token}"}) as client:
+        async with httpx.AsyncClient(
+            base_url=self.server.admin, timeout=10, headers={"Authorization": f"Bearer {self.server.token}"}
+        ) as client:
             while True:
                 try:
                     stats = (await client.get("/trail/v1/stats")).json()
@@ -251,8 +312,16 @@ def estimate_recomputed(records: list[RequestRecord], preemptions: float) -> flo
 # -- running ------------------------------------------------------------------------------
 
 
-def _run_one(server: Server, model: str, entry: P.PolicyEntry, rate: float | None, requests, run_index: int,
-             time_limit: float, on_done) -> tuple[list[RequestRecord], float, float, float, int]:
+def _run_one(
+    server: Server,
+    model: str,
+    entry: P.PolicyEntry,
+    rate: float | None,
+    requests,
+    run_index: int,
+    time_limit: float,
+    on_done,
+) -> tuple[list[RequestRecord], float, float, float, int]:
     """One policy at one rate: records, duration, preemptions, recomputed tokens, preemptions observed."""
     # Unique request ids let the watcher map the engine's requests back to ours.
     ids = {r.id: f"bench{run_index}x{i}" for i, r in enumerate(requests)}
@@ -295,29 +364,44 @@ def run_bench(config: BenchConfig) -> dict:
     model_path = prepare_bundled_model()
     try:
         pool = load_prompts(config.prompts)
-        prompts = sample_prompts(pool, config.requests, config.seed, config.max_prompt_tokens,
-                                 count_tokens=chat_token_counter(model_path))
+        prompts = sample_prompts(
+            pool, config.requests, config.seed, config.max_prompt_tokens, count_tokens=chat_token_counter(model_path)
+        )
     except WorkloadError as error:
         raise SystemExit(f"error: {error}") from None
     engine_args = ("--max-num-seqs", str(config.max_num_seqs))
     runs = [(e, r) for e in config.entries for r in config.rates_for(e)]
     report: dict = {
         "title": f"trail bench ({config.preset}): {config.requests} requests per run, cap {config.output_cap}, "
-                 f"max-num-seqs {config.max_num_seqs}, seed {config.seed}",
+        f"max-num-seqs {config.max_num_seqs}, seed {config.seed}",
         "config": {
-            "preset": config.preset, "requests": config.requests, "rates": [rate_label(r) for r in config.rates],
-            "output_cap": config.output_cap, "seed": config.seed, "max_num_seqs": config.max_num_seqs,
-            "max_wait_seconds": config.max_wait_seconds, "probe": str(config.probe) if config.probe else None,
+            "preset": config.preset,
+            "requests": config.requests,
+            "rates": [rate_label(r) for r in config.rates],
+            "output_cap": config.output_cap,
+            "seed": config.seed,
+            "max_num_seqs": config.max_num_seqs,
+            "max_wait_seconds": config.max_wait_seconds,
+            "probe": str(config.probe) if config.probe else None,
             "prompts": str(config.prompts) if config.prompts else "sharegpt-bench-pool",
             "time_limit_s": config.time_limit,
             "policies": {e.name: e.description for e in config.entries},
         },
-        "notes": list(config.notes), "summary": [], "requests": [],
+        "notes": list(config.notes),
+        "summary": [],
+        "requests": [],
     }
     lengths: dict[str, int] | None = None
-    with ExitStack() as stack, Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
-    ) as progress:
+    with (
+        ExitStack() as stack,
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress,
+    ):
         overall = progress.add_task("runs", total=len(runs))
         run_index = 0
         for engine in (P.STOCK, P.TRAIL):
@@ -347,12 +431,15 @@ def run_bench(config: BenchConfig) -> dict:
             if engine == P.TRAIL:
                 current = server.configure(policy="fcfs")
                 if current.get("probe") is not None and any(not e.probe for e in engine_entries):
-                    raise SystemExit("error: the trail endpoint already has a probe loaded; prompt-only policies "
-                                     "need an engine without one (start trail serve without --probe)")
+                    raise SystemExit(
+                        "error: the trail endpoint already has a probe loaded; prompt-only policies "
+                        "need an engine without one (start trail serve without --probe)"
+                    )
             if lengths is None:  # profile once, on the first engine
                 task = progress.add_task("profiling output lengths", total=len(prompts))
-                lengths = profile_lengths(server.base, model, prompts, config.output_cap,
-                                          progress=lambda: progress.advance(task))
+                lengths = profile_lengths(
+                    server.base, model, prompts, config.output_cap, progress=lambda: progress.advance(task)
+                )
                 progress.remove_task(task)
                 report["lengths"] = length_summary(list(lengths.values()), config.output_cap)
             probe_loaded = False
@@ -366,7 +453,13 @@ def run_bench(config: BenchConfig) -> dict:
                     requests = build_requests(prompts, lengths, rate, config.seed)
                     task = progress.add_task(f"{entry.name} @ {rate_label(rate)}", total=len(requests))
                     records, duration, preemptions, recomputed, observed = _run_one(
-                        server, model, entry, rate, requests, run_index, config.time_limit,
+                        server,
+                        model,
+                        entry,
+                        rate,
+                        requests,
+                        run_index,
+                        config.time_limit,
                         on_done=lambda record, task=task: progress.advance(task),
                     )
                     run_index += 1
@@ -376,15 +469,19 @@ def run_bench(config: BenchConfig) -> dict:
                     # Other work on the machine skews timings: keep the evidence with the numbers.
                     row["load_avg_1m"] = os.getloadavg()[0]
                     row["preemptions_observed_by_poll"] = observed
-                    progress.console.print(f"{entry.name} @ {rate_label(rate)}: mean latency "
-                                           f"{row['mean_latency_s']:.2f} s, TTFT {row['mean_ttft_s']:.2f} s, "
-                                           f"{row['output_throughput_tok_s']:.1f} tok/s")
+                    progress.console.print(
+                        f"{entry.name} @ {rate_label(rate)}: mean latency "
+                        f"{row['mean_latency_s']:.2f} s, TTFT {row['mean_ttft_s']:.2f} s, "
+                        f"{row['output_throughput_tok_s']:.1f} tok/s"
+                    )
                     report["summary"].append(row)
                     report["requests"] += [{"policy": entry.name, "rate": rate_label(rate), **vars(r)} for r in records]
                     if row["failed"]:
                         errors = {r.error for r in records if r.error}
-                        report["notes"].append(f"{entry.name} @ {rate_label(rate)}: {row['failed']} requests failed: "
-                                               f"{'; '.join(sorted(errors))[:300]}")
+                        report["notes"].append(
+                            f"{entry.name} @ {rate_label(rate)}: {row['failed']} requests failed: "
+                            f"{'; '.join(sorted(errors))[:300]}"
+                        )
                     write_partial(config.output, report)  # a long run that dies keeps what it measured
             engine_scope.close()
     report["files"] = {k: str(v) for k, v in write_report(config.output, report).items()}

@@ -147,7 +147,9 @@ def start_trail_serve(log_dir: Path, *extra: str, token: str = "bench-token") ->
     trail = Path(sys.executable).with_name("trail")
     process = subprocess.Popen(
         [str(trail), "serve", "--port", str(port), "--admin-port", str(admin_port), *extra],
-        stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=env,
     )
     server = Server(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}", token, log, process)
     return _wait_healthy(process, server, "trail serve")
@@ -179,7 +181,9 @@ def start_stock_vllm(log_dir: Path, *extra: str) -> Server:
     argv = stock_vllm_argv(port, *extra)
     process = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1", *argv],
-        stdout=log.open("w"), stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     server = Server(f"http://127.0.0.1:{port}", log=log, process=process)
     return _wait_healthy(process, server, "stock vLLM")

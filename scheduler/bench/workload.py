@@ -65,7 +65,9 @@ def load_prompts(path: Path | None = None) -> list[Prompt]:
                 record = json.loads(line)
                 prompts.append(Prompt(str(record["id"]), str(record["prompt"])))
             except (ValueError, KeyError, TypeError) as error:
-                raise WorkloadError(f"{path}:{number}: expected a JSON object with \"id\" and \"prompt\" ({error})") from None
+                raise WorkloadError(
+                    f'{path}:{number}: expected a JSON object with "id" and "prompt" ({error})'
+                ) from None
     prompts = [p for p in prompts if p.prompt.strip()]
     if not prompts:
         raise WorkloadError(f"no prompts in {source}")
@@ -84,8 +86,9 @@ def benchmark_split_prompts() -> list[Prompt]:
     return [Prompt(i, text) for i, text in unique_prompts(sharegpt_first_turns()) if i in wanted]
 
 
-def sample_prompts(prompts: Sequence[Prompt], count: int, seed: int, max_prompt_tokens: int = MAX_PROMPT_TOKENS,
-                   count_tokens=None) -> list[Prompt]:
+def sample_prompts(
+    prompts: Sequence[Prompt], count: int, seed: int, max_prompt_tokens: int = MAX_PROMPT_TOKENS, count_tokens=None
+) -> list[Prompt]:
     """``count`` prompts drawn by ``seed``, skipping prompts too long for the model."""
     if count < 1:
         raise WorkloadError(f"need at least one request, got {count}")
@@ -124,7 +127,9 @@ def arrival_times(count: int, rate: float | None, seed: int) -> list[float]:
     return times
 
 
-def build_requests(prompts: Sequence[Prompt], lengths: dict[str, int], rate: float | None, seed: int) -> list[BenchRequest]:
+def build_requests(
+    prompts: Sequence[Prompt], lengths: dict[str, int], rate: float | None, seed: int
+) -> list[BenchRequest]:
     times = arrival_times(len(prompts), rate, seed)
     return [BenchRequest(p.id, p.prompt, lengths[p.id], t) for p, t in zip(prompts, times)]
 
@@ -146,16 +151,27 @@ def length_cache_path() -> Path:
 
 
 async def _greedy_length(client: httpx.AsyncClient, base: str, model: str, prompt: Prompt, cap: int) -> int:
-    body = {"model": model, "messages": [{"role": "user", "content": prompt.prompt}], "max_tokens": cap,
-            "temperature": 0}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt.prompt}],
+        "max_tokens": cap,
+        "temperature": 0,
+    }
     reply = await client.post(f"{base}/v1/chat/completions", json=body)
     if reply.status_code != 200:
         raise WorkloadError(f"profiling prompt {prompt.id} failed: {reply.status_code} {reply.text[:300]}")
     return int(reply.json()["usage"]["completion_tokens"])
 
 
-def profile_lengths(base: str, model: str, prompts: Sequence[Prompt], cap: int, cache: Path | None = None,
-                    concurrency: int = 16, progress=None) -> dict[str, int]:
+def profile_lengths(
+    base: str,
+    model: str,
+    prompts: Sequence[Prompt],
+    cap: int,
+    cache: Path | None = None,
+    concurrency: int = 16,
+    progress=None,
+) -> dict[str, int]:
     """Natural (greedy) output length of each prompt on the served model, capped; cached on disk.
 
     The cache key holds the model name, the cap and a hash of the prompt, so a
@@ -168,8 +184,11 @@ def profile_lengths(base: str, model: str, prompts: Sequence[Prompt], cap: int, 
     for prompt in prompts:
         key = _profile_key(model, cap, prompt)
         if key not in known:
-            larger = [known[k] for k in (_profile_key(model, c, prompt) for c in _cached_caps(known)) if k in known
-                      and int(k.split("|")[1]) >= cap]
+            larger = [
+                known[k]
+                for k in (_profile_key(model, c, prompt) for c in _cached_caps(known))
+                if k in known and int(k.split("|")[1]) >= cap
+            ]
             if larger:
                 known[key] = min(larger[0], cap)
     missing = [p for p in prompts if _profile_key(model, cap, p) not in known]
@@ -177,11 +196,13 @@ def profile_lengths(base: str, model: str, prompts: Sequence[Prompt], cap: int, 
     async def run() -> None:
         limit = asyncio.Semaphore(concurrency)
         async with httpx.AsyncClient(timeout=httpx.Timeout(600.0)) as client:
+
             async def one(prompt: Prompt) -> None:
                 async with limit:
                     known[_profile_key(model, cap, prompt)] = await _greedy_length(client, base, model, prompt, cap)
                 if progress is not None:
                     progress()
+
             await asyncio.gather(*(one(p) for p in missing))
 
     if missing:
@@ -202,6 +223,14 @@ def length_summary(lengths: Sequence[int], cap: int) -> dict:
     mean = sum(ordered) / n
     std = math.sqrt(sum((x - mean) ** 2 for x in ordered) / n)
     return {
-        "count": n, "mean": mean, "std": std, "min": ordered[0], "p25": quantile(0.25), "median": quantile(0.5),
-        "p75": quantile(0.75), "max": ordered[-1], "at_cap": sum(1 for x in ordered if x >= cap), "cap": cap,
+        "count": n,
+        "mean": mean,
+        "std": std,
+        "min": ordered[0],
+        "p25": quantile(0.25),
+        "median": quantile(0.5),
+        "p75": quantile(0.75),
+        "max": ordered[-1],
+        "at_cap": sum(1 for x in ordered if x >= cap),
+        "cap": cap,
     }

@@ -22,11 +22,13 @@ PREEMPTIONS = Counter(
     "trail_preemptions", "Requests preempted, by reason (policy: TRAIL; memory: KV-cache pressure)", ["reason"]
 )
 DECISIONS = Counter(
-    "trail_requests", "Scheduling decisions by the policy (admit; promote: admitted by the starvation guard)",
+    "trail_requests",
+    "Scheduling decisions by the policy (admit; promote: admitted by the starvation guard)",
     ["decision"],
 )
 PREDICTED_REMAINING = Histogram(
-    "trail_predicted_remaining_tokens", "Predicted remaining output length of running requests (sampled each second)",
+    "trail_predicted_remaining_tokens",
+    "Predicted remaining output length of running requests (sampled each second)",
     buckets=TOKEN_BUCKETS,
 )
 PREDICTION_ERROR = Histogram(

@@ -32,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--admin-port", type=int, default=8001, help="admin API port (never expose it)")
     parser.add_argument("--admin-token-file", help="file holding the admin bearer token (or TRAIL_ADMIN_TOKEN)")
     parser.add_argument("--policy", choices=[p.value for p in PolicyName])
-    parser.add_argument("--c", type=float, help="preemption threshold: preemptible while generated < c × first prediction")
+    parser.add_argument(
+        "--c", type=float, help="preemption threshold: preemptible while generated < c × first prediction"
+    )
     parser.add_argument("--predict-every", type=int, help="run the probe every k tokens")
     parser.add_argument("--max-wait-seconds", type=float, help="starvation bound (promote requests waiting longer)")
     parser.add_argument(
@@ -59,7 +61,9 @@ def scheduler_settings(args: argparse.Namespace) -> tuple[SchedulerSettings, str
             update = read_settings_file(Path(args.scheduler_config).read_text())
         except (OSError, ValueError) as error:
             raise SystemExit(f"error: invalid --scheduler-config {args.scheduler_config}: {error}") from None
-        changes = {k: getattr(update, k) for k in update.model_fields_set if k in SchedulerSettings.__dataclass_fields__}
+        changes = {
+            k: getattr(update, k) for k in update.model_fields_set if k in SchedulerSettings.__dataclass_fields__
+        }
         settings = SchedulerSettings(**{**settings.__dict__, **changes})
         generation = update.generation or 0
         if update.probe is not None and probe_path is None and not no_probe:
@@ -193,10 +197,14 @@ def vllm_argv(args: argparse.Namespace, engine_config: TrailEngineConfig) -> lis
             result += [flag] if value is None else [flag, value]
     result += argv
     result += [
-        "--scheduler-cls", SCHEDULER_CLS,
-        "--worker-cls", f"trail_scheduler.vllm.worker.{worker}",
-        "--scheduling-policy", "priority",
-        "--additional-config", json.dumps(engine_config.to_additional_config()),
+        "--scheduler-cls",
+        SCHEDULER_CLS,
+        "--worker-cls",
+        f"trail_scheduler.vllm.worker.{worker}",
+        "--scheduling-policy",
+        "priority",
+        "--additional-config",
+        json.dumps(engine_config.to_additional_config()),
     ]
     return result
 
@@ -264,10 +272,18 @@ def run(args: argparse.Namespace) -> int:
     parser = make_arg_parser(FlexibleArgumentParser(prog="trail serve"))
     vllm_args = parser.parse_args(vllm_argv(args, engine_config))
     validate_parsed_serve_args(vllm_args)
-    logger.info("TRAIL %s (c=%s, predict every %d) on %s", settings.policy.value, settings.c, settings.predict_every, vllm_args.model)
+    logger.info(
+        "TRAIL %s (c=%s, predict every %d) on %s",
+        settings.policy.value,
+        settings.c,
+        settings.predict_every,
+        vllm_args.model,
+    )
     import uvloop
 
     if prompt_predictor is not None:
-        logger.info("prompt predictor %s (sha256 %s)", args.prompt_predictor or "shipped", prompt_predictor.loaded.sha256[:12])
+        logger.info(
+            "prompt predictor %s (sha256 %s)", args.prompt_predictor or "shipped", prompt_predictor.loaded.sha256[:12]
+        )
     uvloop.run(_run(vllm_args, token, args.admin_port, prompt_predictor))
     return 0

@@ -117,7 +117,12 @@ class RequestCollector:
             "hidden_size": self.hidden_size,
         }
         data = save(
-            {"prompt_mean": prompt_mean.contiguous(), "tokens": tokens.contiguous(), "offsets": offsets, "lengths": counts + 1},
+            {
+                "prompt_mean": prompt_mean.contiguous(),
+                "tokens": tokens.contiguous(),
+                "offsets": offsets,
+                "lengths": counts + 1,
+            },
             metadata={SHARD_METADATA_KEY: json.dumps(meta)},
         )
         tmp = path.with_name(f".{path.name}.tmp")

@@ -16,7 +16,9 @@ def _layers(text: str):
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'all', 'sweep' or comma-separated layer indices, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected 'all', 'sweep' or comma-separated layer indices, got {text!r}"
+        ) from None
 
 
 def add_probe_commands(probe_sub) -> None:
@@ -28,29 +30,50 @@ def add_probe_commands(probe_sub) -> None:
     )
     collect.add_argument("output", type=Path, help="collection folder (created; rerun to resume)")
     collect.add_argument("--model", help="checkpoint folder (default: the bundled SmolLM2-135M-Instruct)")
-    collect.add_argument("--prompts", type=Path, dest="prompts_file", help='JSONL of {"prompt": ..., "id": ...} (default: ShareGPT first turns)')
-    collect.add_argument("--layers", type=_layers, default=d.layers, help="'sweep' (default: every ~sixth and a third of the depth), 'all', or e.g. 8,10,12")
-    collect.add_argument("--limit", type=int, default=d.limit, help="prompts to collect, counting earlier runs (default %(default)s)")
+    collect.add_argument(
+        "--prompts",
+        type=Path,
+        dest="prompts_file",
+        help='JSONL of {"prompt": ..., "id": ...} (default: ShareGPT first turns)',
+    )
+    collect.add_argument(
+        "--layers",
+        type=_layers,
+        default=d.layers,
+        help="'sweep' (default: every ~sixth and a third of the depth), 'all', or e.g. 8,10,12",
+    )
+    collect.add_argument(
+        "--limit", type=int, default=d.limit, help="prompts to collect, counting earlier runs (default %(default)s)"
+    )
     collect.add_argument("--max-tokens", type=int, default=d.max_tokens)
     collect.add_argument("--temperature", type=float, default=d.temperature)
     collect.add_argument("--top-p", type=float, default=d.top_p)
     collect.add_argument("--seed", type=int, default=d.seed, help="split and sampling seed")
-    collect.add_argument("--benchmark-size", type=int, default=d.benchmark_size, help="prompts set aside for `trail bench` (not collected)")
+    collect.add_argument(
+        "--benchmark-size",
+        type=int,
+        default=d.benchmark_size,
+        help="prompts set aside for `trail bench` (not collected)",
+    )
     collect.add_argument("--validation-fraction", type=float, default=d.validation_fraction)
     collect.add_argument("--test-fraction", type=float, default=d.test_fraction)
-    collect.add_argument("--max-prompt-tokens", type=int, default=d.max_prompt_tokens, help="longer prompts are left out")
+    collect.add_argument(
+        "--max-prompt-tokens", type=int, default=d.max_prompt_tokens, help="longer prompts are left out"
+    )
     collect.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs)
     collect.add_argument("--shard-size", type=int, default=d.shard_size, help="requests per shard file")
     collect.add_argument("--kv-cache-gib", type=float, default=d.kv_cache_gib)
     collect.add_argument("--pool", type=int, help="read at most this many prompts from the source")
-    collect.add_argument("--max-minutes", type=float, help="stop starting new prompts after this long (rerun to continue)")
+    collect.add_argument(
+        "--max-minutes", type=float, help="stop starting new prompts after this long (rerun to continue)"
+    )
     collect.set_defaults(handler=_collect)
 
 
 def _collect(args) -> int:
     from trail_scheduler.training.collect import collect
-    from trail_scheduler.training.options import CollectOptions
     from trail_scheduler.training.data import CollectionError
+    from trail_scheduler.training.options import CollectOptions
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     fields = CollectOptions.__dataclass_fields__
@@ -83,7 +106,9 @@ def _recipe_arguments(parser, **defaults) -> None:
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--patience", type=int, default=d.patience, help="early stopping: epochs without a better validation MAE")
+    parser.add_argument(
+        "--patience", type=int, default=d.patience, help="early stopping: epochs without a better validation MAE"
+    )
     parser.add_argument("--hidden-units", type=int, default=d.hidden_units)
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--token-stride", type=int, default=d.token_stride, help="train on every n-th output token")
@@ -111,7 +136,9 @@ def add_training_commands(probe_sub, sub) -> None:
     _recipe_arguments(sweep)
     sweep.set_defaults(handler=_sweep)
 
-    evaluate = probe_sub.add_parser("eval", help="MAE of prompt predictor, first and refined predictions on held-out prompts")
+    evaluate = probe_sub.add_parser(
+        "eval", help="MAE of prompt predictor, first and refined predictions on held-out prompts"
+    )
     evaluate.add_argument("collection", type=Path)
     evaluate.add_argument("--probe", required=True, type=Path)
     evaluate.add_argument("--prompt-predictor", required=True, type=Path)
@@ -147,7 +174,11 @@ def _train(args) -> int:
     from trail_scheduler.training.data import Collection
     from trail_scheduler.training.train import train_probe
 
-    return _run(lambda: train_probe(args.collection, args.output, args.layer, _bins(args, Collection(args.collection)), _recipe(args)))
+    return _run(
+        lambda: train_probe(
+            args.collection, args.output, args.layer, _bins(args, Collection(args.collection)), _recipe(args)
+        )
+    )
 
 
 def _sweep(args) -> int:
@@ -162,11 +193,17 @@ def _eval(args) -> int:
     from trail_scheduler.training.evaluate import evaluate
 
     output = args.output or args.collection / "eval"
-    return _run(lambda: evaluate(args.collection, args.probe, args.prompt_predictor, output, args.split, args.predict_every))
+    return _run(
+        lambda: evaluate(args.collection, args.probe, args.prompt_predictor, output, args.split, args.predict_every)
+    )
 
 
 def _prompt_train(args) -> int:
     from trail_scheduler.training.data import Collection
     from trail_scheduler.training.prompt_predictor import train_prompt_predictor
 
-    return _run(lambda: train_prompt_predictor(args.collection, args.output, _bins(args, Collection(args.collection)), _recipe(args)))
+    return _run(
+        lambda: train_prompt_predictor(
+            args.collection, args.output, _bins(args, Collection(args.collection)), _recipe(args)
+        )
+    )

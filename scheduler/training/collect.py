@@ -42,7 +42,8 @@ def resolve_layers(layers, num_layers: int) -> tuple[int, ...]:
     bad = [x for x in layers if not 0 <= x < num_layers]
     if not layers or bad:
         raise CollectionError(
-            f"layer(s) {bad or '(none)'} out of range: this model has {num_layers} layers, valid indices 0..{num_layers - 1}"
+            f"layer(s) {bad or '(none)'} out of range: "
+            f"this model has {num_layers} layers, valid indices 0..{num_layers - 1}"
         )
     return layers
 
@@ -63,7 +64,7 @@ def read_prompts(options: CollectOptions) -> list[tuple[str, str]]:
             except (json.JSONDecodeError, KeyError):
                 text = None
             if not isinstance(text, str) or not text.strip():
-                raise CollectionError(f"{path}:{number}: expected a JSON object with a non-empty \"prompt\" string")
+                raise CollectionError(f'{path}:{number}: expected a JSON object with a non-empty "prompt" string')
             rows.append((str(row.get("id", f"{path.stem}-{number}")), text.strip()))
     else:
         rows = list(sharegpt_first_turns(limit=options.pool))
@@ -90,8 +91,10 @@ def assign_splits(ids: list[str], options: CollectOptions) -> tuple[list[str], d
     split["benchmark"] = bench
     for prompt_id in rest:
         u = _fraction(options.seed, prompt_id)
-        name = "validation" if u < options.validation_fraction else (
-            "test" if u < options.validation_fraction + options.test_fraction else "train"
+        name = (
+            "validation"
+            if u < options.validation_fraction
+            else ("test" if u < options.validation_fraction + options.test_fraction else "train")
         )
         split[name].append(prompt_id)
     return rest, split
@@ -196,7 +199,11 @@ def collect(options: CollectOptions) -> dict:
     """Collect; returns this run's summary (also appended to ``collection.json``)."""
     info, todo = prepare(options)
     output = Path(options.output)
-    summary = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "skipped_done": info.pop("already_collected"), "requested": len(todo)}
+    summary = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "skipped_done": info.pop("already_collected"),
+        "requested": len(todo),
+    }
     if not todo:
         logger.info("all %d prompts already collected in %s", summary["skipped_done"], output)
         return {**summary, "collected": 0}
@@ -214,7 +221,9 @@ def collect(options: CollectOptions) -> dict:
             if prompt_id in results and results[prompt_id]["length"] != length:
                 mismatched += 1
     if mismatched:
-        raise CollectionError(f"{mismatched} collected requests have a state count that disagrees with vLLM's output length")
+        raise CollectionError(
+            f"{mismatched} collected requests have a state count that disagrees with vLLM's output length"
+        )
     tokens = sum(r["length"] for r in results.values())
     summary.update(
         collected=len(results),
@@ -277,7 +286,9 @@ def _run_engine(options: CollectOptions, info: dict, todo: list[dict]) -> tuple[
     deadline = started + options.max_minutes * 60 if options.max_minutes else None
     while pending or in_flight:
         if deadline is not None and time.perf_counter() > deadline and pending:
-            logger.info("time limit reached: finishing the %d running prompts, %d left for a rerun", in_flight, len(pending))
+            logger.info(
+                "time limit reached: finishing the %d running prompts, %d left for a rerun", in_flight, len(pending)
+            )
             bar.total = bar.n + in_flight
             pending = []
         while pending and in_flight < options.max_num_seqs:  # a free slot is refilled next step

@@ -72,7 +72,9 @@ class Collection:
         self.directory = Path(directory)
         info = self.directory / "collection.json"
         if not info.exists():
-            raise CollectionError(f"{self.directory} is not a collection folder (no collection.json): run `trail probe collect`")
+            raise CollectionError(
+                f"{self.directory} is not a collection folder (no collection.json): run `trail probe collect`"
+            )
         self.info = json.loads(info.read_text())
         self.split = json.loads((self.directory / "split.json").read_text())
 

@@ -21,7 +21,9 @@ from trail_scheduler.training.data import Collection, CollectionError
 from trail_scheduler.training.prompt_predictor import load_prompt_predictor
 
 
-def evaluate(directory, probe_path, prompt_predictor_path, output_dir, split: str = "test", predict_every: int = 1) -> dict:
+def evaluate(
+    directory, probe_path, prompt_predictor_path, output_dir, split: str = "test", predict_every: int = 1
+) -> dict:
     """MAE (tokens) of the prompt predictor, of p⁰, and of the refined prediction along
     each answer; a true-vs-predicted-bin heatmap (PNG) and a JSON report in ``output_dir``."""
     started = time.perf_counter()
@@ -97,7 +99,9 @@ def replay(states, first: np.ndarray, readings: np.ndarray, prompt_estimates, bi
             errors[stage].append(getattr(result, stage))
         truth = length - np.arange(len(history))
         refined_pairs.extend((bins.index(t), bins.index(max(0.0, h))) for t, h in zip(truth, history))
-        prompt_pairs.append((bins.index(length), bins.index(max(0.0, tracker.unknown_estimate if estimate is None else estimate))))
+        prompt_pairs.append(
+            (bins.index(length), bins.index(max(0.0, tracker.unknown_estimate if estimate is None else estimate)))
+        )
     return errors, prompt_pairs, refined_pairs
 
 

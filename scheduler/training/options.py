@@ -29,7 +29,6 @@ class CollectOptions:
     max_minutes: float | None = None  # stop admitting prompts after this long (running ones finish)
 
 
-
 @dataclass(frozen=True)
 class Recipe:
     epochs: int = 30
@@ -41,4 +40,3 @@ class Recipe:
     seed: int = 0
     token_stride: int = 1  # keep every n-th output token (sweeps use more)
     max_train_examples: int | None = None  # random subset of the training examples
-

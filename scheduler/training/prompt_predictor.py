@@ -82,7 +82,9 @@ def load_prompt_predictor(path: str | os.PathLike[str]) -> PromptPredictor:
     """Load and check a prompt-predictor file (a probe-format file of kind prompt-predictor)."""
     loaded = load_probe(path)
     if loaded.training.get("kind") != KIND:
-        raise ProbeFileError(f"{path} is not a prompt predictor (training.kind is {loaded.training.get('kind')!r}); is it a probe?")
+        raise ProbeFileError(
+            f"{path} is not a prompt predictor (training.kind is {loaded.training.get('kind')!r}); is it a probe?"
+        )
     if loaded.hidden_size != ENCODER_DIM or loaded.training.get("encoder") != ENCODER:
         raise ProbeFileError(
             f"{path} was trained on {loaded.training.get('encoder')!r} ({loaded.hidden_size} dims); "
@@ -132,7 +134,12 @@ def train_prompt_predictor(directory, output, bins: LengthBins | None = None, re
         "encoder": ENCODER,
         "input": "chat-templated prompt text, as the engine receives it",
         "target": "answer length L (tokens)",
-        "recipe": {"optimizer": "AdamW", "schedule": "cosine to 0", "loss": "cross-entropy over bins", **asdict(recipe)},
+        "recipe": {
+            "optimizer": "AdamW",
+            "schedule": "cosine to 0",
+            "loss": "cross-entropy over bins",
+            **asdict(recipe),
+        },
         "data": {
             "collection": str(collection.directory),
             "sampling": collection.info["sampling"],
@@ -146,4 +153,9 @@ def train_prompt_predictor(directory, output, bins: LengthBins | None = None, re
         "seconds": round(time.perf_counter() - started, 1),
     }
     sha = save_probe(head, bins, output, model=collection.info["model"], layer=0, training=training)
-    return {"prompt_predictor": str(output), "sha256": sha, "validation_mae_tokens": round(val_mae, 2), "best_epoch": best_epoch}
+    return {
+        "prompt_predictor": str(output),
+        "sha256": sha,
+        "validation_mae_tokens": round(val_mae, 2),
+        "best_epoch": best_epoch,
+    }

@@ -45,8 +45,13 @@ def mae(module: torch.nn.Module, x: torch.Tensor, remaining: torch.Tensor, bins:
 
 
 def fit(
-    x: torch.Tensor, y: torch.Tensor, val_x: torch.Tensor, val_remaining: torch.Tensor,
-    bins: LengthBins, recipe: Recipe, desc: str = "train",
+    x: torch.Tensor,
+    y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_remaining: torch.Tensor,
+    bins: LengthBins,
+    recipe: Recipe,
+    desc: str = "train",
 ) -> tuple[LengthProbe, list[dict], int]:
     """Train a :class:`LengthProbe` on (x, y); returns the best-on-validation module
     (raw-input weights), the per-epoch history and the best epoch."""
@@ -110,7 +115,12 @@ def train_layer(collection: Collection, layer: int, bins: LengthBins, recipe: Re
     probe, history, best_epoch = fit(x, y, val_x, val_r, bins, recipe, desc or f"layer {layer}")
     val_mae = mae(probe, val_x, val_r, bins)
     meta = {
-        "recipe": {"optimizer": "AdamW", "schedule": "cosine to 0", "loss": "cross-entropy over bins", **asdict(recipe)},
+        "recipe": {
+            "optimizer": "AdamW",
+            "schedule": "cosine to 0",
+            "loss": "cross-entropy over bins",
+            **asdict(recipe),
+        },
         "input_standardisation": "folded into fc1",
         "data": {
             "collection": str(collection.directory),
@@ -131,7 +141,9 @@ def train_layer(collection: Collection, layer: int, bins: LengthBins, recipe: Re
     return probe, val_mae, meta
 
 
-def train_probe(directory, output, layer: int | None = None, bins: LengthBins | None = None, recipe: Recipe = Recipe()) -> dict:
+def train_probe(
+    directory, output, layer: int | None = None, bins: LengthBins | None = None, recipe: Recipe = Recipe()
+) -> dict:
     """``trail probe train``: one probe file (layer default: the sweep's best, else a third of the depth)."""
     collection = Collection(directory)
     if layer is None:
@@ -139,7 +151,13 @@ def train_probe(directory, output, layer: int | None = None, bins: LengthBins | 
     bins = bins or default_bins(collection)
     probe, val_mae, meta = train_layer(collection, layer, bins, recipe)
     sha = save_probe(probe, bins, output, model=collection.info["model"], layer=layer, training=meta)
-    return {"probe": str(output), "sha256": sha, "layer": layer, "validation_mae_tokens": round(val_mae, 2), "best_epoch": meta["best_epoch"]}
+    return {
+        "probe": str(output),
+        "sha256": sha,
+        "layer": layer,
+        "validation_mae_tokens": round(val_mae, 2),
+        "best_epoch": meta["best_epoch"],
+    }
 
 
 def _best_swept_layer(collection: Collection) -> int:
@@ -151,7 +169,9 @@ def _best_swept_layer(collection: Collection) -> int:
     return min(layers, key=lambda layer: abs(layer - third))
 
 
-def sweep(directory, layers: list[int] | None = None, bins: LengthBins | None = None, recipe: Recipe = Recipe()) -> dict:
+def sweep(
+    directory, layers: list[int] | None = None, bins: LengthBins | None = None, recipe: Recipe = Recipe()
+) -> dict:
     """``trail probe sweep``: a probe per layer, validation MAE per layer, a plot."""
     import matplotlib
 
@@ -166,7 +186,11 @@ def sweep(directory, layers: list[int] | None = None, bins: LengthBins | None = 
     results = {}
     for layer in layers:
         _, val_mae, meta = train_layer(collection, layer, bins, recipe, desc=f"sweep layer {layer}")
-        results[layer] = {"validation_mae_tokens": round(val_mae, 2), "best_epoch": meta["best_epoch"], "seconds": meta["seconds"]}
+        results[layer] = {
+            "validation_mae_tokens": round(val_mae, 2),
+            "best_epoch": meta["best_epoch"],
+            "seconds": meta["seconds"],
+        }
         logger.info("layer %d: validation MAE %.1f tokens", layer, val_mae)
     best = min(results, key=lambda layer: results[layer]["validation_mae_tokens"])
     report = {

@@ -51,4 +51,3 @@ class TrailEngineConfig:
             collect_layers=tuple(int(layer) for layer in raw.get("collect_layers") or ()),
             collect_shard_size=int(raw.get("collect_shard_size", 64)),
         )
-

@@ -183,8 +183,11 @@ class TrailCaptureMixin:
         for request_id, first_row, start, scheduled, prompt_len in self._trail_spans(scheduler_output):
             extra = self.requests[request_id].sampling_params.extra_args or {}
             collector.observe(
-                request_id, extra.get(COLLECT_ID_ARG, request_id), hidden[first_row : first_row + scheduled],
-                start, prompt_len,
+                request_id,
+                extra.get(COLLECT_ID_ARG, request_id),
+                hidden[first_row : first_row + scheduled],
+                start,
+                prompt_len,
             )
 
     def trail_flush_collection(self) -> list[str]:

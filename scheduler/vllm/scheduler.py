@@ -38,6 +38,7 @@ logger = logging.getLogger("trail.scheduler")
 PROMPT_ESTIMATE_ARG = "trail_prompt_estimate"  # set by the API server's prompt predictor
 ORACLE_LENGTH_ARG = "trail_oracle_length"  # benchmarks only (trail-oracle)
 
+
 @dataclass
 class EngineMetrics:
     """Counts and observations since the API server last drained them."""
@@ -104,7 +105,9 @@ class TrailScheduler(Scheduler):
         """Validate a change completely, then commit it; on error nothing changes."""
         try:
             update = ConfigUpdate.model_validate(body)
-            changes = {k: getattr(update, k) for k in update.model_fields_set if k in SchedulerSettings.__dataclass_fields__}
+            changes = {
+                k: getattr(update, k) for k in update.model_fields_set if k in SchedulerSettings.__dataclass_fields__
+            }
             settings = replace(self.trail_settings, **changes)
             probe = None
             if probe_bytes is not None:
@@ -147,7 +150,9 @@ class TrailScheduler(Scheduler):
             "preemptionMargin": settings.preemption_margin,
             "maxPreemptions": settings.max_preemptions,
             "generation": self.trail_generation,
-            "probe": None if probe is None else {
+            "probe": None
+            if probe is None
+            else {
                 "sha256": probe.sha256,
                 "layer": probe.layer,
                 "hiddenSize": probe.hidden_size,

@@ -28,8 +28,12 @@ def test_quick_preset_runs_every_policy_and_writes_a_well_formed_report(tmp_path
     probe = untrained_probe(tmp_path / "untrained.safetensors")
     out = tmp_path / "report"
     trail = Path(sys.executable).with_name("trail")
-    result = subprocess.run([str(trail), "bench", "--quick", "--probe", str(probe), "--output", str(out)],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [str(trail), "bench", "--quick", "--probe", str(probe), "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     report = json.loads((out / "report.json").read_text())

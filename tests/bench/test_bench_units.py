@@ -10,12 +10,20 @@ import pytest
 from trail_scheduler.bench import policies as P
 from trail_scheduler.bench.loadgen import RequestRecord
 from trail_scheduler.bench.report import percentile, summarise, write_report
-from trail_scheduler.bench.servers import EndpointError, check_loopback, free_port, parse_metrics, metric_sum
+from trail_scheduler.bench.servers import EndpointError, check_loopback, free_port, metric_sum, parse_metrics
 from trail_scheduler.bench.workload import (
-    Prompt, WorkloadError, _profile_key, arrival_times, build_requests, length_summary, load_prompts,
-    profile_lengths, sample_prompts,
+    Prompt,
+    WorkloadError,
+    _profile_key,
+    arrival_times,
+    build_requests,
+    length_summary,
+    load_prompts,
+    profile_lengths,
+    sample_prompts,
 )
 from trail_scheduler.predictors import SHIPPED_BENCHMARK_SPLIT
+
 
 def bench_error(*args: str) -> str:
     """The error `trail bench ARGS` stops with, before any engine starts."""
@@ -155,8 +163,12 @@ def test_summary_numbers_and_files(tmp_path):
     assert row["mean_latency_s"] == pytest.approx(3.0) and row["mean_ttft_s"] == pytest.approx(0.5)
     assert row["output_throughput_tok_s"] == pytest.approx(60 / 5.0)  # first send to last finish
     assert row["latency_per_output_token_s"] == pytest.approx((2 / 20 + 4 / 40) / 2)
-    report = {"title": "t", "summary": [row, {**row, "policy": "trail", "rate": "burst"}], "notes": [],
-              "requests": [{"policy": "fcfs", "rate": "2", **vars(r)} for r in records]}
+    report = {
+        "title": "t",
+        "summary": [row, {**row, "policy": "trail", "rate": "burst"}],
+        "notes": [],
+        "requests": [{"policy": "fcfs", "rate": "2", **vars(r)} for r in records],
+    }
     row["load_avg_1m"] = 1.0
     paths = write_report(tmp_path, report)
     assert json.loads(paths["json"].read_text())["summary"][0]["policy"] == "fcfs"
@@ -166,8 +178,10 @@ def test_summary_numbers_and_files(tmp_path):
 
 
 def test_metrics_parsing_sums_matching_labels():
-    text = ('# HELP x\nvllm:num_preemptions_total{engine="0",model_name="m"} 3.0\n'
-            'vllm:num_preemptions_total{engine="1",model_name="m"} 2.0\ntrail_preemptions_total{reason="policy"} 4\n')
+    text = (
+        '# HELP x\nvllm:num_preemptions_total{engine="0",model_name="m"} 3.0\n'
+        'vllm:num_preemptions_total{engine="1",model_name="m"} 2.0\ntrail_preemptions_total{reason="policy"} 4\n'
+    )
     samples = parse_metrics(text)
     assert metric_sum(samples, "vllm:num_preemptions_total") == 5.0
     assert metric_sum(samples, "vllm:num_preemptions_total", engine="1") == 2.0
@@ -201,8 +215,9 @@ def test_cli_refinement_without_a_probe(monkeypatch, tmp_path):
 def test_cli_unreachable_endpoint(monkeypatch):
     monkeypatch.setenv("TRAIL_ADMIN_TOKEN", "x")
     port = free_port()  # nothing listens here
-    message = bench_error("--quick", "--trail-endpoint", f"http://127.0.0.1:{port}",
-                          "--admin-endpoint", f"http://127.0.0.1:{port}")
+    message = bench_error(
+        "--quick", "--trail-endpoint", f"http://127.0.0.1:{port}", "--admin-endpoint", f"http://127.0.0.1:{port}"
+    )
     assert "not a reachable OpenAI-compatible server" in message
 
 

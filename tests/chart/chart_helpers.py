@@ -31,9 +31,7 @@ class HelmError(AssertionError):
 
     def __init__(self, args: list[str], result: subprocess.CompletedProcess[str]):
         self.stderr = result.stderr
-        super().__init__(
-            f"`helm {' '.join(args)}` exited {result.returncode}:\n{result.stderr}{result.stdout}"
-        )
+        super().__init__(f"`helm {' '.join(args)}` exited {result.returncode}:\n{result.stderr}{result.stdout}")
 
 
 @dataclass(frozen=True)
@@ -41,9 +39,7 @@ class Helm:
     binary: Path
 
     def run(self, *args: str) -> str:
-        result = subprocess.run(
-            [str(self.binary), *args], capture_output=True, text=True, timeout=120
-        )
+        result = subprocess.run([str(self.binary), *args], capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
             raise HelmError(list(args), result)
         return result.stdout
@@ -56,8 +52,7 @@ class Helm:
         include_crds: bool = False,
     ) -> list[dict]:
         """Rendered manifests (as dicts) of the chart with these values."""
-        args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE,
-                "--kube-version", KUBE_VERSION]
+        args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION]
         if monitoring:
             args += ["--api-versions", MONITORING_API]
         if include_crds:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import kubernetes_validate
 import pytest
-
 from chart_helpers import CHART, CI_VALUES, KUBE_VERSION, NAMESPACE, by_kind, one
 
 # Kinds of CRDs that kubernetes-validate has no schema for; each has its own test.
@@ -85,6 +84,7 @@ def test_everything_lands_in_the_release_namespace(default_manifests):
 
 # --- the operator Deployment --------------------------------------------------------
 
+
 def operator_container(manifests: list[dict]) -> dict:
     pod = one(manifests, "Deployment")["spec"]["template"]["spec"]
     assert [c["name"] for c in pod["containers"]] == ["operator"]
@@ -150,8 +150,7 @@ def test_values_reach_the_deployment(helm):
 
 def test_several_watched_namespaces_become_several_flags(helm):
     container = operator_container(helm.template(CHART / "ci" / "namespaced-values.yaml"))
-    assert [a for a in container["args"] if a.startswith("--namespace")] == [
-        "--namespace=team-a", "--namespace=team-b"]
+    assert [a for a in container["args"] if a.startswith("--namespace")] == ["--namespace=team-a", "--namespace=team-b"]
 
 
 def test_replica_count_and_single_operator_rollout(helm, default_manifests):
@@ -168,9 +167,9 @@ def test_existing_service_account_is_used_not_created(helm):
     pod = one(manifests, "Deployment")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "trail-operator-preexisting"
     for binding in by_kind(manifests, "ClusterRoleBinding") + by_kind(manifests, "RoleBinding"):
-        assert binding["subjects"] == [{
-            "kind": "ServiceAccount", "name": "trail-operator-preexisting",
-            "namespace": NAMESPACE}]
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "trail-operator-preexisting", "namespace": NAMESPACE}
+        ]
 
 
 def test_created_service_account_is_the_one_the_pod_uses(default_manifests):

@@ -8,8 +8,8 @@ import re
 
 import pytest
 import yaml
-
 from chart_helpers import CHART, REPO
+
 from trail_operator import builders
 
 DOC = REPO / "docs" / "kubernetes.md"

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from chart_helpers import CHART, REPO
 
 IMAGES = REPO / "images"
@@ -109,8 +108,10 @@ def test_runs_as_a_non_root_user_it_creates(name):
     uid = user.split(":")[0]
     assert uid.isdigit() and int(uid) != 0, f"{name}: USER {user} must be a numeric non-root uid"
     # Numeric, so Kubernetes' runAsNonRoot can verify it; and the user exists.
-    assert any(argv[0] == "useradd" and "--uid" in argv and argv[argv.index("--uid") + 1] == uid
-               for argv in dockerfile.run_commands()), f"{name}: no useradd --uid {uid}"
+    assert any(
+        argv[0] == "useradd" and "--uid" in argv and argv[argv.index("--uid") + 1] == uid
+        for argv in dockerfile.run_commands()
+    ), f"{name}: no useradd --uid {uid}"
     chart_uid = re.search(r"runAsUser: (\d+)", (CHART / "values.yaml").read_text()).group(1)
     assert uid == chart_uid, "the chart's default runAsUser should be the images' user"
 
@@ -123,8 +124,7 @@ def test_copies_everything_pip_install_needs(name):
     assert needed <= copied, f"{name} does not COPY {needed - copied}"
     # The build context is the repository root (with its .venv): each image's ignore
     # file lets through only what it copies.
-    ignore = {line.rstrip("/") for line in
-              (IMAGES / name / "Dockerfile.dockerignore").read_text().splitlines()}
+    ignore = {line.rstrip("/") for line in (IMAGES / name / "Dockerfile.dockerignore").read_text().splitlines()}
     assert "*" in ignore, f"{name}: the build context must default to nothing"
     for path in needed | ({"crds"} if name == "operator" else set()):
         assert f"!{path.rstrip('/')}" in ignore, f"{name}: Dockerfile.dockerignore drops {path}"
@@ -185,8 +185,17 @@ def test_operator_image_ships_the_crd_it_reads():
 
 
 # Engine-side packages the operator image does not have (it installs the base deps only).
-ENGINE_ONLY = ["torch", "vllm", "transformers", "safetensors", "fastapi", "uvicorn",
-               "prometheus_client", "gguf", "accelerate"]
+ENGINE_ONLY = [
+    "torch",
+    "vllm",
+    "transformers",
+    "safetensors",
+    "fastapi",
+    "uvicorn",
+    "prometheus_client",
+    "gguf",
+    "accelerate",
+]
 
 
 def test_operator_command_works_with_the_base_dependencies_only():
@@ -198,6 +207,6 @@ def test_operator_command_works_with_the_base_dependencies_only():
     )
     result = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, (
-        "`trail operator run` needs an engine package the operator image does not install:\n"
-        + result.stderr[-3000:])
+        "`trail operator run` needs an engine package the operator image does not install:\n" + result.stderr[-3000:]
+    )
     assert "--liveness" in result.stdout and "--namespace" in result.stdout, result.stdout

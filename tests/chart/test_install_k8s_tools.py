@@ -22,11 +22,11 @@ def test_installs_working_binaries_then_skips_them(tmp_path):
         binary = tmp_path / name
         assert os.access(binary, os.X_OK), f"{binary} is not executable"
         assert f"{binary}: installed" in first.stdout
-    version = subprocess.run([str(tmp_path / "helm"), "version", "--short"],
-                             capture_output=True, text=True, check=True)
+    version = subprocess.run([str(tmp_path / "helm"), "version", "--short"], capture_output=True, text=True, check=True)
     assert version.stdout.startswith("v4."), version.stdout
-    client = subprocess.run([str(tmp_path / "kubectl"), "version", "--client"],
-                            capture_output=True, text=True, check=True)
+    client = subprocess.run(
+        [str(tmp_path / "kubectl"), "version", "--client"], capture_output=True, text=True, check=True
+    )
     assert "Client Version: v1.35" in client.stdout
 
     mtime = (tmp_path / "helm").stat().st_mtime_ns

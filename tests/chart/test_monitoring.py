@@ -11,14 +11,13 @@ import json
 import re
 
 import pytest
-
 from chart_helpers import CHART, NAMESPACE, by_kind, one
+
 from trail_operator import builders
 
 MONITORING = CHART / "ci" / "monitoring-values.yaml"
 NAMESPACED = CHART / "ci" / "namespaced-values.yaml"
 DASHBOARD = CHART / "dashboards" / "trail.json"
-
 
 
 def exported_trail_metrics() -> dict[str, str]:
@@ -37,8 +36,13 @@ def exported_trail_metrics() -> dict[str, str]:
 
 TRAIL_METRICS = exported_trail_metrics()
 # The ones DESIGN.md and the chart's docs promise, whatever else the server adds.
-PROMISED = {"trail_preemptions", "trail_prediction_abs_error_tokens",
-            "trail_predicted_remaining_tokens", "trail_setting_c", "trail_requests"}
+PROMISED = {
+    "trail_preemptions",
+    "trail_prediction_abs_error_tokens",
+    "trail_predicted_remaining_tokens",
+    "trail_setting_c",
+    "trail_requests",
+}
 
 
 def test_the_server_exports_the_promised_metrics():

@@ -4,18 +4,24 @@
 from __future__ import annotations
 
 import pytest
-
 from chart_helpers import CHART, NAMESPACE, by_kind, one
+
 from trail_operator.crd import load_crd
 from trail_operator.rbac import PERMISSIONS
 
 NAMESPACED = CHART / "ci" / "namespaced-values.yaml"
 # Scope of the resources the operator may name (Kubernetes API reference); a new one
 # must be classified here, because a Role cannot grant a cluster-scoped resource.
-CLUSTER_SCOPED = {"customresourcedefinitions", "namespaces", "nodes", "persistentvolumes",
-                  "clusterroles", "clusterrolebindings", "storageclasses"}
-NAMESPACED_SCOPED = {"deployments", "services", "configmaps", "secrets", "pods", "events",
-                     "leases"}
+CLUSTER_SCOPED = {
+    "customresourcedefinitions",
+    "namespaces",
+    "nodes",
+    "persistentvolumes",
+    "clusterroles",
+    "clusterrolebindings",
+    "storageclasses",
+}
+NAMESPACED_SCOPED = {"deployments", "services", "configmaps", "secrets", "pods", "events", "leases"}
 
 
 def is_cluster_scoped(resource: str) -> bool:
@@ -34,8 +40,7 @@ def split(rules: list[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def triples(rules: list[dict]) -> set[tuple[str, str, str]]:
-    return {(g, r, v) for rule in rules for g in rule["apiGroups"]
-            for r in rule["resources"] for v in rule["verbs"]}
+    return {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
 
 
 def test_cluster_wide_role_is_exactly_the_operators_permissions(default_manifests):
@@ -61,8 +66,10 @@ def test_namespaced_mode_grants_the_same_rules_per_namespace(helm):
 def test_bindings_give_the_roles_to_the_operators_service_account(helm, values):
     manifests = helm.template(*([values] if values else []))
     account = one(manifests, "ServiceAccount")["metadata"]["name"]
-    roles = {(r["kind"], r["metadata"]["name"], r["metadata"].get("namespace"))
-             for r in by_kind(manifests, "ClusterRole") + by_kind(manifests, "Role")}
+    roles = {
+        (r["kind"], r["metadata"]["name"], r["metadata"].get("namespace"))
+        for r in by_kind(manifests, "ClusterRole") + by_kind(manifests, "Role")
+    }
     bindings = by_kind(manifests, "ClusterRoleBinding") + by_kind(manifests, "RoleBinding")
     assert len(bindings) == len(roles)
     for binding in bindings:

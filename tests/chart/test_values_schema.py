@@ -7,7 +7,6 @@ import json
 
 import pytest
 import yaml
-
 from chart_helpers import CHART, HelmError
 
 BAD_VALUES = [
@@ -48,9 +47,20 @@ def test_servicemonitor_without_the_prometheus_operator_is_refused_clearly(helm)
 
 # The keys `helm create` puts in values.yaml that apply to an operator Deployment.
 HELM_CREATE_KEYS = [
-    "replicaCount", "image", "imagePullSecrets", "nameOverride", "fullnameOverride",
-    "serviceAccount", "podAnnotations", "podLabels", "podSecurityContext",
-    "securityContext", "resources", "nodeSelector", "tolerations", "affinity",
+    "replicaCount",
+    "image",
+    "imagePullSecrets",
+    "nameOverride",
+    "fullnameOverride",
+    "serviceAccount",
+    "podAnnotations",
+    "podLabels",
+    "podSecurityContext",
+    "securityContext",
+    "resources",
+    "nodeSelector",
+    "tolerations",
+    "affinity",
 ]
 
 

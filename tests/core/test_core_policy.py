@@ -327,7 +327,12 @@ def simulate(knobs: SchedulerSettings, *, slots: int, short_len: int, steps: int
         for w in (w for w in queue if w.request_id in admitted):
             first_admitted.setdefault(w.request_id, float(t))
             fresh = RunningRequest(
-                w.request_id, w.arrival_time, 0, w.predicted_remaining, w.predicted_remaining, true_remaining=w.true_remaining
+                w.request_id,
+                w.arrival_time,
+                0,
+                w.predicted_remaining,
+                w.predicted_remaining,
+                true_remaining=w.true_remaining,
             )
             batch[w.request_id] = suspended.pop(w.request_id, fresh)
         queue = [w for w in queue if w.request_id not in admitted]
@@ -419,8 +424,12 @@ def test_the_oracle_judges_youth_by_the_true_length():
 
     policy = Policy(SchedulerSettings(policy=PolicyName.TRAIL_ORACLE, c=0.5))
     # The (wrong) first prediction says 1000 tokens; the truth is 100, 60 generated.
-    old = RunningRequest("a", 0.0, generated_tokens=60, initial_prediction=1000, predicted_remaining=940, true_remaining=40)
-    young = RunningRequest("b", 0.0, generated_tokens=40, initial_prediction=10, predicted_remaining=0, true_remaining=60)
+    old = RunningRequest(
+        "a", 0.0, generated_tokens=60, initial_prediction=1000, predicted_remaining=940, true_remaining=40
+    )
+    young = RunningRequest(
+        "b", 0.0, generated_tokens=40, initial_prediction=10, predicted_remaining=0, true_remaining=60
+    )
     assert not policy.preemptible(old, now=1.0)
     assert policy.preemptible(young, now=1.0)
 

@@ -21,8 +21,16 @@ def trail_server(tmp_path_factory) -> Server:
     # Two sequences at a time, so a handful of requests already queue and preempt. No
     # shipped predictors: each test installs the probe it relies on (layer 10).
     server = start_trail_serve(
-        tmp_path_factory.mktemp("engine"), "--max-num-seqs", "2", "--probe", "none", "--prompt-predictor", "none",
-        "--probe-layer", "10", token=TOKEN,
+        tmp_path_factory.mktemp("engine"),
+        "--max-num-seqs",
+        "2",
+        "--probe",
+        "none",
+        "--prompt-predictor",
+        "none",
+        "--probe-layer",
+        "10",
+        token=TOKEN,
     )
     yield server
     server.stop()

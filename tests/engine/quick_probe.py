@@ -32,7 +32,9 @@ def train_quick_probe(path: Path, prompts: int = 32, seed: int = 0) -> tuple[str
     for _, text in sharegpt_first_turns(limit=prompts):
         text = text[:600]
         texts.append(text)
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, return_tensors="pt")
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, return_tensors="pt"
+        )
         if not isinstance(ids, torch.Tensor):
             ids = ids["input_ids"]
         with torch.inference_mode():
@@ -54,6 +56,12 @@ def train_quick_probe(path: Path, prompts: int = 32, seed: int = 0) -> tuple[str
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-    sha = save_probe(probe.eval(), bins, path, model="SmolLM2-135M-Instruct", layer=LAYER,
-                     training={"recipe": "tests/engine/quick_probe.py", "prompts": prompts, "steps": 300})
+    sha = save_probe(
+        probe.eval(),
+        bins,
+        path,
+        model="SmolLM2-135M-Instruct",
+        layer=LAYER,
+        training={"recipe": "tests/engine/quick_probe.py", "prompts": prompts, "steps": 300},
+    )
     return sha, texts

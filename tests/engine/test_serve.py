@@ -8,7 +8,6 @@ import json
 
 import httpx
 import pytest
-import torch
 
 from trail_scheduler.core.bins import LengthBins
 from trail_scheduler.probe import LengthProbe, save_probe
@@ -133,8 +132,14 @@ def test_changing_settings_while_requests_stream_loses_none(trail_server):
     trail_server.configure(policy="trail", c=0.8, predictEvery=1)
 
     def stream(i: int) -> int:
-        body = {"model": MODEL, "prompt": f"Count to twenty: {i},", "max_tokens": 40, "stream": True,
-                "temperature": 0, "ignore_eos": True}
+        body = {
+            "model": MODEL,
+            "prompt": f"Count to twenty: {i},",
+            "max_tokens": 40,
+            "stream": True,
+            "temperature": 0,
+            "ignore_eos": True,
+        }
         tokens = 0
         with httpx.stream("POST", f"{trail_server.base}/v1/completions", json=body, timeout=300) as reply:
             assert reply.status_code == 200
@@ -145,7 +150,13 @@ def test_changing_settings_while_requests_stream_loses_none(trail_server):
 
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(stream, i) for i in range(6)]
-        for change in ({"c": 0.0}, {"policy": "sjf"}, {"c": 5.0, "policy": "trail"}, {"predictEvery": 2}, {"policy": "fcfs"}):
+        for change in (
+            {"c": 0.0},
+            {"policy": "sjf"},
+            {"c": 5.0, "policy": "trail"},
+            {"predictEvery": 2},
+            {"policy": "fcfs"},
+        ):
             trail_server.configure(**change)
         counts = [f.result() for f in futures]
     assert all(count >= 40 for count in counts), counts
@@ -162,8 +173,14 @@ def _long_then_short(server) -> float:
     before = server.metric("vllm:num_preemptions_total")
 
     def send(max_tokens: int, estimate: int):
-        body = {"model": MODEL, "prompt": "Write a long story about a dragon.", "max_tokens": max_tokens,
-                "ignore_eos": True, "temperature": 0, "vllm_xargs": {"trail_prompt_estimate": estimate}}
+        body = {
+            "model": MODEL,
+            "prompt": "Write a long story about a dragon.",
+            "max_tokens": max_tokens,
+            "ignore_eos": True,
+            "temperature": 0,
+            "vllm_xargs": {"trail_prompt_estimate": estimate},
+        }
         return httpx.post(f"{server.base}/v1/completions", json=body, timeout=300)
 
     import time
@@ -208,8 +225,14 @@ def _finish_order_of_a_long_request_among_short_ones(server) -> tuple[int, float
     finished: dict[str, float] = {}
 
     def send(name: str, max_tokens: int, estimate: int) -> None:
-        body = {"model": MODEL, "prompt": "Write a long story about a dragon.", "max_tokens": max_tokens,
-                "ignore_eos": True, "temperature": 0, "vllm_xargs": {"trail_prompt_estimate": estimate}}
+        body = {
+            "model": MODEL,
+            "prompt": "Write a long story about a dragon.",
+            "max_tokens": max_tokens,
+            "ignore_eos": True,
+            "temperature": 0,
+            "vllm_xargs": {"trail_prompt_estimate": estimate},
+        }
         reply = httpx.post(f"{server.base}/v1/completions", json=body, timeout=300)
         assert reply.status_code == 200, reply.text
         finished[name] = time.monotonic()
@@ -248,12 +271,16 @@ def test_probe_predictions_flow_and_beat_the_unknown_length_guess(trail_server, 
 
     path = tmp_path / "quick.safetensors"
     sha, prompts = train_quick_probe(path)
-    config = trail_server.configure(policy="trail", c=0.8, predictEvery=1, probe={"url": f"file://{path}", "sha256": sha})
+    config = trail_server.configure(
+        policy="trail", c=0.8, predictEvery=1, probe={"url": f"file://{path}", "sha256": sha}
+    )
     assert config["probe"]["sha256"] == sha
 
     def errors(stage: str) -> tuple[float, float]:
-        return (trail_server.metric("trail_prediction_abs_error_tokens_sum", stage=stage),
-                trail_server.metric("trail_prediction_abs_error_tokens_count", stage=stage))
+        return (
+            trail_server.metric("trail_prediction_abs_error_tokens_sum", stage=stage),
+            trail_server.metric("trail_prediction_abs_error_tokens_count", stage=stage),
+        )
 
     before = {stage: errors(stage) for stage in ("prompt", "first", "refined")}
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -281,10 +308,20 @@ def test_a_probe_reaches_the_workers_when_a_settings_change_follows_it_on_an_idl
     from trail_scheduler.probe import LengthProbe, save_probe
 
     path = tmp_path / "fresh.safetensors"
-    sha = save_probe(LengthProbe(576, 10), LengthBins.uniform(), path, model="SmolLM2-135M-Instruct", layer=10,
-                     training={"recipe": "untrained, for this test"})
-    assert trail_server.configure(policy="trail", probe={"data": base64.b64encode(path.read_bytes()).decode()})[
-        "probe"]["sha256"] == sha
+    sha = save_probe(
+        LengthProbe(576, 10),
+        LengthBins.uniform(),
+        path,
+        model="SmolLM2-135M-Instruct",
+        layer=10,
+        training={"recipe": "untrained, for this test"},
+    )
+    assert (
+        trail_server.configure(policy="trail", probe={"data": base64.b64encode(path.read_bytes()).decode()})["probe"][
+            "sha256"
+        ]
+        == sha
+    )
     trail_server.configure(c=0.7)  # before any step could carry the probe to the workers
     chat(trail_server, "Say hi.", max_tokens=4)
     assert trail_server.stats()["workerProbeSha256"] == sha

@@ -108,9 +108,12 @@ class ApiServer(kmock.KubernetesEmulator):
         spec, names = crd["spec"], crd["spec"]["names"]
         for version in spec["versions"]:
             self.resources[f"{spec['group']}/{version['name']}/{names['plural']}"] = kmock.ResourceInfo(
-                kind=names["kind"], singular=names.get("singular"), shortnames=set(names.get("shortNames", [])),
+                kind=names["kind"],
+                singular=names.get("singular"),
+                shortnames=set(names.get("shortNames", [])),
                 verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
-                subresources=set(version.get("subresources") or {}), namespaced=spec["scope"] == "Namespaced",
+                subresources=set(version.get("subresources") or {}),
+                namespaced=spec["scope"] == "Namespaced",
             )
 
     async def _serve_version(self, request: rendering.Request) -> rendering.Payload:
@@ -142,11 +145,14 @@ def _as_scale(request: rendering.Request, obj: dict[str, Any]) -> dict[str, Any]
         return obj
     meta = obj.get("metadata") or {}
     return {
-        "apiVersion": "autoscaling/v1", "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
         "metadata": {key: meta[key] for key in ("name", "namespace", "uid", "resourceVersion") if key in meta},
         "spec": {"replicas": int((obj.get("spec") or {}).get("replicas") or 0)},
-        "status": {"replicas": int((obj.get("status") or {}).get("replicas") or 0),
-                   "selector": (obj.get("status") or {}).get("selector", "")},
+        "status": {
+            "replicas": int((obj.get("status") or {}).get("replicas") or 0),
+            "selector": (obj.get("status") or {}).get("selector", ""),
+        },
     }
 
 
@@ -158,10 +164,28 @@ def make_ca(folder: Path, host: str) -> tuple[Path, Path]:
     """A self-signed certificate for the API server's address (what a cluster's CA issues)."""
     cert, key = folder / "ca.crt", folder / "apiserver.key"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-days", "1", "-subj", "/CN=kubernetes", "-addext", f"subjectAltName=IP:{host},DNS:kubernetes",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=kubernetes",
+            "-addext",
+            f"subjectAltName=IP:{host},DNS:kubernetes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
     return cert, key
 

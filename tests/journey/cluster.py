@@ -7,8 +7,8 @@ import asyncio
 import json
 import logging
 import os
-import subprocess
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -39,13 +39,22 @@ class Cluster:
         self.ca, key = make_ca(workdir, GATEWAY)
         self.url = f"https://{GATEWAY}:{API_PORT}"
         self.kubeconfig = workdir / "kubeconfig"
-        self.kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "journey",
-            "clusters": [{"name": "journey", "cluster": {"server": self.url, "certificate-authority": str(self.ca)}}],
-            "users": [{"name": "user", "user": {"token": "journey-user"}}],
-            "contexts": [{"name": "journey", "context": {"cluster": "journey", "user": "user",
-                                                          "namespace": "default"}}],
-        }))
+        self.kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "journey",
+                    "clusters": [
+                        {"name": "journey", "cluster": {"server": self.url, "certificate-authority": str(self.ca)}}
+                    ],
+                    "users": [{"name": "user", "user": {"token": "journey-user"}}],
+                    "contexts": [
+                        {"name": "journey", "context": {"cluster": "journey", "user": "user", "namespace": "default"}}
+                    ],
+                }
+            )
+        )
         self.api = ApiServer()
         self.api.resources.load_bundled()
         self.node: Node | None = None
@@ -80,9 +89,14 @@ class Cluster:
     # -- the user's tools ------------------------------------------------------------------
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         # The discovery cache is this cluster's own: an earlier run at the same address is another cluster.
-        result = subprocess.run([str(BIN / "kubectl"), *args], input=input, capture_output=True, text=True,
-                                env={**os.environ, "KUBECONFIG": str(self.kubeconfig),
-                                     "KUBECACHEDIR": str(self.workdir / "kube-cache")}, timeout=120)
+        result = subprocess.run(
+            [str(BIN / "kubectl"), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "KUBECONFIG": str(self.kubeconfig), "KUBECACHEDIR": str(self.workdir / "kube-cache")},
+            timeout=120,
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
         return result

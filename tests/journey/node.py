@@ -100,8 +100,12 @@ class Network:
         _sh("ip", "netns", "add", namespace)
         _sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", namespace)
         _sh("ip", "link", "set", veth, "master", BRIDGE, "up")
-        for command in (["ip", "addr", "add", f"{ip}/24", "dev", "eth0"], ["ip", "link", "set", "eth0", "up"],
-                        ["ip", "link", "set", "lo", "up"], ["ip", "route", "add", "default", "via", GATEWAY]):
+        for command in (
+            ["ip", "addr", "add", f"{ip}/24", "dev", "eth0"],
+            ["ip", "link", "set", "eth0", "up"],
+            ["ip", "link", "set", "lo", "up"],
+            ["ip", "route", "add", "default", "via", GATEWAY],
+        ):
             _sh("ip", "netns", "exec", namespace, *command)
         return namespace, ip
 
@@ -131,8 +135,15 @@ class Container:
         return self.spec["name"]
 
     def status(self, image: str) -> dict[str, Any]:
-        return {"name": self.name, "image": image, "ready": self.ready, "started": self.started,
-                "restartCount": self.restarts, "state": self.state, "lastState": self.last_state}
+        return {
+            "name": self.name,
+            "image": image,
+            "ready": self.ready,
+            "started": self.started,
+            "restartCount": self.restarts,
+            "state": self.state,
+            "lastState": self.last_state,
+        }
 
 
 class Pod:
@@ -165,8 +176,12 @@ class Pod:
             for container in self.init:
                 delay = BACKOFF_START_S
                 while await self._run_once(container) != 0:
-                    container.state = {"waiting": {"reason": "CrashLoopBackOff",
-                                                   "message": f"back-off {delay:.0f}s restarting failed container"}}
+                    container.state = {
+                        "waiting": {
+                            "reason": "CrashLoopBackOff",
+                            "message": f"back-off {delay:.0f}s restarting failed container",
+                        }
+                    }
                     await self.report()
                     await asyncio.sleep(delay)
                     delay = min(BACKOFF_CAP_S, delay * 2)
@@ -189,7 +204,8 @@ class Pod:
             return 1
         with container.log.open("ab") as log:
             container.process = await asyncio.create_subprocess_exec(
-                *argv, stdout=log, stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True)
+                *argv, stdout=log, stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True
+            )
         container.state = {"running": {"startedAt": _now()}}
         await self.report()
         code = await container.process.wait()
@@ -211,8 +227,12 @@ class Pod:
                 await self._run_once(container)
             finally:
                 probes.cancel()
-            container.state = {"waiting": {"reason": "CrashLoopBackOff",
-                                           "message": f"back-off {delay:.0f}s restarting failed container"}}
+            container.state = {
+                "waiting": {
+                    "reason": "CrashLoopBackOff",
+                    "message": f"back-off {delay:.0f}s restarting failed container",
+                }
+            }
             await self.report()
             await asyncio.sleep(delay)
             delay = min(BACKOFF_CAP_S, delay * 2)
@@ -254,8 +274,9 @@ class Pod:
         get = probe["httpGet"]
         port = self._port(get["port"])
         try:
-            reply = await client.get(f"http://{self.ip}:{port}{get.get('path', '/')}",
-                                     timeout=probe.get("timeoutSeconds", 1))
+            reply = await client.get(
+                f"http://{self.ip}:{port}{get.get('path', '/')}", timeout=probe.get("timeoutSeconds", 1)
+            )
         except httpx.HTTPError:
             return False
         return 200 <= reply.status_code < 400
@@ -281,8 +302,9 @@ class Pod:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self.task
         grace = float(self.obj["spec"].get("terminationGracePeriodSeconds", 30))
-        running = [c.process for c in self.init + self.containers
-                   if c.process is not None and c.process.returncode is None]
+        running = [
+            c.process for c in self.init + self.containers if c.process is not None and c.process.returncode is None
+        ]
         for process in running:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
@@ -310,13 +332,27 @@ class Pod:
             raise LookupError(f"container {container.name} has no command (the node stand-in runs no images)")
         script = ["set -e"]
         for source, target, read_only in await self._mounts(container):
-            script.append(f"mkdir -p {shlex.quote(target)} && mount --bind {shlex.quote(str(source))} "
-                          f"{shlex.quote(target)}")
+            script.append(
+                f"mkdir -p {shlex.quote(target)} && mount --bind {shlex.quote(str(source))} {shlex.quote(target)}"
+            )
             if read_only:
                 script.append(f"mount -o remount,bind,ro {shlex.quote(target)}")
         script.append('exec "$@"')
-        argv = ["ip", "netns", "exec", self.netns, "unshare", "--mount", "--propagation", "private",
-                "sh", "-c", "\n".join(script), "sh", *command]
+        argv = [
+            "ip",
+            "netns",
+            "exec",
+            self.netns,
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "\n".join(script),
+            "sh",
+            *command,
+        ]
         return argv, env
 
     async def _env_value(self, var: dict[str, Any], env: dict[str, str]) -> str:
@@ -325,8 +361,12 @@ class Pod:
         source = var["valueFrom"]
         if "fieldRef" in source:
             path = source["fieldRef"]["fieldPath"]
-            values = {"metadata.name": self.name, "metadata.namespace": self.namespace, "status.podIP": self.ip,
-                      "metadata.uid": self.uid}
+            values = {
+                "metadata.name": self.name,
+                "metadata.namespace": self.namespace,
+                "status.podIP": self.ip,
+                "metadata.uid": self.uid,
+            }
             return values[path]
         for key, kind in (("secretKeyRef", "secrets"), ("configMapKeyRef", "configmaps")):
             if key in source:
@@ -334,8 +374,7 @@ class Pod:
                 obj = await self.node.get(f"/api/v1/namespaces/{self.namespace}/{kind}/{ref['name']}")
                 data = (obj or {}).get("data") or {}
                 if ref["key"] not in data:
-                    raise LookupError(f"{kind[:-1]} {ref['name']!r} has no key {ref['key']!r} "
-                                      f"(env {var['name']})")
+                    raise LookupError(f"{kind[:-1]} {ref['name']!r} has no key {ref['key']!r} (env {var['name']})")
                 return base64.b64decode(data[ref["key"]]).decode() if kind == "secrets" else data[ref["key"]]
         raise LookupError(f"env {var['name']}: unsupported valueFrom {sorted(source)}")
 
@@ -361,8 +400,11 @@ class Pod:
             folder.mkdir(parents=True, exist_ok=True)
             return folder
         if "configMap" in volume or "secret" in volume:
-            kind, name = (("configmaps", volume["configMap"]["name"]) if "configMap" in volume
-                          else ("secrets", volume["secret"]["secretName"]))
+            kind, name = (
+                ("configmaps", volume["configMap"]["name"])
+                if "configMap" in volume
+                else ("secrets", volume["secret"]["secretName"])
+            )
             obj = await self.node.get(f"/api/v1/namespaces/{self.namespace}/{kind}/{name}")
             if obj is None:
                 raise LookupError(f"{kind[:-1]} {name!r} not found (volume {volume['name']})")
@@ -384,7 +426,9 @@ class Pod:
         flag = lambda value: "True" if value else "False"  # noqa: E731
         return {
             "phase": "Running" if self.initialized else "Pending",
-            "podIP": self.ip, "podIPs": [{"ip": self.ip}], "hostIP": GATEWAY,
+            "podIP": self.ip,
+            "podIPs": [{"ip": self.ip}],
+            "hostIP": GATEWAY,
             "conditions": [
                 {"type": "PodScheduled", "status": "True"},
                 {"type": "Initialized", "status": flag(self.initialized)},
@@ -396,8 +440,7 @@ class Pod:
         }
 
     async def report(self) -> None:
-        await self.node.patch(f"/api/v1/namespaces/{self.namespace}/pods/{self.name}/status",
-                              {"status": self.status()})
+        await self.node.patch(f"/api/v1/namespaces/{self.namespace}/pods/{self.name}/status", {"status": self.status()})
 
 
 def _expand(text: str, env: dict[str, str]) -> str:
@@ -414,8 +457,9 @@ class Node:
     def __init__(self, api_url: str, api_port: int, ca: Path, workdir: Path) -> None:
         self.api_port, self.ca, self.workdir = api_port, ca, workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.client = httpx.AsyncClient(base_url=api_url, verify=str(ca), timeout=30,
-                                        headers={"Authorization": "Bearer journey-node"})
+        self.client = httpx.AsyncClient(
+            base_url=api_url, verify=str(ca), timeout=30, headers={"Authorization": "Bearer journey-node"}
+        )
         self.network = Network()
         self.pods: dict[str, Pod] = {}  # uid -> the running pod
         self.stopping: set[asyncio.Task] = set()
@@ -469,8 +513,9 @@ class Node:
         meta, spec = deployment["metadata"], deployment["spec"]
         namespace = meta["namespace"]
         wanted = template_hash(spec["template"])
-        owned = [p for p in pods
-                 if any(ref.get("uid") == meta["uid"] for ref in p["metadata"].get("ownerReferences") or [])]
+        owned = [
+            p for p in pods if any(ref.get("uid") == meta["uid"] for ref in p["metadata"].get("ownerReferences") or [])
+        ]
         current = [p for p in owned if p["metadata"]["labels"].get("pod-template-hash") == wanted]
         for pod in owned:
             if pod not in current:  # a new template: recreate (no rolling update here)
@@ -484,12 +529,21 @@ class Node:
             suffix = "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
             template = spec["template"]
             pod = {
-                "apiVersion": "v1", "kind": "Pod",
+                "apiVersion": "v1",
+                "kind": "Pod",
                 "metadata": {
-                    "name": f"{meta['name']}-{wanted}-{suffix}", "namespace": namespace,
+                    "name": f"{meta['name']}-{wanted}-{suffix}",
+                    "namespace": namespace,
                     "labels": {**(template["metadata"].get("labels") or {}), "pod-template-hash": wanted},
-                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": meta["name"],
-                                         "uid": meta["uid"], "controller": True}],
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "apps/v1",
+                            "kind": "Deployment",
+                            "name": meta["name"],
+                            "uid": meta["uid"],
+                            "controller": True,
+                        }
+                    ],
                 },
                 "spec": {**template["spec"], "nodeName": "journey-node"},
                 "status": {"phase": "Pending"},
@@ -497,13 +551,23 @@ class Node:
             reply = await self.client.post(f"/api/v1/namespaces/{namespace}/pods", json=pod)
             reply.raise_for_status()
             current.append(reply.json())
-        ready = sum(1 for p in current if p["metadata"]["uid"] in self.pods
-                    and self.pods[p["metadata"]["uid"]].status()["conditions"][3]["status"] == "True")
-        status = {"observedGeneration": meta.get("generation", 1), "replicas": len(current),
-                  "updatedReplicas": len(current), "readyReplicas": ready, "availableReplicas": ready}
+        ready = sum(
+            1
+            for p in current
+            if p["metadata"]["uid"] in self.pods
+            and self.pods[p["metadata"]["uid"]].status()["conditions"][3]["status"] == "True"
+        )
+        status = {
+            "observedGeneration": meta.get("generation", 1),
+            "replicas": len(current),
+            "updatedReplicas": len(current),
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+        }
         if any((deployment.get("status") or {}).get(key) != value for key, value in status.items()):
-            await self.patch(f"/apis/apps/v1/namespaces/{namespace}/deployments/{meta['name']}/status",
-                             {"status": status})
+            await self.patch(
+                f"/apis/apps/v1/namespaces/{namespace}/deployments/{meta['name']}/status", {"status": status}
+            )
 
     async def _collect_garbage(self) -> None:
         owners = set()

@@ -61,15 +61,21 @@ def admin_token(cluster: Cluster, name: str = NAME) -> str:
 
 
 def pod_config(cluster: Cluster, pod: dict, token: str) -> dict:
-    reply = httpx.get(f"http://{pod['status']['podIP']}:8001/trail/v1/config",
-                      headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    reply = httpx.get(
+        f"http://{pod['status']['podIP']}:8001/trail/v1/config",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
     reply.raise_for_status()
     return reply.json()
 
 
 def chat(pod: dict, content: str, max_tokens: int = 24) -> str:
-    reply = httpx.post(f"http://{pod['status']['podIP']}:8000/v1/chat/completions", timeout=120, json={
-        "model": NAME, "max_tokens": max_tokens, "messages": [{"role": "user", "content": content}]})
+    reply = httpx.post(
+        f"http://{pod['status']['podIP']}:8000/v1/chat/completions",
+        timeout=120,
+        json={"model": NAME, "max_tokens": max_tokens, "messages": [{"role": "user", "content": content}]},
+    )
     reply.raise_for_status()
     return reply.json()["choices"][0]["message"]["content"]
 
@@ -77,10 +83,16 @@ def chat(pod: dict, content: str, max_tokens: int = 24) -> str:
 def stream(pod: dict, content: str, max_tokens: int) -> tuple[int, str | None]:
     """A streamed chat completion: (chunks received, finish reason)."""
     chunks, finish = 0, None
-    body = {"model": NAME, "max_tokens": max_tokens, "stream": True, "ignore_eos": True,
-            "messages": [{"role": "user", "content": content}]}
-    with httpx.stream("POST", f"http://{pod['status']['podIP']}:8000/v1/chat/completions", json=body,
-                      timeout=300) as reply:
+    body = {
+        "model": NAME,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "ignore_eos": True,
+        "messages": [{"role": "user", "content": content}],
+    }
+    with httpx.stream(
+        "POST", f"http://{pod['status']['podIP']}:8000/v1/chat/completions", json=body, timeout=300
+    ) as reply:
         reply.raise_for_status()
         for line in reply.iter_lines():
             if line.startswith("data: {"):
@@ -95,6 +107,7 @@ def ready_pods(cluster: Cluster, count: int, name: str = NAME) -> list[dict]:
         pods = cluster.pods(name)
         ready = [p for p in pods if condition(p, "Ready")["status"] == "True"]
         return ready if len(ready) == count == len(pods) else None
+
     return eventually(check, START_S, f"{count} ready pod(s) of {name}")
 
 
@@ -102,6 +115,7 @@ def pods_report(cluster: Cluster, c: float, count: int, name: str = NAME) -> lis
     def check():
         entries = server(cluster, name)["status"].get("pods") or []
         return entries if len(entries) == count and all(e.get("c") == c and e["synced"] for e in entries) else None
+
     return eventually(check, 60, f"status.pods reporting c={c} on {count} pod(s)", interval=0.2)
 
 
@@ -111,12 +125,28 @@ def test_quickstart(cluster: Cluster, tmp_path: Path) -> None:
     #    Secrets and server-side dry runs; `helm template --include-crds` + `kubectl apply` applies
     #    the same objects, CRD first.)
     rendered = subprocess.run(
-        [str(BIN / "helm"), "template", "trail-operator", str(REPO / "charts" / "trail-operator"),
-         "--namespace", "trail-system", "--include-crds"], capture_output=True, text=True, check=True).stdout
+        [
+            str(BIN / "helm"),
+            "template",
+            "trail-operator",
+            str(REPO / "charts" / "trail-operator"),
+            "--namespace",
+            "trail-system",
+            "--include-crds",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     (tmp_path / "chart.yaml").write_text(rendered)
     cluster.kubectl("apply", "--validate=false", "-f", str(tmp_path / "chart.yaml"))
-    operator = eventually(lambda: [p for p in cluster.get("pods", "-n", "trail-system")["items"]
-                                   if condition(p, "Ready")["status"] == "True"], 120, "the operator pod Ready")[0]
+    operator = eventually(
+        lambda: [
+            p for p in cluster.get("pods", "-n", "trail-system")["items"] if condition(p, "Ready")["status"] == "True"
+        ],
+        120,
+        "the operator pod Ready",
+    )[0]
 
     # 2. kubectl apply -f examples/llmserver-cpu-smollm2.yaml, then wait for READY.
     started = time.monotonic()
@@ -140,8 +170,7 @@ def test_quickstart(cluster: Cluster, tmp_path: Path) -> None:
         time.sleep(2)
         started = time.monotonic()
         cluster.kubectl("patch", "llms", NAME, "--type", "merge", "-p", '{"spec":{"scheduler":{"c":0.5}}}')
-        eventually(lambda: pod_config(cluster, pod, token)["c"] == 0.5, 60, "the pod's own config c=0.5",
-                   interval=0.2)
+        eventually(lambda: pod_config(cluster, pod, token)["c"] == 0.5, 60, "the pod's own config c=0.5", interval=0.2)
         TIMINGS["edit_to_pod_config_s"] = time.monotonic() - started
         pods_report(cluster, 0.5, 1)
         TIMINGS["edit_to_status_s"] = time.monotonic() - started
@@ -168,12 +197,21 @@ def test_quickstart(cluster: Cluster, tmp_path: Path) -> None:
     deployment = cluster.get("deployment", NAME)
     configmap_version = cluster.get("configmap", f"{NAME}-scheduler")["metadata"]["resourceVersion"]
     cluster.kubectl("delete", "pod", "-n", "trail-system", operator["metadata"]["name"])
-    eventually(lambda: [p for p in cluster.get("pods", "-n", "trail-system")["items"]
-                        if p["metadata"]["uid"] != operator["metadata"]["uid"]
-                        and condition(p, "Ready")["status"] == "True"], 120, "a new operator pod Ready")
+    eventually(
+        lambda: [
+            p
+            for p in cluster.get("pods", "-n", "trail-system")["items"]
+            if p["metadata"]["uid"] != operator["metadata"]["uid"] and condition(p, "Ready")["status"] == "True"
+        ],
+        120,
+        "a new operator pod Ready",
+    )
     time.sleep(3)  # its first reconcile
     after = cluster.get("deployment", NAME)
-    assert (after["metadata"]["generation"], after["spec"]) == (deployment["metadata"]["generation"], deployment["spec"])
+    assert (after["metadata"]["generation"], after["spec"]) == (
+        deployment["metadata"]["generation"],
+        deployment["spec"],
+    )
     assert cluster.get("configmap", f"{NAME}-scheduler")["metadata"]["resourceVersion"] == configmap_version
     [same] = cluster.pods(NAME)
     assert same["metadata"]["uid"] == pod["metadata"]["uid"] and cluster.running(same).container("server").restarts == 1
@@ -194,13 +232,34 @@ def test_quickstart(cluster: Cluster, tmp_path: Path) -> None:
     # 8. A probe the pods refuse: Degraded with the pod's message, and the pod keeps serving.
     # (A manifest, not `kubectl create configmap --from-file`: kubectl sends typed objects as
     # protobuf, which the emulator cannot read.)
-    cluster.kubectl("apply", "--validate=false", "-f", "-", input=json.dumps({
-        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "wrong-probe"},
-        "binaryData": {"probe.safetensors": base64.b64encode(probe_for_hidden_size(64)).decode()}}))
-    cluster.kubectl("patch", "llms", NAME, "--type", "merge", "-p",
-                    '{"spec":{"scheduler":{"probe":{"configMapKeyRef":{"name":"wrong-probe","key":"probe.safetensors"}}}}}')
-    degraded = eventually(lambda: (d := condition(server(cluster), "Degraded"))["reason"] == "SettingsRejected" and d,
-                          60, "Degraded/SettingsRejected")
+    cluster.kubectl(
+        "apply",
+        "--validate=false",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "wrong-probe"},
+                "binaryData": {"probe.safetensors": base64.b64encode(probe_for_hidden_size(64)).decode()},
+            }
+        ),
+    )
+    cluster.kubectl(
+        "patch",
+        "llms",
+        NAME,
+        "--type",
+        "merge",
+        "-p",
+        '{"spec":{"scheduler":{"probe":{"configMapKeyRef":{"name":"wrong-probe","key":"probe.safetensors"}}}}}',
+    )
+    degraded = eventually(
+        lambda: (d := condition(server(cluster), "Degraded"))["reason"] == "SettingsRejected" and d,
+        60,
+        "Degraded/SettingsRejected",
+    )
     assert "hidden size 64" in degraded["message"], degraded
     [pod] = cluster.pods(NAME)
     assert pod_config(cluster, pod, token)["probe"]["sha256"] != ""
@@ -210,8 +269,12 @@ def test_quickstart(cluster: Cluster, tmp_path: Path) -> None:
 
     # 9. Delete the LLMServer: everything it owned is gone, its processes too.
     cluster.kubectl("delete", "llms", NAME, "--timeout=120s")
-    for kind, name in (("deployment", NAME), ("service", NAME), ("configmap", f"{NAME}-scheduler"),
-                       ("secret", f"{NAME}-admin")):
+    for kind, name in (
+        ("deployment", NAME),
+        ("service", NAME),
+        ("configmap", f"{NAME}-scheduler"),
+        ("secret", f"{NAME}-admin"),
+    ):
         eventually(lambda: cluster.kubectl("get", kind, name, check=False).returncode != 0, 30, f"{kind} deleted")
     eventually(lambda: not cluster.pods(NAME) and len(cluster.node.pods) == 1, 120, "server pods stopped")
 
@@ -244,20 +307,35 @@ def model_server(tmp_path_factory):
 
 
 def url_server(name: str, url: str) -> str:
-    return json.dumps({
-        "apiVersion": "trail.dev/v1alpha1", "kind": "LLMServer", "metadata": {"name": name},
-        "spec": {"replicas": 1, "model": {"url": {"url": url}, "servedModelName": NAME},
-                 "engine": {"maxModelLen": 2048, "dtype": "float32", "extraArgs": ["--enforce-eager"]},
-                 "resources": {"gpus": 0}, "scheduler": {"policy": "trail", "c": 0.8}},
-    })
+    return json.dumps(
+        {
+            "apiVersion": "trail.dev/v1alpha1",
+            "kind": "LLMServer",
+            "metadata": {"name": name},
+            "spec": {
+                "replicas": 1,
+                "model": {"url": {"url": url}, "servedModelName": NAME},
+                "engine": {"maxModelLen": 2048, "dtype": "float32", "extraArgs": ["--enforce-eager"]},
+                "resources": {"gpus": 0},
+                "scheduler": {"policy": "trail", "c": 0.8},
+            },
+        }
+    )
 
 
 def test_model_url(cluster: Cluster, model_server: str) -> None:
     """model.url: the init container downloads the checkpoint; a broken URL is reported, nothing half-written."""
     cluster.kubectl("apply", "--validate=false", "-f", "-", input=url_server("broken", f"{model_server}/missing.tar"))
-    failed = eventually(lambda: [s for p in cluster.pods("broken")
-                                 for s in p["status"].get("initContainerStatuses") or []
-                                 if "terminated" in s.get("lastState", {})], START_S, "the init container failing")[0]
+    failed = eventually(
+        lambda: [
+            s
+            for p in cluster.pods("broken")
+            for s in p["status"].get("initContainerStatuses") or []
+            if "terminated" in s.get("lastState", {})
+        ],
+        START_S,
+        "the init container failing",
+    )[0]
     message = failed["lastState"]["terminated"].get("message", "")
     assert "404" in message and "missing.tar" in message, failed
     [broken] = cluster.pods("broken")

@@ -32,15 +32,20 @@ def declare_resources(server: kmock.KubernetesEmulator) -> None:
     server.resources.load_bundled()
     names = crd.load_crd()["spec"]["names"]
     server.resources[LLMS] = kmock.ResourceInfo(
-        kind=names["kind"], singular=names["singular"], shortnames=set(names["shortNames"]),
+        kind=names["kind"],
+        singular=names["singular"],
+        shortnames=set(names["shortNames"]),
         verbs={"get", "list", "watch", "create", "patch", "delete"},
-        subresources=set(crd.version_entry()["subresources"]), namespaced=True,
+        subresources=set(crd.version_entry()["subresources"]),
+        namespaced=True,
     )
 
 
 def write_kubeconfig(path: Path, url: str) -> Path:
     config = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "kmock",
         "clusters": [{"name": "kmock", "cluster": {"server": url}}],
         "users": [{"name": "test", "user": {"token": "test-token"}}],
         "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "test", "namespace": NS}}],
@@ -54,8 +59,9 @@ async def running_operator() -> AsyncIterator[None]:
     """The operator as `trail operator run` starts it (all namespaces), in this loop."""
     stop = asyncio.Event()
     ready = asyncio.Event()
-    task = asyncio.create_task(kopf.operator(clusterwide=True, standalone=True, stop_flag=stop,
-                                             ready_flag=ready, memo=kopf.Memo()))
+    task = asyncio.create_task(
+        kopf.operator(clusterwide=True, standalone=True, stop_flag=stop, ready_flag=ready, memo=kopf.Memo())
+    )
     await asyncio.wait_for(ready.wait(), 10)
     try:
         yield
@@ -66,9 +72,15 @@ async def running_operator() -> AsyncIterator[None]:
 
 def new_server(name: str, spec: dict[str, Any], generation: int = 1) -> dict[str, Any]:
     return {
-        "apiVersion": crd.API_VERSION, "kind": crd.KIND,
-        "metadata": {"name": name, "namespace": NS, "uid": str(uuid.uuid4()), "generation": generation,
-                     "resourceVersion": "1"},  # kopf tests it in JSON patches; kmock sets none
+        "apiVersion": crd.API_VERSION,
+        "kind": crd.KIND,
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "uid": str(uuid.uuid4()),
+            "generation": generation,
+            "resourceVersion": "1",
+        },  # kopf tests it in JSON patches; kmock sets none
         "spec": spec,
     }
 
@@ -104,8 +116,13 @@ def condition(server: kmock.KubernetesEmulator, name: str, type_: str) -> dict[s
 
 
 def requests_to(server: kmock.KubernetesEmulator, plural: str, method: str | None = None) -> list[Any]:
-    return [r for r in server if r.resource is not None and r.resource.plural == plural
-            and (method is None or str(r.method.value if hasattr(r.method, "value") else r.method).upper() == method)]
+    return [
+        r
+        for r in server
+        if r.resource is not None
+        and r.resource.plural == plural
+        and (method is None or str(r.method.value if hasattr(r.method, "value") else r.method).upper() == method)
+    ]
 
 
 def fast_resync(monkeypatch: Any, seconds: float = 0.5) -> None:

@@ -33,8 +33,16 @@ def test_built_objects_are_valid_kubernetes(path) -> None:
     for obj in objects:
         kubernetes_validate.validate(obj, "1.30", strict=True)
         refs = obj["metadata"]["ownerReferences"]
-        assert refs == [{"apiVersion": "trail.dev/v1alpha1", "kind": "LLMServer", "name": "demo",
-                         "uid": "1234-uid", "controller": True, "blockOwnerDeletion": True}]
+        assert refs == [
+            {
+                "apiVersion": "trail.dev/v1alpha1",
+                "kind": "LLMServer",
+                "name": "demo",
+                "uid": "1234-uid",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
 
 
 def test_gpu_example_requests_gpus_and_targets_the_pool() -> None:
@@ -60,7 +68,9 @@ def test_tensor_parallel_example_gets_two_gpus_shm_affinity_and_runtime_class() 
     assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
     assert pod["runtimeClassName"] == "nvidia"
     assert pod["affinity"] == spec.affinity
-    assert {"name": "model", "persistentVolumeClaim": {"claimName": "llama3-weights", "readOnly": True}} in pod["volumes"]
+    assert {"name": "model", "persistentVolumeClaim": {"claimName": "llama3-weights", "readOnly": True}} in pod[
+        "volumes"
+    ]
 
 
 def test_cpu_example_uses_cpu_image_no_gpu_and_bundled_model(cpu_example) -> None:
@@ -70,8 +80,14 @@ def test_cpu_example_uses_cpu_image_no_gpu_and_bundled_model(cpu_example) -> Non
     assert "--model" not in c["args"]
     assert "nvidia.com/gpu" not in json.dumps(c["resources"])
     assert c["command"] == ["trail", "serve"]
-    assert c["args"][:6] == ["--port", "8000", "--admin-port", "8001",
-                             "--scheduler-config", "/etc/trail/scheduler/scheduler.json"]
+    assert c["args"][:6] == [
+        "--port",
+        "8000",
+        "--admin-port",
+        "8001",
+        "--scheduler-config",
+        "/etc/trail/scheduler/scheduler.json",
+    ]
     assert c["args"][-1] == "--enforce-eager"  # extraArgs last
     assert {"--dtype", "float32", "--max-model-len", "2048"} <= set(c["args"])
 
@@ -91,10 +107,16 @@ def test_scheduler_settings_are_in_the_configmap_not_in_the_pod(cpu_example) -> 
     assert "0.8" not in template and "--c" not in template and "--policy" not in template
 
 
-@pytest.mark.parametrize("change", [
-    {"c": 3.5}, {"policy": "sjf"}, {"predictEvery": 4}, {"maxWaitSeconds": 30},
-    {"probe": {"url": "https://example.com/p.bin", "sha256": "a" * 64}},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"c": 3.5},
+        {"policy": "sjf"},
+        {"predictEvery": 4},
+        {"maxWaitSeconds": 30},
+        {"probe": {"url": "https://example.com/p.bin", "sha256": "a" * 64}},
+    ],
+)
 def test_scheduler_only_change_leaves_pod_template_identical(cpu_example, change) -> None:
     before = build(cpu_example["spec"], generation=3)[1]
     edited = copy.deepcopy(cpu_example["spec"])
@@ -136,8 +158,14 @@ def test_default_images_from_environment(monkeypatch) -> None:
 
 
 def test_scheduler_generation_moves_only_when_settings_do() -> None:
-    desired = {"policy": "trail", "c": 0.8, "predictEvery": 1, "maxWaitSeconds": None,
-               "preemptionMargin": 0, "maxPreemptions": None}
+    desired = {
+        "policy": "trail",
+        "c": 0.8,
+        "predictEvery": 1,
+        "maxWaitSeconds": None,
+        "preemptionMargin": 0,
+        "maxPreemptions": None,
+    }
     stored = {**desired, "generation": 5, "probeSha256": None}
     assert builders.scheduler_generation(stored, desired, 9, None) == 5
     assert builders.scheduler_generation(stored, {**desired, "c": 1.0}, 9, None) == 9
@@ -162,10 +190,14 @@ def test_trail_serve_reads_the_settings_file_the_operator_writes(path, tmp_path)
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     # The probe is fetched at start; here only the settings are read (no download).
-    parsed, _ = parser.parse_known_args(["--scheduler-config", str(tmp_path / builders.SCHEDULER_FILE),
-                                         "--probe", "none"])
+    parsed, _ = parser.parse_known_args(
+        ["--scheduler-config", str(tmp_path / builders.SCHEDULER_FILE), "--probe", "none"]
+    )
     settings, _, generation = scheduler_settings(parsed)
     assert generation == 7
     assert (settings.policy, settings.c, settings.predict_every) == (
-        spec.scheduler.policy, spec.scheduler.c, spec.scheduler.predict_every)
+        spec.scheduler.policy,
+        spec.scheduler.c,
+        spec.scheduler.predict_every,
+    )
     assert settings.max_wait_seconds == spec.scheduler.max_wait_seconds

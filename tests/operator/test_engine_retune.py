@@ -11,8 +11,8 @@ import time
 
 import httpx
 import pytest
-from test_operator import CPU_SPEC, add_pod, cluster, create, edit_spec  # noqa: F401 (fixture)
 from kopf_harness import LLMS, NS, condition, eventually, obj, running_operator
+from test_operator import CPU_SPEC, add_pod, cluster, create, edit_spec  # noqa: F401 (fixture)
 
 from trail_scheduler.api import ADMIN_PREFIX
 from trail_scheduler.bench.servers import start_trail_serve
@@ -51,34 +51,54 @@ async def test_edit_c_reaches_a_real_trail_serve(cluster, trail_serve):  # noqa:
         # The pod's token comes from the operator's Secret in a cluster; here the process
         # already runs with its own, so make the Secret hold that one (as the pod would see).
         import base64
-        await cluster.patch(f"/api/v1/namespaces/{NS}/secrets/smollm2-admin",
-                            json={"data": {"token": base64.b64encode(token.encode()).decode()}})
+
+        await cluster.patch(
+            f"/api/v1/namespaces/{NS}/secrets/smollm2-admin",
+            json={"data": {"token": base64.b64encode(token.encode()).decode()}},
+        )
         add_pod(cluster, "smollm2", "127.0.0.1", admin_port)
         await cluster.patch(f"/api/v1/namespaces/{NS}/pods/pod-0", json={"metadata": {"labels": {"x": "1"}}})
-        await eventually(lambda: (condition(cluster, "smollm2", "SchedulerSynced") or {}).get("reason")
-                         == "AllPodsSynced", timeout=60, what="initial sync")
+        await eventually(
+            lambda: (condition(cluster, "smollm2", "SchedulerSynced") or {}).get("reason") == "AllPodsSynced",
+            timeout=60,
+            what="initial sync",
+        )
 
         started = time.monotonic()
         await edit_spec(cluster, "smollm2", {"scheduler": {"c": 3.25}}, generation=2)
-        await eventually(lambda: any(p.get("c") == 3.25 and p.get("synced")
-                                     for p in obj(cluster, LLMS, "smollm2")["status"].get("pods", [])),
-                         timeout=60, what="status reports c=3.25")
+        await eventually(
+            lambda: any(
+                p.get("c") == 3.25 and p.get("synced") for p in obj(cluster, LLMS, "smollm2")["status"].get("pods", [])
+            ),
+            timeout=60,
+            what="status reports c=3.25",
+        )
         elapsed = time.monotonic() - started
 
         # A probe the pod refuses (trained for another hidden size): Degraded with the
         # pod's own message, and the pod keeps what it ran.
         cluster.objects["v1/configmaps", NS, "probes"] = {
-            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "probes", "namespace": NS},
-            "binaryData": {"p.bin": base64.b64encode(_probe_for_hidden_size(64)).decode()}}
-        await edit_spec(cluster, "smollm2", {"scheduler": {"c": 3.25, "probe": {
-            "configMapKeyRef": {"name": "probes", "key": "p.bin"}}}}, generation=3)
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "probes", "namespace": NS},
+            "binaryData": {"p.bin": base64.b64encode(_probe_for_hidden_size(64)).decode()},
+        }
+        await edit_spec(
+            cluster,
+            "smollm2",
+            {"scheduler": {"c": 3.25, "probe": {"configMapKeyRef": {"name": "probes", "key": "p.bin"}}}},
+            generation=3,
+        )
         degraded = await eventually(
             lambda: (d := condition(cluster, "smollm2", "Degraded")) and d["reason"] == "SettingsRejected" and d,
-            timeout=60, what="Degraded/SettingsRejected")
+            timeout=60,
+            what="Degraded/SettingsRejected",
+        )
     assert "hidden size 64" in degraded["message"], degraded
     print(f"\nedit → applied and reported in status: {elapsed:.2f} s")
-    reply = httpx.get(f"http://127.0.0.1:{admin_port}{ADMIN_PREFIX}/config",
-                      headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    reply = httpx.get(
+        f"http://127.0.0.1:{admin_port}{ADMIN_PREFIX}/config", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
     assert reply.status_code == 200
     assert reply.json()["c"] == 3.25 and reply.json()["generation"] == 2  # the rejected change left no trace
     assert reply.json()["probe"] is None

@@ -8,9 +8,20 @@ import json
 import socket
 
 import pytest
-from conftest import load, REPO
-from kopf_harness import (LLMS, NS, condition, declare_resources, eventually, fast_resync, new_server, obj,
-                          requests_to, running_operator, write_kubeconfig)
+from conftest import REPO, load
+from kopf_harness import (
+    LLMS,
+    NS,
+    condition,
+    declare_resources,
+    eventually,
+    fast_resync,
+    new_server,
+    obj,
+    requests_to,
+    running_operator,
+    write_kubeconfig,
+)
 
 from trail_operator.rbac import PERMISSIONS
 
@@ -37,8 +48,10 @@ async def create(cluster, name, spec, generation=1):
 
 async def edit_spec(cluster, name, spec_patch, generation):
     """A spec edit as the API server stores it (kmock does not bump generation itself)."""
-    response = await cluster.patch(f"/apis/trail.dev/v1alpha1/namespaces/{NS}/llmservers/{name}",
-                                   json={"spec": spec_patch, "metadata": {"generation": generation}})
+    response = await cluster.patch(
+        f"/apis/trail.dev/v1alpha1/namespaces/{NS}/llmservers/{name}",
+        json={"spec": spec_patch, "metadata": {"generation": generation}},
+    )
     assert response.status == 200, await response.text()
 
 
@@ -48,11 +61,21 @@ def settings(cluster, name):
 
 def add_pod(cluster, server_name, ip, admin_port, pod_name="pod-0"):
     cluster.objects["v1/pods", NS, pod_name] = {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": pod_name, "namespace": NS,
-                     "labels": {"app.kubernetes.io/name": "trail-server", "trail.dev/llmserver": server_name}},
-        "spec": {"containers": [{"name": "server", "ports": [{"name": "http", "containerPort": 8000},
-                                                             {"name": "admin", "containerPort": admin_port}]}]},
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod_name,
+            "namespace": NS,
+            "labels": {"app.kubernetes.io/name": "trail-server", "trail.dev/llmserver": server_name},
+        },
+        "spec": {
+            "containers": [
+                {
+                    "name": "server",
+                    "ports": [{"name": "http", "containerPort": 8000}, {"name": "admin", "containerPort": admin_port}],
+                }
+            ]
+        },
         "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
     }
 
@@ -69,8 +92,12 @@ async def test_create_produces_owned_objects_and_status(cluster):
         await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
         await eventually(lambda: condition(cluster, "smollm2", "SchedulerSynced"), what="status")
     uid = server["metadata"]["uid"]
-    for resource, name in [("apps/v1/deployments", "smollm2"), ("v1/services", "smollm2"),
-                           ("v1/configmaps", "smollm2-scheduler"), ("v1/secrets", "smollm2-admin")]:
+    for resource, name in [
+        ("apps/v1/deployments", "smollm2"),
+        ("v1/services", "smollm2"),
+        ("v1/configmaps", "smollm2-scheduler"),
+        ("v1/secrets", "smollm2-admin"),
+    ]:
         owned = obj(cluster, resource, name)
         assert owned is not None, f"{resource} {name} missing"
         assert owned["metadata"]["ownerReferences"][0]["uid"] == uid
@@ -89,10 +116,13 @@ async def test_ready_follows_the_deployment_status(cluster):
     async with running_operator():
         await create(cluster, "smollm2", CPU_SPEC)
         await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
-        await cluster.patch(f"/apis/apps/v1/namespaces/{NS}/deployments/smollm2/status", json={"status": {
-            "observedGeneration": 0, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1}})
-        ready = await eventually(lambda: (condition(cluster, "smollm2", "Ready") or {}).get("status") == "True",
-                                 what="Ready=True")
+        await cluster.patch(
+            f"/apis/apps/v1/namespaces/{NS}/deployments/smollm2/status",
+            json={"status": {"observedGeneration": 0, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1}},
+        )
+        ready = await eventually(
+            lambda: (condition(cluster, "smollm2", "Ready") or {}).get("status") == "True", what="Ready=True"
+        )
     assert ready
     assert obj(cluster, LLMS, "smollm2")["status"]["readyReplicas"] == 1
     assert condition(cluster, "smollm2", "Progressing")["status"] == "False"
@@ -105,8 +135,9 @@ async def test_editing_c_updates_configmap_and_never_the_deployment(cluster):
         versions_before = len(cluster.objects["apps/v1/deployments", NS, "smollm2"].history)
         await edit_spec(cluster, "smollm2", {"scheduler": {"c": 2.5}}, generation=2)
         await eventually(lambda: settings(cluster, "smollm2")["c"] == 2.5, what="ConfigMap c=2.5")
-        await eventually(lambda: obj(cluster, LLMS, "smollm2")["status"]["schedulerGeneration"] == 2,
-                         what="schedulerGeneration 2")
+        await eventually(
+            lambda: obj(cluster, LLMS, "smollm2")["status"]["schedulerGeneration"] == 2, what="schedulerGeneration 2"
+        )
         await asyncio.sleep(1.5)  # a few resync passes
     assert settings(cluster, "smollm2")["generation"] == 2
     assert len(cluster.objects["apps/v1/deployments", NS, "smollm2"].history) == versions_before
@@ -118,16 +149,27 @@ async def test_editing_the_engine_rolls_the_deployment(cluster):
         await create(cluster, "smollm2", CPU_SPEC)
         await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
         await edit_spec(cluster, "smollm2", {"engine": {"maxModelLen": 1024}}, generation=2)
-        await eventually(lambda: "1024" in obj(cluster, "apps/v1/deployments", "smollm2")["spec"]["template"]
-                         ["spec"]["containers"][0]["args"], what="new args")
+        await eventually(
+            lambda: (
+                "1024"
+                in obj(cluster, "apps/v1/deployments", "smollm2")["spec"]["template"]["spec"]["containers"][0]["args"]
+            ),
+            what="new args",
+        )
     assert settings(cluster, "smollm2")["generation"] == 1  # scheduler settings did not change
 
 
 BAD_SPECS = {
     "missing-model-source": ({k: v for k, v in CPU_SPEC.items() if k != "model"}, "model"),
-    "two-probe-sources": ({**CPU_SPEC, "scheduler": {"probe": {
-        "configMapKeyRef": {"name": "p", "key": "k"}, "url": "https://e.x/p", "sha256": "a" * 64}}},
-        "exactly one source"),
+    "two-probe-sources": (
+        {
+            **CPU_SPEC,
+            "scheduler": {
+                "probe": {"configMapKeyRef": {"name": "p", "key": "k"}, "url": "https://e.x/p", "sha256": "a" * 64}
+            },
+        },
+        "exactly one source",
+    ),
     "negative-replicas": ({**CPU_SPEC, "replicas": -1}, "spec.replicas"),
     "unknown-policy": ({**CPU_SPEC, "scheduler": {"policy": "round-robin"}}, "spec.scheduler.policy"),
 }
@@ -141,8 +183,12 @@ async def test_bad_spec_is_reported_and_nothing_applied(cluster, case):
         degraded = await eventually(lambda: condition(cluster, "broken", "Degraded"), what="Degraded")
     assert degraded["status"] == "True" and degraded["reason"] == "InvalidSpec"
     assert expected in degraded["message"]
-    for resource, name in [("apps/v1/deployments", "broken"), ("v1/services", "broken"),
-                           ("v1/configmaps", "broken-scheduler"), ("v1/secrets", "broken-admin")]:
+    for resource, name in [
+        ("apps/v1/deployments", "broken"),
+        ("v1/services", "broken"),
+        ("v1/configmaps", "broken-scheduler"),
+        ("v1/secrets", "broken-admin"),
+    ]:
         assert obj(cluster, resource, name) is None, f"{resource} was created for an invalid spec"
 
 
@@ -152,8 +198,9 @@ async def test_bad_edit_keeps_the_running_objects(cluster):
         await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
         before = obj(cluster, "apps/v1/deployments", "smollm2")
         await edit_spec(cluster, "smollm2", {"replicas": -1, "scheduler": {"c": 9.0}}, generation=2)
-        await eventually(lambda: condition(cluster, "smollm2", "Degraded")["reason"] == "InvalidSpec",
-                         what="InvalidSpec")
+        await eventually(
+            lambda: condition(cluster, "smollm2", "Degraded")["reason"] == "InvalidSpec", what="InvalidSpec"
+        )
     assert obj(cluster, "apps/v1/deployments", "smollm2") == before
     assert settings(cluster, "smollm2")["c"] == 0.8  # no half-applied scheduler change
 
@@ -166,8 +213,12 @@ async def test_unreachable_pod_is_reported_and_retried(cluster):
         add_pod(cluster, "smollm2", "127.0.0.1", port)
         await cluster.patch(f"/api/v1/namespaces/{NS}/pods/pod-0", json={"metadata": {"annotations": {"x": "1"}}})
         synced = await eventually(
-            lambda: (condition(cluster, "smollm2", "SchedulerSynced") or {}).get("reason") == "PodsPending"
-            and condition(cluster, "smollm2", "SchedulerSynced"), what="PodsPending")
+            lambda: (
+                (condition(cluster, "smollm2", "SchedulerSynced") or {}).get("reason") == "PodsPending"
+                and condition(cluster, "smollm2", "SchedulerSynced")
+            ),
+            what="PodsPending",
+        )
     assert synced["status"] == "False"
     assert "pod-0" in synced["message"] and "unreachable" in synced["message"]
     pods = obj(cluster, LLMS, "smollm2")["status"]["pods"]
@@ -186,15 +237,21 @@ async def test_probe_configmap_missing_is_an_apply_error_with_nothing_written(cl
 
 
 async def test_object_owned_by_someone_else_is_not_touched(cluster):
-    cluster.objects["v1/services", NS, "smollm2"] = {"apiVersion": "v1", "kind": "Service",
-                                                      "metadata": {"name": "smollm2", "namespace": NS}}
+    cluster.objects["v1/services", NS, "smollm2"] = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "smollm2", "namespace": NS},
+    }
     async with running_operator():
         await create(cluster, "smollm2", CPU_SPEC)
         degraded = await eventually(lambda: condition(cluster, "smollm2", "Degraded"), what="Degraded")
     assert degraded["reason"] == "ApplyFailed" and "not controlled by this LLMServer" in degraded["message"]
     assert obj(cluster, "apps/v1/deployments", "smollm2") is None
-    assert obj(cluster, "v1/services", "smollm2") == {"apiVersion": "v1", "kind": "Service",
-                                                      "metadata": {"name": "smollm2", "namespace": NS}}
+    assert obj(cluster, "v1/services", "smollm2") == {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "smollm2", "namespace": NS},
+    }
 
 
 async def test_restart_resumes_without_duplicates(cluster):
@@ -230,12 +287,20 @@ async def test_every_api_call_is_allowed_by_the_rbac_permissions(cluster):
         await eventually(lambda: settings(cluster, "smollm2")["c"] == 1.5, what="edit")
         await cluster.delete(f"/apis/trail.dev/v1alpha1/namespaces/{NS}/llmservers/smollm2")
         await eventually(lambda: obj(cluster, LLMS, "smollm2") is None, what="finalizer released")
-    allowed = {(group, resource, verb) for rule in PERMISSIONS for group in rule["apiGroups"]
-               for resource in rule["resources"] for verb in rule["verbs"]}
+    allowed = {
+        (group, resource, verb)
+        for rule in PERMISSIONS
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
     used = set()
     for request in cluster:
-        if request.resource is None or request.resource.plural is None or \
-                not request.headers.get("User-Agent", "").startswith(("kopf/", "python-httpx/")):
+        if (
+            request.resource is None
+            or request.resource.plural is None
+            or not request.headers.get("User-Agent", "").startswith(("kopf/", "python-httpx/"))
+        ):
             continue  # discovery, and the test's own calls (aiohttp), are not RBAC-checked
         plural = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
         used.add((request.resource.group, plural, _verb(request)))

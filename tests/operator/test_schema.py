@@ -7,8 +7,8 @@ import re
 
 import pytest
 import yaml
-from crd_validation import check
 from conftest import EXAMPLES, INVALID, REPO, header, load
+from crd_validation import check
 
 from trail_operator.crd import load_crd
 from trail_operator.spec import SpecError, parse_spec
@@ -63,7 +63,10 @@ def test_defaults_come_from_the_crd() -> None:
     spec = parse_spec({"model": {"bundled": True}})
     assert (spec.replicas, spec.scheduler.policy.value, spec.scheduler.c) == (1, "trail", 0.8)
     assert (spec.engine.tensor_parallel_size, spec.resources.gpus, spec.resources.gpu_resource_name) == (
-        1, 0, "nvidia.com/gpu")
+        1,
+        0,
+        "nvidia.com/gpu",
+    )
 
 
 def test_integer_c_is_accepted_like_the_api_server_does() -> None:

@@ -221,7 +221,6 @@ def nan_probe() -> LengthProbe:
     return probe
 
 
-
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

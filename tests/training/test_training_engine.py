@@ -37,9 +37,29 @@ def trail(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def collect(folder: Path, limit: int) -> dict:
     # Real ShareGPT first turns (a small pool), two layers, short answers.
     out = trail(
-        "probe", "collect", str(folder), "--pool", "40", "--benchmark-size", "10", "--limit", str(limit),
-        "--layers", "4,10", "--max-tokens", "24", "--validation-fraction", "0.25", "--test-fraction", "0.25",
-        "--max-num-seqs", "8", "--shard-size", "2", "--max-prompt-tokens", "512",
+        "probe",
+        "collect",
+        str(folder),
+        "--pool",
+        "40",
+        "--benchmark-size",
+        "10",
+        "--limit",
+        str(limit),
+        "--layers",
+        "4,10",
+        "--max-tokens",
+        "24",
+        "--validation-fraction",
+        "0.25",
+        "--test-fraction",
+        "0.25",
+        "--max-num-seqs",
+        "8",
+        "--shard-size",
+        "2",
+        "--max-prompt-tokens",
+        "512",
     ).stdout
     return last_json(out)
 
@@ -82,9 +102,11 @@ def test_train_eval_and_serve_with_the_result(collection, tmp_path):
     assert probe.layer == sweep["best_layer"] == trained["layer"]  # the sweep picks the layer
     assert probe.training["recipe"]["lr"] == 0.01 and probe.training["data"]["train_requests"] > 0
     trail("prompt-predictor", "train", str(collection), "-o", str(predictor_path), "--epochs", "1")
-    report = last_json(trail(
-        "probe", "eval", str(collection), "--probe", str(probe_path), "--prompt-predictor", str(predictor_path)
-    ).stdout)
+    report = last_json(
+        trail(
+            "probe", "eval", str(collection), "--probe", str(probe_path), "--prompt-predictor", str(predictor_path)
+        ).stdout
+    )
     assert report["requests"] >= 1 and set(report["mae_tokens"]) == {"prompt", "first", "refined"}
     assert all(0 <= v < 100 for v in report["mae_tokens"].values())
     assert (collection / "eval" / "heatmap.png").stat().st_size > 0
@@ -100,9 +122,16 @@ def test_train_eval_and_serve_with_the_result(collection, tmp_path):
             config = admin.get("/trail/v1/config").json()
         assert config["probe"]["sha256"] == probe.sha256
         messages = [{"role": "user", "content": "Name a colour."}]
-        reply = httpx.post(f"{server.base}/v1/chat/completions", timeout=120, json={
-            "model": "SmolLM2-135M-Instruct", "messages": messages, "max_tokens": 1, "ignore_eos": True,
-        })
+        reply = httpx.post(
+            f"{server.base}/v1/chat/completions",
+            timeout=120,
+            json={
+                "model": "SmolLM2-135M-Instruct",
+                "messages": messages,
+                "max_tokens": 1,
+                "ignore_eos": True,
+            },
+        )
         assert reply.status_code == 200, reply.text
         # The prompt predictor ran in the API server on the prompt the engine received.
         from transformers import AutoTokenizer
@@ -128,7 +157,9 @@ def test_eval_refuses_a_probe_for_another_hidden_size(collection, tmp_path):
 
     probe = tmp_path / "small.safetensors"
     save_probe(LengthProbe(64, 10), LengthBins.uniform(), probe, model="other", layer=4, training={})
-    result = trail("probe", "eval", str(collection), "--probe", str(probe), "--prompt-predictor", str(probe), check=False)
+    result = trail(
+        "probe", "eval", str(collection), "--probe", str(probe), "--prompt-predictor", str(probe), check=False
+    )
     assert result.returncode == 2
     assert "the probe reads hidden size 64, the collection's model has 576" in result.stderr
 

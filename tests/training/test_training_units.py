@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -20,8 +19,8 @@ from trail_scheduler.training.prompt_predictor import load_prompt_predictor
 def _states(rows: int, base: float) -> torch.Tensor:
     """[rows, 2 layers, 4]: row r of layer l holds base + r + 100*l (so rows are traceable)."""
     r = torch.arange(rows, dtype=torch.float32)[:, None, None]
-    l = torch.tensor([0.0, 100.0])[None, :, None]
-    return (base + r + l).expand(rows, 2, 4).clone()
+    layer = torch.tensor([0.0, 100.0])[None, :, None]
+    return (base + r + layer).expand(rows, 2, 4).clone()
 
 
 def test_collector_handles_chunked_prefill_decode_and_recompute(tmp_path):
@@ -75,7 +74,9 @@ def test_layers_beyond_the_model_are_refused_with_the_valid_range():
     assert resolve_layers((12, 4, 4), 30) == (4, 12)
     assert resolve_layers("all", 3) == (0, 1, 2)
     assert 10 in resolve_layers("sweep", 30)
-    with pytest.raises(CollectionError, match=r"layer\(s\) \[30\] out of range: this model has 30 layers, valid indices 0..29"):
+    with pytest.raises(
+        CollectionError, match=r"layer\(s\) \[30\] out of range: this model has 30 layers, valid indices 0..29"
+    ):
         resolve_layers((4, 30), 30)
 
 
@@ -112,8 +113,14 @@ def test_a_probe_is_not_taken_for_a_prompt_predictor(tmp_path):
     with pytest.raises(ProbeFileError, match="is not a prompt predictor"):
         load_prompt_predictor(path)
     other = tmp_path / "other-encoder.safetensors"
-    save_probe(LengthProbe(768, 10), LengthBins.uniform(), other, model="m", layer=0,
-               training={"kind": "prompt-predictor", "encoder": "bert-base"})
+    save_probe(
+        LengthProbe(768, 10),
+        LengthBins.uniform(),
+        other,
+        model="m",
+        layer=0,
+        training={"kind": "prompt-predictor", "encoder": "bert-base"},
+    )
     with pytest.raises(ProbeFileError, match="trained on 'bert-base' \\(768 dims\\)"):
         load_prompt_predictor(other)
 
