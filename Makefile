@@ -7,7 +7,7 @@ ENV_STAMP := $(VENV)/.trail-env
 MODEL_STAMP := $(VENV)/.trail-model
 PYTEST_ARGS ?=
 
-.PHONY: env serve test test-fast lint clean-env
+.PHONY: env serve test test-fast lint format clean-env
 
 env: $(ENV_STAMP) $(MODEL_STAMP)
 
@@ -31,6 +31,15 @@ test: env
 # The quick loop: no real vLLM engine.
 test-fast: env
 	$(PY) -m pytest -m "not engine" $(PYTEST_ARGS)
+
+# ruff's linter and formatter (settings in pyproject.toml); `make format` applies them.
+lint: $(ENV_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(ENV_STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 clean-env:
 	rm -rf $(VENV)
