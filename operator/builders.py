@@ -4,7 +4,7 @@ Deployment, Service, ConfigMap and Secret it owns.
 No I/O here: the handlers fetch what these need (the admin token, the probe bytes of a
 ConfigMap probe source, the operator's default images) and pass it in. Scheduler
 settings live only in the ConfigMap, never in the pod template, so a change to
-``spec.scheduler`` cannot roll the pods (DESIGN.md §4).
+``spec.scheduler`` cannot roll the pods.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from trail_operator.crd import API_VERSION, KIND
 from trail_operator.spec import LLMServerSpec
-from trail_scheduler.api import ConfigUpdate, read_settings_file, settings_file_text
+from trail_scheduler.api import SETTING_KEYS, ConfigUpdate, read_settings_file, settings_file_text
 
 HTTP_PORT = 8000
 ADMIN_PORT = 8001
@@ -129,17 +129,8 @@ def scheduler_update(spec: LLMServerSpec, generation: int, probe_data: bytes | N
     travel inline. Validated through the shared wire model, so a body the pod would
     refuse fails here first.
     """
-    sched = spec.scheduler
-    body: dict[str, Any] = {
-        "policy": sched.policy.value,
-        "c": sched.c,
-        "predictEvery": sched.predict_every,
-        "maxWaitSeconds": sched.max_wait_seconds,
-        "preemptionMargin": sched.preemption_margin,
-        "maxPreemptions": sched.max_preemptions,
-        "generation": generation,
-    }
-    probe = sched.probe
+    body: dict[str, Any] = {**spec.scheduler.wire(), "generation": generation}
+    probe = spec.scheduler.probe
     if probe is not None:
         sha = probe_sha256(spec, probe_data)
         if probe.config_map_key_ref is not None:
@@ -157,12 +148,9 @@ def scheduler_update(spec: LLMServerSpec, generation: int, probe_data: bytes | N
     return body
 
 
-_COMPARED = ("policy", "c", "predictEvery", "maxWaitSeconds", "preemptionMargin", "maxPreemptions")
-
-
 def same_settings(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two admin-API settings dicts (update or view) agree on the tunable knobs."""
-    return all(a.get(key) == b.get(key) for key in _COMPARED)
+    return all(a.get(key) == b.get(key) for key in SETTING_KEYS)
 
 
 def scheduler_generation(

@@ -10,14 +10,13 @@ manifest through both so they cannot drift apart. Defaults come from the CRD
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 from trail_operator.crd import defaulted_spec
-from trail_scheduler.core.policy import MAX_C, PolicyName
+from trail_scheduler.api import SchedulerSettings, explain
 
 RESERVED_FLAGS = (
     "--port",
@@ -139,20 +138,10 @@ class ProbeSpec(_Model):
         return self
 
 
-class Scheduler(_Model):
-    policy: PolicyName
-    c: float
-    predict_every: int = Field(ge=1)
-    max_wait_seconds: float | None = Field(default=None, gt=0)
-    preemption_margin: float = Field(ge=0)
-    max_preemptions: int | None = Field(default=None, ge=0)
-    probe: ProbeSpec | None = None
+class Scheduler(SchedulerSettings):
+    """``spec.scheduler``: the scheduler settings (the shared model, ranges and all) and the probe."""
 
-    @model_validator(mode="after")
-    def _c_range(self) -> Scheduler:
-        if not (math.isfinite(self.c) and 0.0 <= self.c <= MAX_C):
-            raise ValueError(f"scheduler.c must be a finite number between 0 and {MAX_C:g}, got {self.c}")
-        return self
+    probe: ProbeSpec | None = None
 
 
 class LLMServerSpec(_Model):
@@ -190,9 +179,4 @@ def parse_spec(spec: dict[str, Any] | None) -> LLMServerSpec:
     try:
         return LLMServerSpec.model_validate(defaulted_spec(spec or {}))
     except ValidationError as error:
-        problems = []
-        for item in error.errors():
-            where = ".".join(str(part) for part in item["loc"])
-            message = item["msg"].removeprefix("Value error, ")
-            problems.append(f"spec.{where}: {message}" if where else f"spec: {message}")
-        raise SpecError("; ".join(problems)) from None
+        raise SpecError(explain(error, "spec.")) from None

@@ -1,4 +1,4 @@
-"""The pod admin API's wire models (DESIGN.md §4): the one definition both sides use.
+"""The scheduler settings and the pod admin API's wire models: the one definition both sides use.
 
 ``trail serve`` validates requests with these; the operator builds its live-retune
 calls with them. Field names on the wire are the CRD's camelCase names. Only
@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import math
 import re
+from enum import Enum
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from pydantic.alias_generators import to_camel
-
-from trail_scheduler.core.policy import MAX_C, PolicyName
 
 ADMIN_PREFIX = "/trail/v1"
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
@@ -23,6 +23,107 @@ SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 
 class _Wire(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+MAX_C = 1000.0  # beyond this `c` means "always preemptible"; larger values are typos
+
+
+class PolicyName(str, Enum):
+    FCFS = "fcfs"
+    SJF = "sjf"
+    TRAIL = "trail"
+    TRAIL_ORACLE = "trail-oracle"
+
+    @property
+    def preempts_for_order(self) -> bool:
+        return self in (PolicyName.TRAIL, PolicyName.TRAIL_ORACLE)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class SchedulerSettings(_Wire):
+    """The scheduler's tunable settings: the one definition that the policy, the admin API,
+    the engine, ``trail serve``'s flags, the metrics and the operator use, and that the
+    CRD's ``spec.scheduler`` (minus the probe) is held equal to by a test.
+
+    Values are checked strictly here, once: a string or a boolean is never a number.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    policy: PolicyName = Field(default=PolicyName.TRAIL, description="fcfs, sjf, trail or trail-oracle")
+    c: float = Field(
+        default=0.8,
+        ge=0,
+        le=MAX_C,
+        description="preemption threshold: preemptible while generated < c x first prediction",
+    )
+    predict_every: int = Field(default=1, ge=1, description="run the probe every k tokens")
+    max_wait_seconds: float | None = Field(
+        default=None, gt=0, description="starvation bound (promote requests waiting longer)"
+    )
+    preemption_margin: float = Field(
+        default=0.0, ge=0, description="preempt only for a request shorter by more than this many tokens"
+    )
+    max_preemptions: int | None = Field(default=None, ge=0, description="preemptions one request can suffer at most")
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _known_policy(cls, value: Any) -> PolicyName:
+        try:
+            return PolicyName(value)
+        except ValueError:
+            names = ", ".join(p.value for p in PolicyName)
+            raise ValueError(f"unknown policy {value!r}; expected one of: {names}") from None
+
+    @field_validator("c", mode="before")
+    @classmethod
+    def _c_in_range(cls, value: Any) -> Any:
+        if not (_is_number(value) and 0.0 <= value <= MAX_C):
+            raise ValueError(f"c must be a finite number between 0 and {MAX_C:g}, got {value!r}")
+        return value
+
+    @field_validator("predict_every", mode="before")
+    @classmethod
+    def _positive_interval(cls, value: Any) -> Any:
+        if not (_is_integer(value) and value >= 1):
+            raise ValueError(f"predict_every must be an integer >= 1, got {value!r}")
+        return value
+
+    @field_validator("max_wait_seconds", mode="before")
+    @classmethod
+    def _positive_wait(cls, value: Any) -> Any:
+        if value is not None and not (_is_number(value) and value > 0):
+            raise ValueError(f"max_wait_seconds must be a positive number, or null to turn it off; got {value!r}")
+        return value
+
+    @field_validator("preemption_margin", mode="before")
+    @classmethod
+    def _margin(cls, value: Any) -> Any:
+        if not (_is_number(value) and value >= 0):
+            raise ValueError(f"preemption_margin must be >= 0 tokens, got {value!r}")
+        return value
+
+    @field_validator("max_preemptions", mode="before")
+    @classmethod
+    def _cap(cls, value: Any) -> Any:
+        if value is not None and not (_is_integer(value) and value >= 0):
+            raise ValueError(f"max_preemptions must be an integer >= 0 or null, got {value!r}")
+        return value
+
+    def wire(self) -> dict[str, Any]:
+        """The settings alone (not what a subclass adds), as the admin API, the settings file and
+        the CRD spell them (camelCase)."""
+        return self.model_dump(mode="json", by_alias=True, include=set(SchedulerSettings.model_fields))
+
+
+SETTING_KEYS = tuple(info.alias for info in SchedulerSettings.model_fields.values())  # camelCase, wire order
 
 
 class ProbeSource(_Wire):
@@ -50,38 +151,57 @@ class ProbeSource(_Wire):
         return self
 
 
-class ConfigUpdate(_Wire):
-    """Body of ``PUT /trail/v1/config``: any subset of the settings.
+class _Update(_Wire):
+    """Body of ``PUT /trail/v1/config``: any subset of the settings, a generation, a probe.
 
-    An explicit ``"maxWaitSeconds": null`` turns the starvation guard off; an absent
-    field leaves the setting as it is.
+    Its setting fields are :class:`SchedulerSettings`' own, each optional (see
+    :data:`ConfigUpdate`). An explicit ``"maxWaitSeconds": null`` turns the starvation
+    guard off; an absent field leaves the setting as it is. The settings given are checked
+    by :class:`SchedulerSettings` itself (types strictly, ranges once), so a body is
+    refused here with the same message the engine, the operator and ``trail serve`` give.
     """
 
-    policy: PolicyName | None = None
-    c: float | None = None
-    predict_every: int | None = Field(default=None, ge=1)
-    max_wait_seconds: float | None = None
-    preemption_margin: float | None = Field(default=None, ge=0)
-    max_preemptions: int | None = Field(default=None, ge=0)
     generation: int | None = Field(default=None, ge=0)
     probe: ProbeSource | None = None
 
-    @field_validator("c")
+    @model_validator(mode="before")
     @classmethod
-    def _c_in_range(cls, value: float | None) -> float | None:
-        if value is not None and not (math.isfinite(value) and 0.0 <= value <= MAX_C):
-            raise ValueError(f"c must be a finite number between 0 and {MAX_C:g}")
-        return value
+    def _valid_settings(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            # Checked under the wire names, so an error names the field as the CRD and the API spell it.
+            aliases = {name: info.alias for name, info in SchedulerSettings.model_fields.items()}
+            wire = set(aliases.values())
+            given = {aliases.get(key, key): value for key, value in data.items() if key in aliases or key in wire}
+            SchedulerSettings.model_validate(given)  # raises with the setting's own message
+        return data
 
-    @field_validator("max_wait_seconds")
-    @classmethod
-    def _positive_wait(cls, value: float | None) -> float | None:
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise ValueError("maxWaitSeconds must be a positive number, or null to turn the guard off")
-        return value
+    def changes(self) -> dict[str, Any]:
+        """The settings this update sets (Python names)."""
+        return {name: getattr(self, name) for name in SchedulerSettings.model_fields if name in self.model_fields_set}
+
+    def applied_to(self, settings: SchedulerSettings) -> SchedulerSettings:
+        return settings.model_copy(update=self.changes())
 
 
-def settings_file_text(update: ConfigUpdate) -> str:
+ConfigUpdate = create_model(
+    "ConfigUpdate",
+    __base__=_Update,
+    __module__=__name__,
+    **{name: (info.annotation | None, None) for name, info in SchedulerSettings.model_fields.items()},
+)
+
+
+def explain(error: ValidationError, prefix: str = "") -> str:
+    """A validation error as one line a user can act on: ``field: reason; …``."""
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append(f"{prefix}{where}: {message}" if where else f"{prefix.rstrip('.') or 'value'}: {message}")
+    return "; ".join(problems)
+
+
+def settings_file_text(update: _Update) -> str:
     """The scheduler settings file a pod reads at start (``trail serve --scheduler-config``).
 
     The operator writes it into the pod's ConfigMap and ``trail serve`` reads it back with
@@ -91,7 +211,7 @@ def settings_file_text(update: ConfigUpdate) -> str:
     return json.dumps(update.model_dump(mode="json", by_alias=True, exclude_unset=True), indent=2, sort_keys=True)
 
 
-def read_settings_file(text: str) -> ConfigUpdate:
+def read_settings_file(text: str) -> _Update:
     """Parse a settings file (JSON, or YAML for people writing one by hand); ValueError says why."""
     try:
         raw = yaml.safe_load(text)
@@ -110,15 +230,9 @@ class ProbeInfo(_Wire):
     model: str | None = None
 
 
-class ConfigView(_Wire):
-    """Reply of ``GET /trail/v1/config``: the settings in force."""
+class ConfigView(SchedulerSettings):
+    """Reply of ``GET /trail/v1/config``: the settings in force, their generation and the probe."""
 
-    policy: PolicyName
-    c: float
-    predict_every: int
-    max_wait_seconds: float | None
-    preemption_margin: float = 0.0
-    max_preemptions: int | None = None
     generation: int
     probe: ProbeInfo | None
     capture_layer: int | None = Field(default=None, description="the decoder layer the engine captures")

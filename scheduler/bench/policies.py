@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from trail_scheduler.api import ConfigUpdate
+
 STOCK, TRAIL = "stock", "trail"
 
 
@@ -27,10 +29,10 @@ class PolicyEntry:
 
     def settings(self, max_wait_seconds: float | None) -> dict:
         """The admin-API body that puts a ``trail serve`` engine into this entry's policy."""
-        body: dict = {"policy": self.policy, "maxWaitSeconds": max_wait_seconds}
+        changes: dict = {"policy": self.policy, "max_wait_seconds": max_wait_seconds}
         if self.c is not None:
-            body["c"] = self.c
-        return body
+            changes["c"] = self.c
+        return ConfigUpdate.model_validate(changes).model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
 BASE_ENTRIES = {

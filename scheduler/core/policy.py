@@ -17,57 +17,13 @@ import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from operator import attrgetter
 
-MAX_C = 1000.0  # beyond this `c` means "always preemptible"; larger values are typos
-
-
-class PolicyName(str, Enum):
-    FCFS = "fcfs"
-    SJF = "sjf"
-    TRAIL = "trail"
-    TRAIL_ORACLE = "trail-oracle"
-
-    @property
-    def preempts_for_order(self) -> bool:
-        return self in (PolicyName.TRAIL, PolicyName.TRAIL_ORACLE)
-
-
-@dataclass(frozen=True)
-class SchedulerSettings:
-    """The tunable knobs (the CRD's ``spec.scheduler`` minus the probe)."""
-
-    policy: PolicyName = PolicyName.TRAIL
-    c: float = 0.8
-    predict_every: int = 1
-    max_wait_seconds: float | None = None
-    preemption_margin: float = 0.0
-    max_preemptions: int | None = None
-
-    def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "policy", PolicyName(self.policy))
-        except ValueError:
-            names = ", ".join(p.value for p in PolicyName)
-            raise ValueError(f"unknown policy {self.policy!r}; expected one of: {names}") from None
-        if isinstance(self.c, bool) or not isinstance(self.c, int | float) or not math.isfinite(self.c):
-            raise ValueError(f"c must be a finite number, got {self.c!r}")
-        if not 0.0 <= self.c <= MAX_C:
-            raise ValueError(f"c must be between 0 and {MAX_C:g}, got {self.c}")
-        if isinstance(self.predict_every, bool) or not isinstance(self.predict_every, int) or self.predict_every < 1:
-            raise ValueError(f"predict_every must be an integer >= 1, got {self.predict_every!r}")
-        if self.max_wait_seconds is not None and not (
-            isinstance(self.max_wait_seconds, int | float)
-            and math.isfinite(self.max_wait_seconds)
-            and self.max_wait_seconds > 0
-        ):
-            raise ValueError(f"max_wait_seconds must be a positive number or unset, got {self.max_wait_seconds!r}")
-        margin = self.preemption_margin
-        if isinstance(margin, bool) or not (isinstance(margin, int | float) and math.isfinite(margin) and margin >= 0):
-            raise ValueError(f"preemption_margin must be >= 0 tokens, got {self.preemption_margin!r}")
-        if self.max_preemptions is not None and (not isinstance(self.max_preemptions, int) or self.max_preemptions < 0):
-            raise ValueError(f"max_preemptions must be an integer >= 0 or unset, got {self.max_preemptions!r}")
+# The settings are the shared contract's: one definition for the policy, the admin API, the engine
+# and the operator (re-exported for the core's users).
+from trail_scheduler.api import MAX_C as MAX_C
+from trail_scheduler.api import PolicyName as PolicyName
+from trail_scheduler.api import SchedulerSettings as SchedulerSettings
 
 
 def is_preemptible(generated_tokens: int, initial_prediction: float, c: float) -> bool:

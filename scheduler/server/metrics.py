@@ -12,6 +12,7 @@ import logging
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from trail_scheduler.api import PolicyName, SchedulerSettings
 from trail_scheduler.server.control import call_scheduler
 
 logger = logging.getLogger("trail.metrics")
@@ -38,13 +39,14 @@ PREDICTION_ERROR = Histogram(
     ["stage"],
     buckets=TOKEN_BUCKETS,
 )
-SETTING_C = Gauge("trail_setting_c", "Preemption threshold c in force")
-SETTING_PREDICT_EVERY = Gauge("trail_setting_predict_every", "Probe runs every this many tokens")
-SETTING_MAX_WAIT = Gauge("trail_setting_max_wait_seconds", "Starvation bound in seconds (0: off)")
+# One gauge per numeric setting, named after the settings model's field (unset: 0).
+SETTINGS = {
+    info.alias: Gauge(f"trail_setting_{name}", f"Setting in force: {info.description} (unset: 0)")
+    for name, info in SchedulerSettings.model_fields.items()
+    if name != "policy"
+}
 SETTING_GENERATION = Gauge("trail_setting_generation", "Generation of the settings in force")
 SETTING_POLICY = Gauge("trail_setting_policy", "1 for the policy in force", ["policy"])
-
-POLICIES = ("fcfs", "sjf", "trail", "trail-oracle")
 
 
 def record(payload: dict) -> None:
@@ -61,12 +63,11 @@ def record(payload: dict) -> None:
 
 
 def record_config(config: dict) -> None:
-    SETTING_C.set(config["c"])
-    SETTING_PREDICT_EVERY.set(config["predictEvery"])
-    SETTING_MAX_WAIT.set(config["maxWaitSeconds"] or 0)
+    for key, gauge in SETTINGS.items():
+        gauge.set(config[key] or 0)
     SETTING_GENERATION.set(config["generation"])
-    for policy in POLICIES:
-        SETTING_POLICY.labels(policy).set(1 if policy == config["policy"] else 0)
+    for policy in PolicyName:
+        SETTING_POLICY.labels(policy.value).set(1 if policy.value == config["policy"] else 0)
 
 
 async def poll_engine(engine, interval: float = 1.0) -> None:

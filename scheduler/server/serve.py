@@ -15,15 +15,15 @@ import logging
 import os
 import secrets
 import tempfile
+import typing
 from pathlib import Path
 
-from trail_scheduler.api import read_settings_file
-from trail_scheduler.core.policy import PolicyName, SchedulerSettings
-from trail_scheduler.vllm.engine_config import TrailEngineConfig
+from pydantic import ValidationError
+
+from trail_scheduler.api import PolicyName, SchedulerSettings, explain, read_settings_file
+from trail_scheduler.vllm.engine_config import SCHEDULER_CLS, TrailEngineConfig
 
 logger = logging.getLogger("trail.serve")
-
-SCHEDULER_CLS = "trail_scheduler.vllm.scheduler.TrailScheduler"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,12 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="OpenAI API port")
     parser.add_argument("--admin-port", type=int, default=8001, help="admin API port (never expose it)")
     parser.add_argument("--admin-token-file", help="file holding the admin bearer token (or TRAIL_ADMIN_TOKEN)")
-    parser.add_argument("--policy", choices=[p.value for p in PolicyName])
-    parser.add_argument(
-        "--c", type=float, help="preemption threshold: preemptible while generated < c × first prediction"
-    )
-    parser.add_argument("--predict-every", type=int, help="run the probe every k tokens")
-    parser.add_argument("--max-wait-seconds", type=float, help="starvation bound (promote requests waiting longer)")
+    _add_settings_flags(parser)
     parser.add_argument(
         "--probe", help="probe file (.safetensors), or 'none' (default with the bundled model: the shipped one)"
     )
@@ -51,6 +46,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per scheduler setting, named, typed and described by the settings model."""
+    for name, info in SchedulerSettings.model_fields.items():
+        kind = next((t for t in typing.get_args(info.annotation) if t is not type(None)), info.annotation)
+        flag = "--" + name.replace("_", "-")
+        if kind is PolicyName:
+            parser.add_argument(flag, choices=[p.value for p in PolicyName], help=info.description)
+        else:
+            parser.add_argument(flag, type=kind, help=info.description)
+
+
 def scheduler_settings(args: argparse.Namespace) -> tuple[SchedulerSettings, str | None, int]:
     """Settings from the config file, then explicit flags; the probe path; the generation."""
     settings = SchedulerSettings()
@@ -59,12 +65,11 @@ def scheduler_settings(args: argparse.Namespace) -> tuple[SchedulerSettings, str
     if args.scheduler_config:
         try:
             update = read_settings_file(Path(args.scheduler_config).read_text())
+        except ValidationError as error:
+            raise SystemExit(f"error: invalid --scheduler-config {args.scheduler_config}: {explain(error)}") from None
         except (OSError, ValueError) as error:
             raise SystemExit(f"error: invalid --scheduler-config {args.scheduler_config}: {error}") from None
-        changes = {
-            k: getattr(update, k) for k in update.model_fields_set if k in SchedulerSettings.__dataclass_fields__
-        }
-        settings = SchedulerSettings(**{**settings.__dict__, **changes})
+        settings = update.applied_to(settings)
         generation = update.generation or 0
         if update.probe is not None and probe_path is None and not no_probe:
             from trail_scheduler.server.admin import ProbeFetchError, fetch_probe
@@ -77,16 +82,11 @@ def scheduler_settings(args: argparse.Namespace) -> tuple[SchedulerSettings, str
             handle.write(payload)
             handle.close()
             probe_path = handle.name
-    flags = {
-        "policy": args.policy,
-        "c": args.c,
-        "predict_every": args.predict_every,
-        "max_wait_seconds": args.max_wait_seconds,
-    }
+    flags = {name: getattr(args, name) for name in SchedulerSettings.model_fields if getattr(args, name) is not None}
     try:
-        settings = SchedulerSettings(**{**settings.__dict__, **{k: v for k, v in flags.items() if v is not None}})
-    except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
+        settings = SchedulerSettings.model_validate({**settings.model_dump(), **flags})
+    except ValidationError as error:
+        raise SystemExit(f"error: {explain(error, '--')}") from None
     if probe_path is None and not no_probe and args.model is None and args.probe_layer is None:
         probe_path = _shipped("SHIPPED_PROBE")  # trained for the bundled model
     return settings, probe_path, generation
@@ -107,7 +107,7 @@ def load_prompt_predictor_arg(args: argparse.Namespace):
     if path is None or path == "none":
         return None
     from trail_scheduler.probe import ProbeFileError
-    from trail_scheduler.training.prompt_predictor import load_prompt_predictor
+    from trail_scheduler.probe.prompt import load_prompt_predictor
 
     try:
         predictor = load_prompt_predictor(path)

@@ -245,9 +245,8 @@ def _run_engine(options: CollectOptions, info: dict, todo: list[dict]) -> tuple[
     from vllm.platforms import current_platform
 
     from trail_scheduler.core.policy import SchedulerSettings
-    from trail_scheduler.server.serve import SCHEDULER_CLS
-    from trail_scheduler.training.capture import flush_worker
-    from trail_scheduler.vllm.engine_config import TrailEngineConfig
+    from trail_scheduler.vllm.collector import flush_worker
+    from trail_scheduler.vllm.engine_config import SCHEDULER_CLS, TrailEngineConfig
     from trail_scheduler.vllm.runner import COLLECT_ID_ARG
 
     engine_config = TrailEngineConfig(

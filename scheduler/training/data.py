@@ -7,7 +7,7 @@ Folder layout (written by :mod:`trail_scheduler.training.collect`):
   "prompt_tokens"}`` (``rendered``: the chat-templated text the engine received);
 - ``split.json``: seed, fractions and the ids of each split;
 - ``benchmark.jsonl``: the benchmark split, ``{"id", "prompt"}`` (never collected);
-- ``shards/shard-*.safetensors``: see :mod:`trail_scheduler.training.capture`.
+- ``shards/shard-*.safetensors``: see :mod:`trail_scheduler.vllm.collector`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from trail_scheduler.core.bins import LengthBins
-from trail_scheduler.training.capture import SHARD_GLOB, SHARD_METADATA_KEY
+from trail_scheduler.vllm.collector import SHARD_GLOB, SHARD_METADATA_KEY
 
 SPLITS = ("train", "validation", "test", "benchmark")
 

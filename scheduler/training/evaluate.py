@@ -17,8 +17,8 @@ import torch
 
 from trail_scheduler.core.tracker import PredictionTracker
 from trail_scheduler.probe import ProbeFileError, load_probe
+from trail_scheduler.probe.prompt import load_prompt_predictor
 from trail_scheduler.training.data import Collection, CollectionError
-from trail_scheduler.training.prompt_predictor import load_prompt_predictor
 
 
 def evaluate(

@@ -3,12 +3,13 @@ start-up settings to the engine-core process (scheduler and worker read the same
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-from trail_scheduler.core.policy import SchedulerSettings
+from trail_scheduler.api import SchedulerSettings
 
 CONFIG_KEY = "trail"
+SCHEDULER_CLS = "trail_scheduler.vllm.scheduler.TrailScheduler"  # vLLM's --scheduler-cls
 
 
 @dataclass(frozen=True)
@@ -25,11 +26,9 @@ class TrailEngineConfig:
     collect_shard_size: int = 64
 
     def to_additional_config(self) -> dict[str, Any]:
-        settings = asdict(self.settings)
-        settings["policy"] = self.settings.policy.value
         return {
             CONFIG_KEY: {
-                "settings": settings,
+                "settings": self.settings.wire(),
                 "probe_path": self.probe_path,
                 "probe_layer": self.probe_layer,
                 "generation": self.generation,
@@ -43,7 +42,7 @@ class TrailEngineConfig:
     def from_vllm_config(cls, vllm_config: Any) -> TrailEngineConfig:
         raw = (getattr(vllm_config, "additional_config", None) or {}).get(CONFIG_KEY) or {}
         return cls(
-            settings=SchedulerSettings(**raw.get("settings", {})),
+            settings=SchedulerSettings.model_validate(raw.get("settings", {})),
             probe_path=raw.get("probe_path"),
             probe_layer=raw.get("probe_layer"),
             generation=int(raw.get("generation", 0)),

@@ -59,7 +59,7 @@ class TrailCaptureMixin:
         self.trail_collector = None
         layers = {layer}
         if config.collect_dir:
-            from trail_scheduler.training.capture import RequestCollector
+            from trail_scheduler.vllm.collector import RequestCollector
 
             check_layers(config.collect_layers, self.model_config)
             layers.update(config.collect_layers)

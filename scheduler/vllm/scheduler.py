@@ -20,14 +20,14 @@ import logging
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from vllm.v1.core.sched.request_queue import SchedulingPolicy, create_request_queue
 from vllm.v1.core.sched.scheduler import Scheduler
 
-from trail_scheduler.api import ConfigUpdate
+from trail_scheduler.api import ConfigUpdate, ConfigView, ProbeInfo
 from trail_scheduler.core.bins import LengthBins
-from trail_scheduler.core.policy import Policy, Room, RunningRequest, SchedulerSettings, WaitingRequest
+from trail_scheduler.core.policy import Policy, Room, RunningRequest, WaitingRequest
 from trail_scheduler.core.tracker import PredictionTracker
 from trail_scheduler.probe import LoadedProbe, ProbeFileError, load_probe
 from trail_scheduler.vllm.engine_config import TrailEngineConfig
@@ -105,10 +105,7 @@ class TrailScheduler(Scheduler):
         """Validate a change completely, then commit it; on error nothing changes."""
         try:
             update = ConfigUpdate.model_validate(body)
-            changes = {
-                k: getattr(update, k) for k in update.model_fields_set if k in SchedulerSettings.__dataclass_fields__
-            }
-            settings = replace(self.trail_settings, **changes)
+            settings = update.applied_to(self.trail_settings)
             probe = None
             if probe_bytes is not None:
                 probe = load_probe(probe_bytes)
@@ -141,26 +138,21 @@ class TrailScheduler(Scheduler):
         self.trail_tracker.set_bins(probe.bins)
 
     def trail_config(self) -> dict:
-        settings, probe = self.trail_settings, self.trail_probe
-        return {
-            "policy": settings.policy.value,
-            "c": settings.c,
-            "predictEvery": settings.predict_every,
-            "maxWaitSeconds": settings.max_wait_seconds,
-            "preemptionMargin": settings.preemption_margin,
-            "maxPreemptions": settings.max_preemptions,
-            "generation": self.trail_generation,
-            "probe": None
+        probe = self.trail_probe
+        return ConfigView(
+            **self.trail_settings.wire(),
+            generation=self.trail_generation,
+            probe=None
             if probe is None
-            else {
-                "sha256": probe.sha256,
-                "layer": probe.layer,
-                "hiddenSize": probe.hidden_size,
-                "bins": probe.bins.to_list(),
-                "model": probe.model,
-            },
-            "captureLayer": self.trail_layer,
-        }
+            else ProbeInfo(
+                sha256=probe.sha256,
+                layer=probe.layer,
+                hidden_size=probe.hidden_size,
+                bins=probe.bins.to_list(),
+                model=probe.model,
+            ),
+            capture_layer=self.trail_layer,
+        ).model_dump(mode="json", by_alias=True)
 
     def trail_stats(self) -> dict:
         return {

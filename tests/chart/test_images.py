@@ -186,6 +186,7 @@ def test_operator_image_ships_the_crd_it_reads():
 
 # Engine-side packages the operator image does not have (it installs the base deps only).
 ENGINE_ONLY = [
+    "numpy",
     "torch",
     "vllm",
     "transformers",

@@ -28,14 +28,15 @@ def exported_trail_metrics() -> dict[str, str]:
 
     found = {}
     for value in vars(metrics).values():
-        if isinstance(value, MetricWrapperBase):
-            for family in value.describe():
-                found[family.name] = family.type
+        for metric in value.values() if isinstance(value, dict) else [value]:
+            if isinstance(metric, MetricWrapperBase):
+                for family in metric.describe():
+                    found[family.name] = family.type
     return found
 
 
 TRAIL_METRICS = exported_trail_metrics()
-# The ones DESIGN.md and the chart's docs promise, whatever else the server adds.
+# The ones the README and the chart's docs promise, whatever else the server adds.
 PROMISED = {
     "trail_preemptions",
     "trail_prediction_abs_error_tokens",

@@ -146,7 +146,7 @@ def test_fcfs_and_sjf_never_preempt(inputs):
 def test_c_zero_never_preempts_a_started_request(inputs):
     """c = 0 makes every running request non-preemptible."""
     knobs, waits, runs, room, now = inputs
-    _, d = run_decide((replace(knobs, c=0.0), waits, runs, room, now))
+    _, d = run_decide((knobs.model_copy(update={"c": 0.0}), waits, runs, room, now))
     assert d.preempt == ()
     assert d.protected == {r.request_id for r in runs}
 
@@ -386,8 +386,8 @@ def test_fcfs_serves_the_long_request_at_the_first_free_slot():
 @pytest.mark.parametrize(
     ("knobs", "message"),
     [
-        ({"c": -0.1}, "c must be between 0 and 1000"),
-        ({"c": 1e4}, "c must be between 0 and 1000"),
+        ({"c": -0.1}, "c must be a finite number between 0 and 1000"),
+        ({"c": 1e4}, "c must be a finite number between 0 and 1000"),
         ({"c": math.inf}, "c must be a finite number"),
         ({"c": math.nan}, "c must be a finite number"),
         ({"c": "0.8"}, "c must be a finite number"),

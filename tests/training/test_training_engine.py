@@ -112,7 +112,7 @@ def test_train_eval_and_serve_with_the_result(collection, tmp_path):
     assert (collection / "eval" / "heatmap.png").stat().st_size > 0
     assert json.loads((collection / "eval" / "eval.json").read_text())["mae_tokens"] == report["mae_tokens"]
 
-    from trail_scheduler.training.prompt_predictor import load_prompt_predictor
+    from trail_scheduler.probe.prompt import load_prompt_predictor
 
     server = start_trail_serve(
         tmp_path, "--probe", str(probe_path), "--prompt-predictor", str(predictor_path), "--max-num-seqs", "2"

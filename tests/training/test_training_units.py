@@ -10,10 +10,10 @@ import torch
 
 from trail_scheduler.core.bins import LengthBins
 from trail_scheduler.probe import LengthProbe, ProbeFileError, save_probe
-from trail_scheduler.training.capture import RequestCollector
+from trail_scheduler.probe.prompt import load_prompt_predictor
 from trail_scheduler.training.collect import CollectOptions, assign_splits, read_prompts, resolve_layers
 from trail_scheduler.training.data import Collection, CollectionError
-from trail_scheduler.training.prompt_predictor import load_prompt_predictor
+from trail_scheduler.vllm.collector import RequestCollector
 
 
 def _states(rows: int, base: float) -> torch.Tensor:

@@ -1,0 +1,94 @@
+"""Imports run downward only: the layers of docs/architecture.md, enforced.
+
+Every import in the source is read from its syntax tree, including imports inside
+functions: a lazy import is still a dependency, so it is no way around a layer.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = {"trail_scheduler": REPO / "scheduler", "trail_operator": REPO / "operator"}
+
+# unit -> layer; a unit may import its own modules and units of lower layers only.
+LAYERS = {
+    "trail_scheduler.api": 0,  # the contract: settings and wire models (pydantic only)
+    "trail_operator": 1,  # the control plane, on the contract only
+    "trail_scheduler.core": 1,
+    "trail_scheduler.assets": 2,  # the bundled model and data (packages only)
+    "trail_scheduler.predictors": 2,  # the shipped predictor files
+    "trail_scheduler.probe": 2,
+    "trail_scheduler.vllm": 3,  # the engine adapter
+    "trail_scheduler.server": 4,
+    "trail_scheduler.training": 5,
+    "trail_scheduler.bench": 5,
+    "trail_scheduler.cli": 6,  # the `trail` command: every subcommand, the operator's too
+    "trail_scheduler": 6,  # the package's own __init__
+}
+
+
+def unit(module: str) -> str:
+    parts = module.split(".")
+    if parts[0] == "trail_operator":
+        return "trail_operator"
+    return ".".join(parts[:2]) if len(parts) > 1 else parts[0]
+
+
+def imports() -> list[tuple[str, str, str]]:
+    """(importing unit, imported unit, where) for every project import."""
+    found = []
+    for package, folder in PACKAGES.items():
+        for path in sorted(folder.rglob("*.py")):
+            parts = [package, *path.relative_to(folder).with_suffix("").parts]
+            module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    # `from trail_scheduler import predictors` imports trail_scheduler.predictors
+                    names = [f"{node.module}.{alias.name}" for alias in node.names]
+                else:
+                    continue
+                for name in names:
+                    if name.split(".")[0] in PACKAGES:
+                        found.append((unit(module), unit(name), f"{path.relative_to(REPO)}:{node.lineno}"))
+    return found
+
+
+def test_every_unit_has_a_layer() -> None:
+    units = {u for pair in imports() for u in pair[:2]}
+    assert units <= set(LAYERS), sorted(units - set(LAYERS))
+
+
+def test_imports_run_downward_only() -> None:
+    upward = [
+        f"{where}: {source} (layer {LAYERS[source]}) imports {target} (layer {LAYERS[target]})"
+        for source, target, where in imports()
+        if source != target and LAYERS[target] >= LAYERS[source]
+    ]
+    assert not upward, "\n".join(upward)
+
+
+@pytest.mark.parametrize(
+    ("modules", "forbidden"),
+    [
+        (["trail_operator.handlers", "trail_operator.cli"], ["numpy", "torch", "vllm", "fastapi"]),
+        (["trail_scheduler.api"], ["numpy", "torch", "vllm", "kopf", "kubernetes"]),
+    ],
+    ids=["operator", "contract"],
+)
+def test_light_units_stay_light(modules, forbidden) -> None:
+    """Importing them in a fresh interpreter pulls in none of the heavy stacks."""
+    code = (
+        f"import sys, {', '.join(modules)}; "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {forbidden!r}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
