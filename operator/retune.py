@@ -1,4 +1,4 @@
-"""Live retune: push ``spec.scheduler`` to every ready pod's admin API (DESIGN.md §4).
+"""Live retune: push ``spec.scheduler`` to every ready pod's admin API.
 
 Each pod is read first (``GET /trail/v1/config``) and written only if it differs, so a
 resync that finds everything applied sends no PUTs. Network errors and 5xx replies are

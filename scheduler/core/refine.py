@@ -1,4 +1,4 @@
-"""Bayesian refinement of a length belief (DESIGN.md §2).
+"""Bayesian refinement of a length belief.
 
 A belief is a probability vector over the bins of a :class:`LengthBins` (or a batch
 of them, shape ``[..., K]``). Between probe readings the belief drifts down by one

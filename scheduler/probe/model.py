@@ -9,7 +9,7 @@ DEFAULT_HIDDEN_UNITS = 512
 
 
 class LengthProbe(nn.Module):
-    """``Linear(hidden→hidden_units) → ReLU → Linear(hidden_units→K)`` (DESIGN.md §2).
+    """``Linear(hidden→hidden_units) → ReLU → Linear(hidden_units→K)``.
 
     ``forward`` maps hidden states ``[..., hidden_size]`` to logits ``[..., K]``;
     :meth:`probabilities` applies the softmax the refinement consumes.

@@ -1,4 +1,4 @@
-"""The pod admin API (DESIGN.md §4) on its own port, behind a bearer token.
+"""The pod admin API on its own port, behind a bearer token.
 
 Requests are validated here (wire models, probe download and sha256), then applied
 inside the engine by RPC, which validates against the model and commits atomically

@@ -1,4 +1,4 @@
-"""``trail probe train`` and ``trail probe sweep``: the reference recipe (DESIGN.md §2).
+"""``trail probe train`` and ``trail probe sweep``: the reference recipe.
 
 AdamW, learning rate 0.01 cosine-annealed to 0 over all epochs, 30 epochs, batch 32,
 cross-entropy over the bins; early stopping keeps the epoch with the lowest validation

@@ -1,4 +1,4 @@
-"""The core and the probe stay free of engine and cluster dependencies (DESIGN.md §3)."""
+"""The core and the probe stay free of engine and cluster dependencies."""
 
 import subprocess
 import sys

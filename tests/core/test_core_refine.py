@@ -1,4 +1,4 @@
-"""Bayesian refinement (DESIGN.md §2): the shift, the update, and their numerical safety."""
+"""Bayesian refinement: the shift, the update, and their numerical safety."""
 
 import math
 
