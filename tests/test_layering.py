@@ -86,8 +86,7 @@ def test_imports_run_downward_only() -> None:
 def test_light_units_stay_light(modules, forbidden) -> None:
     """Importing them in a fresh interpreter pulls in none of the heavy stacks."""
     code = (
-        f"import sys, {', '.join(modules)}; "
-        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {forbidden!r}))"
+        f"import sys, {', '.join(modules)}; print(sorted(m for m in sys.modules if m.split('.')[0] in {forbidden!r}))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
