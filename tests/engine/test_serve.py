@@ -111,23 +111,6 @@ def test_probe_for_another_hidden_size_is_rejected(trail_server, tmp_path):
         assert client.get("/trail/v1/config").json() == before  # c stayed 0.8 too
 
 
-def test_valid_change_is_visible_and_versioned(trail_server, tmp_path):
-    data = _probe_bytes(tmp_path, hidden_size=576)
-    config = trail_server.configure(
-        c=1.5, predictEvery=4, maxWaitSeconds=30, generation=42, probe={"data": base64.b64encode(data).decode()}
-    )
-    assert (config["c"], config["predictEvery"], config["maxWaitSeconds"], config["generation"]) == (1.5, 4, 30, 42)
-    assert config["probe"]["hiddenSize"] == 576 and config["probe"]["layer"] == 10
-    import hashlib
-
-    assert config["probe"]["sha256"] == hashlib.sha256(data).hexdigest()
-    with trail_server.admin_client() as client:
-        assert client.get("/trail/v1/config").json() == config
-        stats = client.get("/trail/v1/stats").json()
-    assert stats["policy"] == "trail" and stats["numRunning"] == 0
-    assert trail_server.metric("trail_setting_c") == 1.5
-
-
 def test_changing_settings_while_requests_stream_loses_none(trail_server):
     trail_server.configure(policy="trail", c=0.8, predictEvery=1)
 
@@ -296,6 +279,25 @@ def test_probe_predictions_flow_and_beat_the_unknown_length_guess(trail_server, 
     # The prompt stage is the unknown-length guess here (no prompt predictor yet).
     assert mean["refined"] < mean["prompt"], mean
     assert mean["first"] < mean["prompt"], mean
+
+
+def test_valid_change_is_visible_and_versioned(trail_server, tmp_path):
+    # Here, with the tests that load probes: an untrained probe reaches the workers with the
+    # next step and would steer the preemption tests above (a probe cannot be unloaded).
+    data = _probe_bytes(tmp_path, hidden_size=576)
+    config = trail_server.configure(
+        c=1.5, predictEvery=4, maxWaitSeconds=30, generation=42, probe={"data": base64.b64encode(data).decode()}
+    )
+    assert (config["c"], config["predictEvery"], config["maxWaitSeconds"], config["generation"]) == (1.5, 4, 30, 42)
+    assert config["probe"]["hiddenSize"] == 576 and config["probe"]["layer"] == 10
+    import hashlib
+
+    assert config["probe"]["sha256"] == hashlib.sha256(data).hexdigest()
+    with trail_server.admin_client() as client:
+        assert client.get("/trail/v1/config").json() == config
+        stats = client.get("/trail/v1/stats").json()
+    assert stats["policy"] == "trail" and stats["numRunning"] == 0
+    assert trail_server.metric("trail_setting_c") == 1.5
 
 
 def test_a_probe_reaches_the_workers_when_a_settings_change_follows_it_on_an_idle_engine(trail_server, tmp_path):

@@ -176,16 +176,7 @@ class Pod:
             for container in self.init:
                 delay = BACKOFF_START_S
                 while await self._run_once(container) != 0:
-                    container.state = {
-                        "waiting": {
-                            "reason": "CrashLoopBackOff",
-                            "message": f"back-off {delay:.0f}s restarting failed container",
-                        }
-                    }
-                    await self.report()
-                    await asyncio.sleep(delay)
-                    delay = min(BACKOFF_CAP_S, delay * 2)
-                    container.restarts += 1
+                    delay = await self._back_off(container, delay)
             self.initialized = True
             await asyncio.gather(*(self._supervise(c) for c in self.containers))
         except asyncio.CancelledError:
@@ -227,16 +218,17 @@ class Pod:
                 await self._run_once(container)
             finally:
                 probes.cancel()
-            container.state = {
-                "waiting": {
-                    "reason": "CrashLoopBackOff",
-                    "message": f"back-off {delay:.0f}s restarting failed container",
-                }
-            }
-            await self.report()
-            await asyncio.sleep(delay)
-            delay = min(BACKOFF_CAP_S, delay * 2)
-            container.restarts += 1
+            delay = await self._back_off(container, delay)
+
+    async def _back_off(self, container: Container, delay: float) -> float:
+        """Wait out the kubelet's back-off before a failed container's restart; the next delay."""
+        container.state = {
+            "waiting": {"reason": "CrashLoopBackOff", "message": f"back-off {delay:.0f}s restarting failed container"}
+        }
+        await self.report()
+        await asyncio.sleep(delay)
+        container.restarts += 1
+        return min(BACKOFF_CAP_S, delay * 2)
 
     async def _probe(self, container: Container) -> None:
         spec = container.spec
