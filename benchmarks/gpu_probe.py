@@ -1,6 +1,6 @@
 """What TRAIL's per-step probe work costs on a GPU at Llama-3-8B-Instruct shapes (H = 4096, K = 10).
 
-Mirrors ``_trail_read_evidence`` in ``scheduler/vllm/runner.py``, op for op, without vLLM:
+Mirrors ``_trail_read_evidence`` in ``scheduler/trail_scheduler/vllm/runner.py``, op for op, without vLLM:
 
 - (a) decode step: ``torch.tensor(rows, device=...)`` for the index, ``hidden.index_select(0, index).float()``,
   ``unbind``/``stack``, ``probe.probabilities(rows)``; from a bf16 ``hidden`` of n rows (a decode-only step) and of
@@ -10,7 +10,7 @@ Mirrors ``_trail_read_evidence`` in ``scheduler/vllm/runner.py``, op for op, wit
 - (d) for scale, one bf16 matmul ``[n, 4096] x [4096, 14336]`` (one of Llama-3-8B's MLP projections, 32 layers x 3
   per forward).
 
-The GPU machine has PyTorch but neither this package nor vLLM, so ``scheduler/probe/model.py`` (which imports only
+The GPU machine has PyTorch but neither this package nor vLLM, so ``trail_scheduler/probe/model.py`` (imports only
 torch) is loaded by file path: the timed ``LengthProbe`` is exactly the module the product runs, in float32 on the
 device as ``trail_set_probe`` puts it, under ``torch.inference_mode``.
 
@@ -58,7 +58,7 @@ SLEEP_CYCLES = 5_000_000  # ~2.5 ms at H100/H200 clocks: longer than any case's 
 
 def load_probe_class():
     """``LengthProbe`` from the repository file itself (no trail_scheduler install needed)."""
-    path = Path(__file__).resolve().parents[1] / "scheduler" / "probe" / "model.py"
+    path = Path(__file__).resolve().parents[1] / "scheduler" / "trail_scheduler" / "probe" / "model.py"
     spec = importlib.util.spec_from_file_location("trail_probe_model", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = {"trail_scheduler": REPO / "scheduler", "trail_operator": REPO / "operator"}
+PACKAGES = {
+    "trail_scheduler": REPO / "scheduler" / "trail_scheduler",
+    "trail_operator": REPO / "operator" / "trail_operator",
+}
 
 # unit -> layer; a unit may import its own modules and units of lower layers only.
 LAYERS = {

@@ -119,7 +119,7 @@ def test_runs_as_a_non_root_user_it_creates(name):
 @pytest.mark.parametrize("name", ALL)
 def test_copies_everything_pip_install_needs(name):
     copied = {src for args in image(name).all("COPY") for src in args.split()[:-1]}
-    package_dirs = set(PYPROJECT["tool"]["setuptools"]["package-dir"].values())
+    package_dirs = set(PYPROJECT["tool"]["setuptools"]["packages"]["find"]["where"])
     needed = {"pyproject.toml", PYPROJECT["project"]["readme"], *package_dirs}
     assert needed <= copied, f"{name} does not COPY {needed - copied}"
     # The build context is the repository root (with its .venv): each image's ignore

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 CRD_PATH_ENV = "TRAIL_CRD_PATH"
-_REPO_CRD = Path(__file__).resolve().parent.parent / "crds" / "llmserver.yaml"
+_REPO_CRD = Path(__file__).resolve().parents[2] / "crds" / "llmserver.yaml"
 
 GROUP = "trail.dev"
 VERSION = "v1alpha1"
