@@ -9,7 +9,7 @@ from typing import Any
 from trail_scheduler.api import SchedulerSettings
 
 CONFIG_KEY = "trail"
-SCHEDULER_CLS = "trail_scheduler.vllm.scheduler.TrailScheduler"  # vLLM's --scheduler-cls
+SCHEDULER_CLS = "trail_scheduler.vllm.scheduler.trail_scheduler"  # vLLM's --scheduler-cls: a factory
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,10 @@ model's own forward returns the residual stream after the chosen layer, so it
 survives torch.compile and CUDA graphs, unlike a Python forward hook. The probe runs
 once per step, batched over the step's requests, on the model's device; only the
 ``[requests, bins]`` probabilities travel back to the scheduler, attached to the
-step's ``ModelRunnerOutput`` as ``trail_evidence``. The other way, a settings change
+step's ``ModelRunnerOutput`` as ``trail_evidence``. Under async scheduling (vLLM's GPU default) the runner returns an
+``AsyncModelRunnerOutput`` that is materialised after the next step is queued; the
+readings are then copied to the host without blocking and attached when vLLM calls
+``get_output``, so the probe adds no host-device synchronisation. The other way, a settings change
 reaches the runner attached to a ``SchedulerOutput`` as ``trail_update``: both ride
 objects vLLM already sends between its processes, whatever the executor.
 """
@@ -17,6 +20,7 @@ from functools import cache
 
 import numpy as np
 import torch
+from vllm.v1.outputs import AsyncModelRunnerOutput
 
 from trail_scheduler.probe import LoadedProbe, ProbeFileError, check_fits, load_probe
 from trail_scheduler.vllm.engine_config import TrailEngineConfig
@@ -40,6 +44,38 @@ class StepEvidence:
     probabilities: np.ndarray  # [n, K]
     from_prefill: list[bool]
     probe_sha256: str
+
+
+@dataclass(frozen=True)
+class PendingEvidence:
+    """Readings still on their way to the host (a non-blocking copy on GPU)."""
+
+    request_ids: list[str]
+    probabilities: torch.Tensor  # [n, K], host memory once ``ready`` has passed
+    ready: torch.cuda.Event | None
+    from_prefill: list[bool]
+    probe_sha256: str
+
+    def resolve(self) -> StepEvidence:
+        if self.ready is not None:
+            self.ready.synchronize()
+        return StepEvidence(
+            self.request_ids, self.probabilities.numpy().astype(np.float64), self.from_prefill, self.probe_sha256
+        )
+
+
+class AsyncOutputWithEvidence(AsyncModelRunnerOutput):
+    """An async step output that carries the step's probe readings into ``get_output``."""
+
+    def __init__(self, output: AsyncModelRunnerOutput, evidence: PendingEvidence) -> None:
+        self.output = output
+        self.evidence = evidence
+
+    def get_output(self):
+        output = self.output.get_output()
+        if output.req_ids:
+            output.trail_evidence = self.evidence.resolve()
+        return output
 
 
 class TrailCaptureMixin:
@@ -101,12 +137,16 @@ class TrailCaptureMixin:
                 self._trail_collect()
             evidence = self._trail_read_evidence()
         output = super().sample_tokens(*args, **kwargs)
-        if evidence is not None and getattr(output, "req_ids", None):
-            output.trail_evidence = evidence  # a fresh output object each step with requests
+        if evidence is None:
+            return output
+        if isinstance(output, AsyncModelRunnerOutput):
+            return AsyncOutputWithEvidence(output, evidence)
+        if getattr(output, "req_ids", None):
+            output.trail_evidence = evidence.resolve()  # a fresh output object each step with requests
         return output
 
     @torch.inference_mode()
-    def _trail_read_evidence(self) -> StepEvidence | None:
+    def _trail_read_evidence(self) -> PendingEvidence | None:
         state = self.execute_model_state
         scheduler_output = state.scheduler_output
         for request_id in scheduler_output.finished_req_ids:
@@ -140,19 +180,20 @@ class TrailCaptureMixin:
                 decode_rows.append(end_row - 1)
                 decode_ids.append(request_id)
         if decode_rows:
-            index = torch.tensor(decode_rows, device=hidden.device)
+            index = _on_device(decode_rows, hidden.device)
             rows.extend(hidden.index_select(0, index).float().unbind(0))
             request_ids.extend(decode_ids)
             from_prefill.extend([False] * len(decode_ids))
         if not rows:
             return None
         probabilities = self.trail_probe.module.probabilities(torch.stack(rows))
-        return StepEvidence(
-            request_ids=request_ids,
-            probabilities=probabilities.cpu().numpy().astype(np.float64),
-            from_prefill=from_prefill,
-            probe_sha256=self.trail_probe.sha256,
-        )
+        ready = None
+        if probabilities.is_cuda:
+            host = torch.empty(probabilities.shape, dtype=probabilities.dtype, pin_memory=True)
+            probabilities = host.copy_(probabilities, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()
+        return PendingEvidence(request_ids, probabilities, ready, from_prefill, self.trail_probe.sha256)
 
     def _trail_spans(self, scheduler_output) -> list[tuple[str, int, int, int, int]]:
         """Per scheduled request: (id, first row in this step's hidden states, first
@@ -193,6 +234,15 @@ class TrailCaptureMixin:
     def trail_flush_collection(self) -> list[str]:
         """Write every request still buffered (the caller knows none is in flight)."""
         return self.trail_collector.flush(everything=True) if self.trail_collector is not None else []
+
+
+def _on_device(values: list[int], device: torch.device) -> torch.Tensor:
+    """An index tensor on ``device``; on GPU through pinned memory, so the host does not wait
+    for the GPU's queued work (a pageable copy would)."""
+    index = torch.tensor(values, dtype=torch.long)
+    if device.type != "cuda":
+        return index
+    return index.pin_memory().to(device, non_blocking=True)
 
 
 def _computed_before_step(scheduler_output) -> dict[str, int]:

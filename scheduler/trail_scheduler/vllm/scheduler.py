@@ -1,4 +1,13 @@
-"""The TRAIL scheduler: a thin subclass of vLLM V1's scheduler.
+"""The TRAIL scheduler: a thin layer over vLLM V1's schedulers.
+
+The decision logic is one mixin, :class:`TrailSchedulingMixin`, over both of vLLM's
+scheduler classes: :class:`TrailScheduler` (``Scheduler``) and
+:class:`TrailAsyncScheduler` (``AsyncScheduler``, which tracks the output placeholders
+of the step in flight that async scheduling queues ahead). vLLM resolves async
+scheduling after the command line is parsed (on by default on GPU, off on CPU), so
+vLLM's ``--scheduler-cls`` names :func:`trail_scheduler`, which builds the class that
+matches the resolved setting. Preemptions go through vLLM's own ``_preempt_request``,
+which already handles a request with output in flight (its tokens are marked stale).
 
 Each step it asks the TRAIL core which young requests to preempt and in what order
 to admit and evict, expresses that through vLLM's priority mode (waiting requests
@@ -22,6 +31,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.request_queue import SchedulingPolicy, create_request_queue
 from vllm.v1.core.sched.scheduler import Scheduler
 
@@ -68,7 +78,9 @@ class ProbeIdentity:
     model: str | None
 
 
-class TrailScheduler(Scheduler):
+class TrailSchedulingMixin:
+    """TRAIL's half of the scheduler; mixed in front of one of vLLM's scheduler classes."""
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         # TRAIL speaks through priorities; the queues must be priority queues.
@@ -299,3 +311,19 @@ def _finite_or_none(value) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) and value >= 0 else None
+
+
+class TrailScheduler(TrailSchedulingMixin, Scheduler):
+    """TRAIL on vLLM's synchronous scheduler (async scheduling off: CPU, or by choice)."""
+
+
+class TrailAsyncScheduler(TrailSchedulingMixin, AsyncScheduler):
+    """TRAIL on vLLM's async scheduler (vLLM's default on GPU)."""
+
+
+def trail_scheduler(*, vllm_config, **kwargs) -> TrailSchedulingMixin:
+    """What vLLM's ``--scheduler-cls`` names: the TRAIL scheduler matching vLLM's async setting."""
+    asynchronous = bool(vllm_config.scheduler_config.async_scheduling)
+    cls = TrailAsyncScheduler if asynchronous else TrailScheduler
+    logger.info("TRAIL scheduling on vLLM's %s (async scheduling %s)", cls.__bases__[1].__name__, asynchronous)
+    return cls(vllm_config=vllm_config, **kwargs)
