@@ -21,7 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from trail_scheduler.api import ADMIN_PREFIX, ConfigUpdate, ConfigView, ProbeSource, StatsView
 from trail_scheduler.server import metrics
-from trail_scheduler.server.control import call_scheduler
+from trail_scheduler.vllm.control import EngineControl, SettingsRefused
 
 PROBE_DOWNLOAD_LIMIT = 64 * 1024 * 1024
 
@@ -74,31 +74,25 @@ def build_admin_app(engine, token: str) -> FastAPI:
         )
         return JSONResponse({"detail": f"invalid settings: {problems}"}, status_code=422)
 
-    async def call(operation: str, *args):
-        return await call_scheduler(engine, operation, *args)
+    control = EngineControl(engine)
 
     @app.get(f"{ADMIN_PREFIX}/config", response_model=ConfigView, response_model_by_alias=True)
-    async def get_config(_: None = Depends(authorised)) -> dict:
-        return await call("config")
+    async def get_config(_: None = Depends(authorised)) -> ConfigView:
+        return await control.config()
 
     @app.put(f"{ADMIN_PREFIX}/config", response_model=ConfigView, response_model_by_alias=True)
-    async def put_config(update: ConfigUpdate, _: None = Depends(authorised)) -> dict:
-        probe_bytes = None
-        if update.probe is not None:
-            try:
-                probe_bytes = fetch_probe(update.probe)
-            except ProbeFetchError as error:
-                raise HTTPException(422, str(error)) from None
-        body = update.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude={"probe"})
-        result = await call("apply", body, probe_bytes)
-        if not result["ok"]:
-            raise HTTPException(422, result["error"])
-        metrics.record_config(result["config"])
-        return result["config"]
+    async def put_config(update: ConfigUpdate, _: None = Depends(authorised)) -> ConfigView:
+        try:
+            probe_bytes = None if update.probe is None else fetch_probe(update.probe)
+            config = await control.apply(update, probe_bytes)
+        except (ProbeFetchError, SettingsRefused) as error:
+            raise HTTPException(422, str(error)) from None
+        metrics.record_config(config)
+        return config
 
     @app.get(f"{ADMIN_PREFIX}/stats", response_model=StatsView, response_model_by_alias=True)
-    async def get_stats(_: None = Depends(authorised)) -> dict:
-        return await call("stats")
+    async def get_stats(_: None = Depends(authorised)) -> StatsView:
+        return await control.stats()
 
     @app.get("/health")
     async def health() -> dict:

@@ -12,8 +12,8 @@ import logging
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from trail_scheduler.api import PolicyName, SchedulerSettings
-from trail_scheduler.server.control import call_scheduler
+from trail_scheduler.api import ConfigView, PolicyName, SchedulerSettings
+from trail_scheduler.vllm.control import EngineControl, MetricsDrain
 
 logger = logging.getLogger("trail.metrics")
 
@@ -41,7 +41,7 @@ PREDICTION_ERROR = Histogram(
 )
 # One gauge per numeric setting, named after the settings model's field (unset: 0).
 SETTINGS = {
-    info.alias: Gauge(f"trail_setting_{name}", f"Setting in force: {info.description} (unset: 0)")
+    name: Gauge(f"trail_setting_{name}", f"Setting in force: {info.description} (unset: 0)")
     for name, info in SchedulerSettings.model_fields.items()
     if name != "policy"
 }
@@ -49,32 +49,33 @@ SETTING_GENERATION = Gauge("trail_setting_generation", "Generation of the settin
 SETTING_POLICY = Gauge("trail_setting_policy", "1 for the policy in force", ["policy"])
 
 
-def record(payload: dict) -> None:
-    """Fold one drained engine payload into the metrics."""
-    for reason, count in payload["preemptions"].items():
+def record(drained: MetricsDrain) -> None:
+    """Fold one drain of the engine's counters into the metrics."""
+    for reason, count in drained.preemptions.items():
         PREEMPTIONS.labels(reason).inc(count)
-    for decision, count in payload["decisions"].items():
+    for decision, count in drained.decisions.items():
         DECISIONS.labels(decision).inc(count)
-    for stage, value in payload["errors"]:
+    for stage, value in drained.errors:
         PREDICTION_ERROR.labels(stage).observe(value)
-    for value in payload["predicted_remaining"]:
+    for value in drained.predicted_remaining:
         PREDICTED_REMAINING.observe(value)
-    record_config(payload["config"])
+    record_config(drained.config)
 
 
-def record_config(config: dict) -> None:
-    for key, gauge in SETTINGS.items():
-        gauge.set(config[key] or 0)
-    SETTING_GENERATION.set(config["generation"])
+def record_config(config: ConfigView) -> None:
+    for name, gauge in SETTINGS.items():
+        gauge.set(getattr(config, name) or 0)
+    SETTING_GENERATION.set(config.generation)
     for policy in PolicyName:
-        SETTING_POLICY.labels(policy.value).set(1 if policy.value == config["policy"] else 0)
+        SETTING_POLICY.labels(policy.value).set(1 if policy == config.policy else 0)
 
 
 async def poll_engine(engine, interval: float = 1.0) -> None:
     """Drain the engine's TRAIL counters forever (cancelled at shutdown)."""
+    control = EngineControl(engine)
     while True:
         try:
-            record(await call_scheduler(engine, "drain_metrics"))
+            record(await control.drain_metrics())
         except asyncio.CancelledError:
             raise
         except Exception as error:  # the engine may be restarting or shutting down

@@ -16,11 +16,9 @@ request with the largest one, so protected requests get the smallest values), an
 lets vLLM build the batch. After each step it folds the worker's probe readings into
 the per-request beliefs.
 
-It is also the engine's control point for the admin API: vLLM's utility calls run
-``getattr(engine_core, name)(*args)`` in the engine-core loop between steps, so a
-call named ``"scheduler"`` reaches :meth:`TrailScheduler.__call__` there. A change is
-validated, committed to the policy at once and handed to the workers with the next
-step's ``SchedulerOutput`` (see :mod:`trail_scheduler.vllm.runner`).
+It is also the engine's control point for the admin API (:mod:`trail_scheduler.vllm.control`):
+a change is validated, committed to the policy at once and handed to the workers
+with the next step's ``SchedulerOutput`` (see :mod:`trail_scheduler.vllm.runner`).
 """
 
 from __future__ import annotations
@@ -30,16 +28,18 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.request_queue import SchedulingPolicy, create_request_queue
 from vllm.v1.core.sched.scheduler import Scheduler
 
-from trail_scheduler.api import ConfigUpdate, ConfigView, ProbeInfo
+from trail_scheduler.api import ConfigUpdate, ConfigView, ProbeInfo, RequestStats, StatsView
 from trail_scheduler.core.bins import LengthBins
 from trail_scheduler.core.policy import Policy, Room, RunningRequest, WaitingRequest
 from trail_scheduler.core.tracker import PredictionTracker
 from trail_scheduler.probe import LoadedProbe, ProbeFileError, load_probe
+from trail_scheduler.vllm.control import METHODS, ApplyReply, MetricsDrain
 from trail_scheduler.vllm.engine_config import TrailEngineConfig
 from trail_scheduler.vllm.runner import RunnerUpdate, capture_layer
 
@@ -57,12 +57,14 @@ class EngineMetrics:
     decisions: Counter = field(default_factory=Counter)  # decision -> count
     errors: list[tuple[str, float]] = field(default_factory=list)  # (stage, |error|)
 
-    def drain(self) -> dict:
-        payload = {
-            "preemptions": dict(self.preemptions),
-            "decisions": dict(self.decisions),
-            "errors": list(self.errors),
-        }
+    def drain(self, predicted_remaining: list[float], config: ConfigView) -> MetricsDrain:
+        payload = MetricsDrain(
+            preemptions=dict(self.preemptions),
+            decisions=dict(self.decisions),
+            errors=list(self.errors),
+            predicted_remaining=predicted_remaining,
+            config=config,
+        )
         self.preemptions.clear()
         self.decisions.clear()
         self.errors.clear()
@@ -104,19 +106,22 @@ class TrailSchedulingMixin:
         self.trail_last_decision_seconds = 0.0
 
     # -- control (the admin API's way in) -------------------------------------------
-    def __call__(self, operation: str, body: dict | None = None, probe_bytes: bytes | None = None):
-        # Fixed parameters: vLLM matches utility arguments against this signature.
-        if operation == "apply":
-            return self.trail_apply(body or {}, probe_bytes)
-        handlers = {"config": self.trail_config, "stats": self.trail_stats, "drain_metrics": self.trail_drain_metrics}
-        if operation not in handlers:
-            raise ValueError(f"unknown TRAIL operation {operation!r}")
-        return handlers[operation]()
+    def __call__(self, method: str, update: dict | None = None, probe_bytes: bytes | None = None) -> dict[str, Any]:
+        """vLLM's utility call ``"scheduler"``; replies are wire models as plain data.
 
-    def trail_apply(self, body: dict, probe_bytes: bytes | None = None) -> dict:
-        """Validate a change completely, then commit it; on error nothing changes."""
+        Fixed parameters: vLLM matches utility arguments against this signature.
+        """
+        if method not in METHODS:
+            raise ValueError(f"unknown TRAIL method {method!r}")
+        if method == "apply":
+            reply = self.trail_apply(ConfigUpdate.model_validate(update or {}), probe_bytes)
+        else:
+            reply = getattr(self, f"trail_{method}")()
+        return reply.model_dump(mode="json", by_alias=True)
+
+    def trail_apply(self, update: ConfigUpdate, probe_bytes: bytes | None = None) -> ApplyReply:
+        """Check a change completely against this engine, then commit it; on error nothing changes."""
         try:
-            update = ConfigUpdate.model_validate(body)
             settings = update.applied_to(self.trail_settings)
             probe = None
             if probe_bytes is not None:
@@ -125,9 +130,9 @@ class TrailSchedulingMixin:
                 probe_config = TrailEngineConfig(probe_layer=self.trail_layer)
                 capture_layer(probe_config, probe, model)  # hidden size, layer range
         except ProbeFileError as error:
-            return {"ok": False, "error": f"probe rejected: {error}"}
+            return ApplyReply(error=f"probe rejected: {error}")
         except ValueError as error:
-            return {"ok": False, "error": str(error)}
+            return ApplyReply(error=str(error))
         self.trail_settings = settings
         self.trail_policy = Policy(settings)
         self.trail_generation = self.trail_generation + 1 if update.generation is None else update.generation
@@ -140,7 +145,7 @@ class TrailSchedulingMixin:
             probe_bytes = pending.probe_bytes
         self.trail_pending_update = RunnerUpdate(settings.predict_every, probe_bytes)
         logger.info("TRAIL settings generation %d in force: %s", self.trail_generation, settings)
-        return {"ok": True, "config": self.trail_config()}
+        return ApplyReply(config=self.trail_config())
 
     def trail_set_probe(self, probe: LoadedProbe | None) -> None:
         if probe is None:
@@ -149,7 +154,7 @@ class TrailSchedulingMixin:
         self.trail_probe = ProbeIdentity(probe.sha256, probe.layer, probe.hidden_size, probe.bins, probe.model)
         self.trail_tracker.set_bins(probe.bins)
 
-    def trail_config(self) -> dict:
+    def trail_config(self) -> ConfigView:
         probe = self.trail_probe
         return ConfigView(
             **self.trail_settings.wire(),
@@ -164,27 +169,25 @@ class TrailSchedulingMixin:
                 model=probe.model,
             ),
             capture_layer=self.trail_layer,
-        ).model_dump(mode="json", by_alias=True)
+        )
 
-    def trail_stats(self) -> dict:
-        return {
-            "policy": self.trail_settings.policy.value,
-            "numRunning": len(self.running),
-            "numWaiting": len(self.waiting),
-            "running": [self._trail_request_stats(r, running=True) for r in self.running],
-            "waiting": [self._trail_request_stats(r, running=False) for r in self.waiting],
-            "preemptionsTotal": self.trail_preemptions_total,
-            "lastDecisionSeconds": self.trail_last_decision_seconds,
-            "workerProbeSha256": self.trail_worker_probe,
-        }
+    def trail_stats(self) -> StatsView:
+        return StatsView(
+            policy=self.trail_settings.policy,
+            num_running=len(self.running),
+            num_waiting=len(self.waiting),
+            running=[self._trail_request_stats(r, running=True) for r in self.running],
+            waiting=[self._trail_request_stats(r, running=False) for r in self.waiting],
+            preemptions_total=self.trail_preemptions_total,
+            last_decision_seconds=self.trail_last_decision_seconds,
+            worker_probe_sha256=self.trail_worker_probe,
+        )
 
-    def trail_drain_metrics(self) -> dict:
-        payload = self.trail_metrics.drain()
-        payload["predicted_remaining"] = [
+    def trail_drain_metrics(self) -> MetricsDrain:
+        predicted = [
             s.predicted_remaining for r in self.running if (s := self.trail_tracker.get(r.request_id)) is not None
         ]
-        payload["config"] = self.trail_config()
-        return payload
+        return self.trail_metrics.drain(predicted, self.trail_config())
 
     # -- requests -----------------------------------------------------------------
     def add_request(self, request) -> None:
@@ -292,17 +295,17 @@ class TrailSchedulingMixin:
             true_remaining=state.true_remaining if state else None,
         )
 
-    def _trail_request_stats(self, request, running: bool) -> dict:
+    def _trail_request_stats(self, request, running: bool) -> RequestStats:
         state = self.trail_tracker.get(request.request_id)
         estimate = state.predicted_remaining if state else self.trail_tracker.unknown_estimate
         preemptible = self.trail_policy.preemptible(self._running_view(request), time.time()) if running else None
-        return {
-            "requestId": request.request_id,
-            "generatedTokens": request.num_output_tokens,
-            "predictedRemaining": estimate,
-            "preemptible": preemptible,
-            "preemptions": request.num_preemptions,
-        }
+        return RequestStats(
+            request_id=request.request_id,
+            generated_tokens=request.num_output_tokens,
+            predicted_remaining=estimate,
+            preemptible=preemptible,
+            preemptions=request.num_preemptions,
+        )
 
 
 def _finite_or_none(value) -> float | None:
