@@ -22,8 +22,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
+from trail_scheduler.admin_client import AdminError
 from trail_scheduler.bench import policies as P
 from trail_scheduler.bench.loadgen import RequestRecord, run_load
 from trail_scheduler.bench.report import print_table, rate_label, summarise, write_partial, write_report
@@ -268,21 +267,19 @@ class PreemptionWatcher:
         self.observed = 0  # preemptions seen by the poll (the rest are extrapolated)
 
     async def _poll(self) -> None:
-        async with httpx.AsyncClient(
-            base_url=self.server.admin, timeout=10, headers={"Authorization": f"Bearer {self.server.token}"}
-        ) as client:
+        async with self.server.admin_client() as client:
             while True:
                 try:
-                    stats = (await client.get("/trail/v1/stats")).json()
-                    for item in stats["running"] + stats["waiting"]:
-                        match = _BENCH_ID.search(item["requestId"])
+                    stats = await client.stats()
+                    for item in stats.running + stats.waiting:
+                        match = _BENCH_ID.search(item.request_id)
                         if match:
-                            index, count = int(match.group(2)), item["preemptions"]
+                            index, count = int(match.group(2)), item.preemptions
                             new = count - self.seen.get(index, 0)
                             if new > 0:
-                                self.generated.setdefault(index, []).extend([item["generatedTokens"]] * new)
+                                self.generated.setdefault(index, []).extend([item.generated_tokens] * new)
                                 self.seen[index] = count
-                except (httpx.HTTPError, KeyError, ValueError):
+                except (AdminError, ValueError):
                     pass
                 await asyncio.sleep(self.interval)
 
@@ -430,7 +427,7 @@ def run_bench(config: BenchConfig) -> dict:
                 raise SystemExit(f"error: {error}") from None
             if engine == P.TRAIL:
                 current = server.configure(policy="fcfs")
-                if current.get("probe") is not None and any(not e.probe for e in engine_entries):
+                if current.probe is not None and any(not e.probe for e in engine_entries):
                     raise SystemExit(
                         "error: the trail endpoint already has a probe loaded; prompt-only policies "
                         "need an engine without one (start trail serve without --probe)"
