@@ -216,21 +216,20 @@ def profile_lengths(
 
 
 def length_summary(lengths: Sequence[int], cap: int) -> dict:
-    """The distribution a length-aware scheduler has to work with."""
-    ordered = sorted(lengths)
-    n = len(ordered)
-    quantile = lambda q: ordered[min(n - 1, int(q * (n - 1) + 0.5))]  # noqa: E731
-    mean = sum(ordered) / n
-    std = math.sqrt(sum((x - mean) ** 2 for x in ordered) / n)
+    """The distribution a length-aware scheduler has to work with (quantiles as in the run summaries)."""
+    import numpy as np  # here: `trail operator run` builds this command's parser without the engine stack
+
+    values = np.asarray(lengths, dtype=np.float64)
+    p25, median, p75 = np.percentile(values, [25, 50, 75]).tolist()
     return {
-        "count": n,
-        "mean": mean,
-        "std": std,
-        "min": ordered[0],
-        "p25": quantile(0.25),
-        "median": quantile(0.5),
-        "p75": quantile(0.75),
-        "max": ordered[-1],
-        "at_cap": sum(1 for x in ordered if x >= cap),
+        "count": len(values),
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "min": int(values.min()),
+        "p25": p25,
+        "median": median,
+        "p75": p75,
+        "max": int(values.max()),
+        "at_cap": int((values >= cap).sum()),
         "cap": cap,
     }
