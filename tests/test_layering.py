@@ -22,6 +22,7 @@ PACKAGES = {
 # unit -> layer; a unit may import its own modules and units of lower layers only.
 LAYERS = {
     "trail_scheduler.api": 0,  # the contract: settings and wire models (pydantic only)
+    "trail_scheduler.errors": 0,  # the error base the command line reports
     "trail_scheduler.admin_client": 1,  # the admin API's one client (httpx + the contract)
     "trail_scheduler.core": 1,
     "trail_operator": 2,  # the control plane, on the contract and its client only

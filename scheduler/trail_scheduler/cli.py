@@ -104,7 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_extra_args", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra_args = extra
-    return int(args.handler(args) or 0)
+    from trail_scheduler.errors import TrailError
+
+    try:
+        return int(args.handler(args) or 0)
+    except TrailError as error:  # the one place a library error becomes an exit status
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

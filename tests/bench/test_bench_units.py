@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from trail_scheduler.assets import PromptFileError
 from trail_scheduler.bench import policies as P
 from trail_scheduler.bench.loadgen import RequestRecord
 from trail_scheduler.bench.report import summarise, write_report
@@ -59,7 +60,7 @@ def test_jsonl_prompts_load_and_bad_files_say_where(tmp_path):
     assert load_prompts(good) == [Prompt("a", "hi"), Prompt("2", "there")]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "prompt": "hi"}\n{"text": "no id"}\n')
-    with pytest.raises(WorkloadError, match=r"bad.jsonl:2"):
+    with pytest.raises(PromptFileError, match=r"bad.jsonl:2"):
         load_prompts(bad)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")

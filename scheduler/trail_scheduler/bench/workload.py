@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from trail_scheduler.assets import cache_dir, sharegpt_first_turns, unique_prompts
+from trail_scheduler.assets import cache_dir, read_prompt_file, sharegpt_first_turns, unique_prompts
 from trail_scheduler.predictors import SHIPPED_BENCHMARK_SPLIT
 
 DEFAULT_OUTPUT_CAP = 512
@@ -48,27 +48,12 @@ class BenchRequest:
 
 
 def load_prompts(path: Path | None = None) -> list[Prompt]:
-    """Prompts from a JSONL file of ``{"id", "prompt"}``, or the shipped ShareGPT benchmark split."""
+    """Prompts from a JSONL file (see :func:`~trail_scheduler.assets.read_prompt_file`), or the
+    shipped ShareGPT benchmark split; ids must be unique (they key the profiled lengths)."""
     if path is None:
         prompts, source = benchmark_split_prompts(), f"the ShareGPT benchmark split ({SHIPPED_BENCHMARK_SPLIT.name})"
     else:
-        source = str(path)
-        try:
-            lines = Path(path).read_text().splitlines()
-        except OSError as error:
-            raise WorkloadError(f"cannot read prompts {path}: {error.strerror}") from None
-        prompts = []
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                prompts.append(Prompt(str(record["id"]), str(record["prompt"])))
-            except (ValueError, KeyError, TypeError) as error:
-                raise WorkloadError(
-                    f'{path}:{number}: expected a JSON object with "id" and "prompt" ({error})'
-                ) from None
-    prompts = [p for p in prompts if p.prompt.strip()]
+        prompts, source = [Prompt(*pair) for pair in read_prompt_file(path)], str(path)
     if not prompts:
         raise WorkloadError(f"no prompts in {source}")
     if len({p.id for p in prompts}) != len(prompts):

@@ -89,6 +89,16 @@ class Collection:
     def shards(self) -> list[tuple[Path, dict]]:
         return [(p, _shard_metadata(p)) for p in sorted((self.directory / "shards").glob(SHARD_GLOB))]
 
+    def lengths(self) -> dict[str, int]:
+        """Answer length of every collected request, by id."""
+        from safetensors import safe_open
+
+        lengths: dict[str, int] = {}
+        for path, meta in self.shards():
+            with safe_open(str(path), framework="pt") as handle:
+                lengths.update(zip(meta["ids"], handle.get_tensor("lengths").tolist()))
+        return lengths
+
     def collected_ids(self) -> set[str]:
         return {i for _, meta in self.shards() for i in meta["ids"]}
 
@@ -108,18 +118,18 @@ class Collection:
         wanted = set(self.split["ids"].get(split, []))
         li = self.layers.index(layer)
         ids, lengths, means, tokens, counts = [], [], [], [], []
+        answer_lengths = self.lengths()
         for path, meta in self.shards():
             keep = [r for r, i in enumerate(meta["ids"]) if i in wanted]
             if not keep:
                 continue
             with safe_open(str(path), framework="pt") as handle:
                 offsets = handle.get_tensor("offsets").numpy()
-                shard_lengths = handle.get_tensor("lengths").numpy()
                 mean = handle.get_slice("prompt_mean")[li].float()
                 shard_tokens = handle.get_slice("tokens")[li]
             for r in keep:
                 ids.append(meta["ids"][r])
-                lengths.append(int(shard_lengths[r]))
+                lengths.append(answer_lengths[meta["ids"][r]])
                 means.append(mean[r])
                 tokens.append(shard_tokens[offsets[r] : offsets[r + 1]])
                 counts.append(int(offsets[r + 1] - offsets[r]))
