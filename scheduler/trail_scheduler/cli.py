@@ -39,14 +39,9 @@ def _add_probe_commands(sub: argparse._SubParsersAction) -> None:
 def _probe_inspect(args: argparse.Namespace) -> int:
     import json
 
-    from trail_scheduler.probe import ProbeFileError, load_probe
+    from trail_scheduler.probe import load_probe
 
-    try:
-        probe = load_probe(args.file)
-    except ProbeFileError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps(probe.describe(), indent=2))
+    print(json.dumps(load_probe(args.file).describe(), indent=2))
     return 0
 
 

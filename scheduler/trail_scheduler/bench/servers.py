@@ -26,6 +26,7 @@ import httpx
 
 from trail_scheduler.admin_client import AdminClient
 from trail_scheduler.api import ConfigView, StatsView
+from trail_scheduler.errors import TrailError
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 TRAIL_ONLY_FLAGS = ("--scheduler-cls", "--worker-cls", "--scheduling-policy", "--additional-config")
@@ -33,7 +34,7 @@ START_TIMEOUT_S = 300.0
 T = TypeVar("T")
 
 
-class EndpointError(RuntimeError):
+class EndpointError(TrailError):
     """An endpoint that cannot be used (not loopback, unreachable, or refusing)."""
 
 

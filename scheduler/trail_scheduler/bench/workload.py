@@ -21,13 +21,14 @@ from pathlib import Path
 import httpx
 
 from trail_scheduler.assets import cache_dir, read_prompt_file, sharegpt_first_turns, unique_prompts
+from trail_scheduler.errors import TrailError
 from trail_scheduler.predictors import SHIPPED_BENCHMARK_SPLIT
 
 DEFAULT_OUTPUT_CAP = 512
 MAX_PROMPT_TOKENS = 1024  # prompt + answer must fit max-model-len 2048
 
 
-class WorkloadError(ValueError):
+class WorkloadError(TrailError):
     """A workload that cannot be built (no prompts, bad file, bad rate)."""
 
 

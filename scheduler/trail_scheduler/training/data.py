@@ -21,12 +21,13 @@ import numpy as np
 import torch
 
 from trail_scheduler.core.bins import LengthBins
+from trail_scheduler.errors import TrailError
 from trail_scheduler.vllm.collector import SHARD_GLOB, SHARD_METADATA_KEY
 
 SPLITS = ("train", "validation", "test", "benchmark")
 
 
-class CollectionError(ValueError):
+class CollectionError(TrailError):
     """A collection folder or input that cannot be used, with the reason."""
 
 
