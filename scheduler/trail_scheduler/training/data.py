@@ -103,9 +103,6 @@ class Collection:
     def collected_ids(self) -> set[str]:
         return {i for _, meta in self.shards() for i in meta["ids"]}
 
-    def split_of(self) -> dict[str, str]:
-        return {i: name for name in SPLITS for i in self.split["ids"].get(name, [])}
-
     def prompts(self) -> dict[str, dict]:
         with (self.directory / "prompts.jsonl").open() as handle:
             return {(row := json.loads(line))["id"]: row for line in handle if line.strip()}
