@@ -264,7 +264,7 @@ class PreemptionWatcher:
         self.observed = 0  # preemptions seen by the poll (the rest are extrapolated)
 
     async def _poll(self) -> None:
-        async with self.server.admin_client() as client:
+        async with self.server.admin_client(timeout=10) as client:
             while True:
                 try:
                     stats = await client.stats()

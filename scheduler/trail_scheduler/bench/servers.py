@@ -78,10 +78,10 @@ class Server:
     log: Path | None = None
     process: subprocess.Popen | None = field(default=None, repr=False)
 
-    def admin_client(self) -> AdminClient:
+    def admin_client(self, timeout: float = 60.0) -> AdminClient:
         if self.admin is None:
             raise EndpointError(f"{self.base} has no TRAIL admin API (stock vLLM?)")
-        return AdminClient(self.admin, self.token)
+        return AdminClient(self.admin, self.token, timeout=timeout)
 
     def _admin(self, call: Callable[[AdminClient], Awaitable[T]]) -> T:
         """One admin call from synchronous code (the bench and the engine tests are)."""
