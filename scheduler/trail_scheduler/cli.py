@@ -53,14 +53,9 @@ def _add_probe_commands(sub: argparse._SubParsersAction) -> None:
 def _probe_inspect(args: argparse.Namespace) -> int:
     import json
 
-    from trail_scheduler.probe import ProbeFileError, load_probe
+    from trail_scheduler.probe import load_probe
 
-    try:
-        probe = load_probe(args.file)
-    except ProbeFileError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps(probe.describe(), indent=2))
+    print(json.dumps(load_probe(args.file).describe(), indent=2))
     return 0
 
 
@@ -136,7 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_extra_args", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra_args = extra
-    return int(args.handler(args) or 0)
+    from trail_scheduler.errors import TrailError
+
+    try:
+        return int(args.handler(args) or 0)
+    except TrailError as error:  # the one place a library error becomes an exit status
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from trail_scheduler.core.bins import LengthBins
+from trail_scheduler.errors import TrailError
 from trail_scheduler.probe.model import LengthProbe
 
 FORMAT_VERSION = 1
@@ -49,7 +50,7 @@ _MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class ProbeFileError(ValueError):
+class ProbeFileError(TrailError):
     """A probe file that cannot be used, with a message saying exactly why."""
 
 

@@ -21,9 +21,14 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from trail_scheduler.api import PolicyName, SchedulerSettings, explain, read_settings_file
+from trail_scheduler.errors import TrailError
 from trail_scheduler.vllm.engine_config import SCHEDULER_CLS, TrailEngineConfig
 
 logger = logging.getLogger("trail.serve")
+
+
+class ServeError(TrailError):
+    """A ``trail serve`` flag or file that cannot be used."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,9 +71,9 @@ def scheduler_settings(args: argparse.Namespace) -> tuple[SchedulerSettings, str
         try:
             update = read_settings_file(Path(args.scheduler_config).read_text())
         except ValidationError as error:
-            raise SystemExit(f"error: invalid --scheduler-config {args.scheduler_config}: {explain(error)}") from None
+            raise ServeError(f"invalid --scheduler-config {args.scheduler_config}: {explain(error)}") from None
         except (OSError, ValueError) as error:
-            raise SystemExit(f"error: invalid --scheduler-config {args.scheduler_config}: {error}") from None
+            raise ServeError(f"invalid --scheduler-config {args.scheduler_config}: {error}") from None
         settings = update.applied_to(settings)
         generation = update.generation or 0
         if update.probe is not None and probe_path is None and not no_probe:
@@ -77,7 +82,7 @@ def scheduler_settings(args: argparse.Namespace) -> tuple[SchedulerSettings, str
             try:
                 payload = fetch_probe(update.probe)
             except ProbeFetchError as error:
-                raise SystemExit(f"error: probe in {args.scheduler_config}: {error}") from None
+                raise ServeError(f"probe in {args.scheduler_config}: {error}") from None
             handle = tempfile.NamedTemporaryFile(prefix="trail-probe-", suffix=".safetensors", delete=False)
             handle.write(payload)
             handle.close()
@@ -86,7 +91,7 @@ def scheduler_settings(args: argparse.Namespace) -> tuple[SchedulerSettings, str
     try:
         settings = SchedulerSettings.model_validate({**settings.model_dump(), **flags})
     except ValidationError as error:
-        raise SystemExit(f"error: {explain(error, '--')}") from None
+        raise ServeError(explain(error, "--")) from None
     if probe_path is None and not no_probe and args.model is None and args.probe_layer is None:
         probe_path = _shipped("SHIPPED_PROBE")  # trained for the bundled model
     return settings, probe_path, generation
@@ -112,7 +117,7 @@ def load_prompt_predictor_arg(args: argparse.Namespace):
     try:
         predictor = load_prompt_predictor(path)
     except ProbeFileError as error:
-        raise SystemExit(f"error: --prompt-predictor: {error}") from None
+        raise ServeError(f"--prompt-predictor: {error}") from None
     predictor.estimate_one("warm-up")  # load the encoder now, not on the first request
     return predictor
 
@@ -179,7 +184,7 @@ def vllm_argv(args: argparse.Namespace, engine_config: TrailEngineConfig) -> lis
     argv = list(args.extra_args)
     for flag in ("--scheduler-cls", "--worker-cls", "--scheduling-policy", "--additional-config"):
         if _has_flag(argv, flag):
-            raise SystemExit(f"error: trail serve sets {flag} itself")
+            raise ServeError(f"trail serve sets {flag} itself")
     model = args.model
     defaults: list[tuple[str, str | None]] = []
     if model is None:
@@ -257,12 +262,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings, probe_path, generation = scheduler_settings(args)
     if probe_path is not None:
-        from trail_scheduler.probe import ProbeFileError, load_probe
+        from trail_scheduler.probe import load_probe
 
-        try:
-            load_probe(probe_path)
-        except ProbeFileError as error:
-            raise SystemExit(f"error: {error}") from None
+        load_probe(probe_path)  # a bad file stops here, before the engine starts
     engine_config = TrailEngineConfig(
         settings=settings, probe_path=probe_path, probe_layer=args.probe_layer, generation=generation
     )
