@@ -60,14 +60,9 @@ def _probe_inspect(args: argparse.Namespace) -> int:
 
 
 def _probe_import(args: argparse.Namespace) -> int:
-    from trail_scheduler.probe import ProbeFileError
     from trail_scheduler.probe.importer import import_probe
 
-    try:
-        probe = import_probe(args.source, args.config, args.out, model=args.model, layer=args.layer, origin=args.origin)
-    except (ProbeFileError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    probe = import_probe(args.source, args.config, args.out, model=args.model, layer=args.layer, origin=args.origin)
     source = probe.training["source"]
     print(
         f"{args.out}: {probe.model}, layer {probe.layer}, {probe.hidden_size}->{probe.hidden_units}->"

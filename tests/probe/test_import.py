@@ -207,3 +207,12 @@ def test_cli_writes_the_probe_and_prints_its_sha256(tmp_path, capsys) -> None:
 
     assert main(args) == 2  # no --model for an unknown file: an exit message, not a traceback
     assert "error: " in capsys.readouterr().err
+
+
+def test_an_unwritable_output_is_an_error_message(tmp_path, capsys) -> None:
+    config = authors_config(hidden_size=8, hidden_dim=4)
+    source, config = write_release(tmp_path, config, keyed(authors_mlp(config), ("fc1.", "fc2.")))
+    out = tmp_path / "missing-folder" / "p.safetensors"
+    code = main(["probe", "import", str(source), "--config", str(config), "--out", str(out), "--model", "m"])
+    assert code == 2
+    assert "cannot write" in capsys.readouterr().err

@@ -202,7 +202,10 @@ def import_probe(
     }
     if layer is not None and layer != config.layer:
         training["layer_override"] = layer
-    save_probe(probe, bins, out, model=model, layer=config.layer if layer is None else layer, training=training)
+    try:
+        save_probe(probe, bins, out, model=model, layer=config.layer if layer is None else layer, training=training)
+    except OSError as error:
+        raise ProbeFileError(f"cannot write {out}: {error.strerror}") from None
     return load_probe(out)
 
 
