@@ -8,7 +8,6 @@ scheduler, for the "stock FCFS" baseline). The stock command line is derived fro
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import os
@@ -29,7 +28,6 @@ from trail_scheduler.api import ConfigView, StatsView
 from trail_scheduler.errors import TrailError
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
-TRAIL_ONLY_FLAGS = ("--scheduler-cls", "--worker-cls", "--scheduling-policy", "--additional-config")
 START_TIMEOUT_S = 300.0
 T = TypeVar("T")
 
@@ -167,20 +165,8 @@ def start_trail_serve(log_dir: Path, *extra: str, token: str = "bench-token") ->
 def stock_vllm_argv(port: int, *extra: str) -> list[str]:
     """Stock vLLM's server arguments: exactly what ``trail serve`` would pass, minus TRAIL's flags."""
     from trail_scheduler.server.serve import vllm_argv
-    from trail_scheduler.vllm.engine_config import TrailEngineConfig
 
-    args = argparse.Namespace(model=None, port=port, extra_args=list(extra))
-    argv = vllm_argv(args, TrailEngineConfig())
-    stock: list[str] = []
-    skip = False
-    for item in argv:
-        if skip:
-            skip = False
-        elif item in TRAIL_ONLY_FLAGS:
-            skip = True
-        else:
-            stock.append(item)
-    return stock
+    return vllm_argv(None, port, list(extra), None)
 
 
 def start_stock_vllm(log_dir: Path, *extra: str) -> Server:

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from trail_scheduler.api import PolicyName, SchedulerSettings, explain, read_settings_file
 from trail_scheduler.errors import TrailError
-from trail_scheduler.vllm.engine_config import SCHEDULER_CLS, TrailEngineConfig
+from trail_scheduler.vllm.engine_config import TRAIL_ENGINE_ARGS, TrailEngineConfig, engine_args
 
 logger = logging.getLogger("trail.serve")
 
@@ -175,43 +175,30 @@ def _has_flag(argv: list[str], flag: str) -> bool:
     return any(a == flag or a.startswith(flag + "=") for a in argv)
 
 
-def vllm_argv(args: argparse.Namespace, engine_config: TrailEngineConfig) -> list[str]:
-    """vLLM's arguments: the user's, plus TRAIL's defaults for what they left unset."""
-    from vllm.platforms import current_platform
-
-    from trail_scheduler.assets import BUNDLED_MODEL_NAME, prepare_bundled_model
-
-    argv = list(args.extra_args)
-    for flag in ("--scheduler-cls", "--worker-cls", "--scheduling-policy", "--additional-config"):
-        if _has_flag(argv, flag):
+def vllm_argv(model: str | None, port: int, user_argv: list[str], engine_config: TrailEngineConfig | None) -> list[str]:
+    """vLLM's server arguments: the user's, plus the engine's defaults for what they left
+    unset, plus TRAIL's own (``engine_config`` None: stock vLLM's)."""
+    reserved = {name: _flag(name) for name in TRAIL_ENGINE_ARGS}
+    for flag in reserved.values():
+        if _has_flag(user_argv, flag):
             raise ServeError(f"trail serve sets {flag} itself")
-    model = args.model
-    defaults: list[tuple[str, str | None]] = []
-    if model is None:
-        model = str(prepare_bundled_model())
-        defaults += [("--served-model-name", BUNDLED_MODEL_NAME), ("--max-model-len", "2048")]
-    cpu = current_platform.is_cpu()
-    worker = "TrailCPUWorker" if cpu else "TrailGPUWorker"
-    if cpu:  # float32 (no native bf16 here), eager start, a fixed 1 GiB KV cache in host memory
-        defaults += [("--dtype", "float32"), ("--enforce-eager", None), ("--kv-cache-memory-bytes", str(2**30))]
-    if Path(model).is_dir():  # a local checkpoint needs no hub (and there may be none)
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    result = ["--model", model, "--port", str(args.port)]
-    for flag, value in defaults:
-        if not _has_flag(argv, flag):
-            result += [flag] if value is None else [flag, value]
-    result += argv
-    result += [
-        "--scheduler-cls",
-        SCHEDULER_CLS,
-        "--worker-cls",
-        f"trail_scheduler.vllm.worker.{worker}",
-        "--scheduling-policy",
-        "priority",
-        "--additional-config",
-        json.dumps(engine_config.to_additional_config()),
-    ]
-    return result
+    defaults, trail = [], []
+    for name, value in engine_args(model, engine_config).items():
+        if name in reserved:
+            trail += _as_argv(name, value)
+        elif name == "model" or not _has_flag(user_argv, _flag(name)):
+            defaults += _as_argv(name, value)
+    return [*defaults, "--port", str(port), *user_argv, *trail]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _as_argv(name: str, value) -> list[str]:
+    if value is True:
+        return [_flag(name)]
+    return [_flag(name), json.dumps(value) if isinstance(value, dict) else str(value)]
 
 
 def _admin_server(app, host: str, port: int):
@@ -272,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
     token = admin_token(args)
     cli_env_setup()
     parser = make_arg_parser(FlexibleArgumentParser(prog="trail serve"))
-    vllm_args = parser.parse_args(vllm_argv(args, engine_config))
+    vllm_args = parser.parse_args(vllm_argv(args.model, args.port, args.extra_args, engine_config))
     validate_parsed_serve_args(vllm_args)
     logger.info(
         "TRAIL %s (c=%s, predict every %d) on %s",

@@ -220,11 +220,10 @@ def _run_engine(options: CollectOptions, info: dict, todo: list[dict]) -> tuple[
     from tqdm import tqdm
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
-    from vllm.platforms import current_platform
 
     from trail_scheduler.core.policy import SchedulerSettings
     from trail_scheduler.vllm.collector import flush_worker
-    from trail_scheduler.vllm.engine_config import SCHEDULER_CLS, TrailEngineConfig
+    from trail_scheduler.vllm.engine_config import TrailEngineConfig, engine_args
     from trail_scheduler.vllm.runner import COLLECT_ID_ARG
 
     engine_config = TrailEngineConfig(
@@ -233,24 +232,18 @@ def _run_engine(options: CollectOptions, info: dict, todo: list[dict]) -> tuple[
         collect_layers=tuple(info["layers"]),
         collect_shard_size=options.shard_size,
     )
-    cpu = current_platform.is_cpu()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # The flush below hands the engine-core process a function (pickled); the engine core
     # is this process's own child. (An in-process engine core ran 3x slower on 2 cores.)
     os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
     llm = LLM(
-        model=info["model_path"],
-        dtype="float32" if cpu else "auto",
-        enforce_eager=cpu,
-        max_model_len=options.max_prompt_tokens + options.max_tokens,
-        max_num_seqs=options.max_num_seqs,
-        scheduler_cls=SCHEDULER_CLS,
-        worker_cls=f"trail_scheduler.vllm.worker.{'TrailCPUWorker' if cpu else 'TrailGPUWorker'}",
-        scheduling_policy="priority",
-        additional_config=engine_config.to_additional_config(),
-        distributed_executor_backend="uni",
-        kv_cache_memory_bytes=int(options.kv_cache_gib * 2**30),
-        seed=options.seed,
+        **engine_args(info["model_path"], engine_config)
+        | dict(
+            max_model_len=options.max_prompt_tokens + options.max_tokens,
+            max_num_seqs=options.max_num_seqs,
+            distributed_executor_backend="uni",
+            kv_cache_memory_bytes=int(options.kv_cache_gib * 2**30),
+            seed=options.seed,
+        )
     )
     tokenizer = llm.get_tokenizer()
     engine = llm.llm_engine
