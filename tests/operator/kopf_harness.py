@@ -22,7 +22,7 @@ import kmock
 import kopf
 import yaml
 
-from trail_operator import crd, handlers
+from trail_operator import crd, handlers  # noqa: F401  (registers the handlers)
 
 LLMS = "trail.dev/v1alpha1/llmservers"
 NS = "ml"
@@ -123,7 +123,3 @@ def requests_to(server: kmock.KubernetesEmulator, plural: str, method: str | Non
         and r.resource.plural == plural
         and (method is None or str(r.method.value if hasattr(r.method, "value") else r.method).upper() == method)
     ]
-
-
-def fast_resync(monkeypatch: Any, seconds: float = 0.5) -> None:
-    monkeypatch.setattr(handlers, "RESYNC_SECONDS", seconds)

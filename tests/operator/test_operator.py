@@ -15,7 +15,6 @@ from kopf_harness import (
     condition,
     declare_resources,
     eventually,
-    fast_resync,
     new_server,
     obj,
     requests_to,
@@ -35,7 +34,6 @@ async def cluster(kmock, tmp_path, monkeypatch):
     monkeypatch.setenv("KUBECONFIG", path)
     # kubernetes reads $KUBECONFIG once, at import: point its default at ours too.
     monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", path)
-    fast_resync(monkeypatch)
     return kmock
 
 
@@ -299,7 +297,7 @@ async def test_every_api_call_is_allowed_by_the_rbac_permissions(cluster):
         if (
             request.resource is None
             or request.resource.plural is None
-            or not request.headers.get("User-Agent", "").startswith(("kopf/", "python-httpx/"))
+            or not request.headers.get("User-Agent", "").startswith(("kopf/", "python-httpx2/"))  # kopf, lightkube
         ):
             continue  # discovery, and the test's own calls (aiohttp), are not RBAC-checked
         plural = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
