@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from conftest import REPO
 from kopf_harness import LLMS, NS, declare_resources, new_server, obj, write_kubeconfig
+from lightkube import AsyncClient, KubeConfig
+from test_operator import free_port
 
 from trail_operator import kube
 
@@ -50,3 +53,28 @@ async def test_status_patch_and_errors(client, kmock):
     with pytest.raises(kube.KubeError) as raised:
         await kube.create(client, configmap("a", {}))
     assert raised.value.status == 409
+
+
+async def test_in_cluster_credentials_over_tls(tmp_path, monkeypatch):
+    """What the operator's pod uses: the service account's token and CA files and
+    KUBERNETES_SERVICE_HOST/PORT, over TLS (the journey's emulator and CA)."""
+    monkeypatch.syspath_prepend(str(REPO / "tests" / "journey"))
+    from apiserver import ApiServer, make_ca, serve
+
+    cert, key = make_ca(tmp_path, "127.0.0.1")
+    (tmp_path / "token").write_text("service-account-token")
+    (tmp_path / "namespace").write_text(NS)
+    api = ApiServer()
+    api.objects["v1/configmaps", NS, "a"] = configmap("a", {})
+    port = free_port()
+    runner = await serve(api, "127.0.0.1", port, cert, key)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(port))
+    client = AsyncClient(KubeConfig.from_service_account(tmp_path))
+    try:
+        assert (await kube.get(client, "ConfigMap", NS, "a"))["data"] == {"k": "v"}
+    finally:
+        await client.close()
+        await runner.cleanup()
+    [request] = [r for r in api if r.name == "a"]
+    assert request.headers["Authorization"] == "Bearer service-account-token"
