@@ -6,13 +6,12 @@ from it, and the patch is a JSON merge patch that also nulls fields we dropped. 
 reconcile that changes nothing writes nothing (a scheduler-only edit leaves the
 Deployment untouched), and a restarted operator re-derives the same state.
 
-Why not server-side apply (``application/apply-patch+yaml`` with a fieldManager):
-kmock's emulator, which the operator tests and the journey run against, cannot serve
-it. It merges every PATCH body as a JSON merge patch whatever its Content-Type, answers
-404 to an apply of an object that does not exist instead of creating it, keeps no
-managedFields (so a field we stop setting is never removed, and ``force`` means
-nothing), and bumps the object on every apply, so "unchanged means no write" could not
-be tested either.
+Why not server-side apply (``application/apply-patch+yaml`` with a fieldManager and
+``force``): kmock's emulator, which the operator tests and the journey run against,
+cannot serve it. It merges every PATCH body as a JSON merge patch whatever its
+Content-Type, answers 404 to an apply of an object that does not exist instead of
+creating it, and keeps no managedFields, so a field we stop setting would never be
+removed and ``force`` would mean nothing.
 
 ``plan`` is the whole decision and is pure; ``execute`` only performs it.
 """

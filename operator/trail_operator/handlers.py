@@ -35,7 +35,7 @@ from trail_operator.retune import RetuneClient, ready_targets
 RESYNC_SECONDS = float(os.environ.get("TRAIL_RESYNC_SECONDS", "30"))
 FINALIZER = "trail.dev/operator"
 LLMSERVERS = (crd.GROUP, crd.VERSION, crd.PLURAL)
-OWNED = {builders.LABEL_SERVER: kopf.PRESENT}
+OWNED_LABELS = {builders.LABEL_SERVER: kopf.PRESENT}
 
 
 @kopf.on.startup()
@@ -101,7 +101,7 @@ async def _owned_changed(memo: kopf.Memo, namespace: str, server: str, seen: Any
         logger.warning(f"LLMServer {namespace}/{server}: {error}")
 
 
-@kopf.on.event("v1", "pods", labels=OWNED)
+@kopf.on.event("v1", "pods", labels=OWNED_LABELS)
 async def pod_changed(
     type: str, body: kopf.Body, labels: kopf.Labels, namespace: str, memo: kopf.Memo, logger: Any, **_: Any
 ) -> None:
@@ -109,7 +109,7 @@ async def pod_changed(
     await _owned_changed(memo, namespace, labels[builders.LABEL_SERVER], seen, logger)
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=OWNED)
+@kopf.on.event("apps", "v1", "deployments", labels=OWNED_LABELS)
 async def deployment_changed(
     type: str, body: kopf.Body, labels: kopf.Labels, namespace: str, memo: kopf.Memo, logger: Any, **_: Any
 ) -> None:

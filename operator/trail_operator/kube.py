@@ -58,15 +58,11 @@ def connect(timeout: float = 30.0) -> AsyncClient:
     return AsyncClient(KubeConfig.from_env(), timeout=httpx2.Timeout(timeout))
 
 
-def _plain(obj: Any) -> dict[str, Any]:
-    return obj.to_dict()
-
-
 async def get(client: AsyncClient, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
     """The object, or None when it does not exist."""
     try:
         with _errors(f"get {kind} {namespace}/{name}"):
-            return _plain(await client.get(RESOURCES[kind], name, namespace=namespace))
+            return (await client.get(RESOURCES[kind], name, namespace=namespace)).to_dict()
     except KubeError as error:
         if error.status == 404:
             return None
@@ -76,14 +72,14 @@ async def get(client: AsyncClient, kind: str, namespace: str, name: str) -> dict
 async def list_labelled(client: AsyncClient, kind: str, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
     """Objects whose labels include ``labels`` (filtered here too: kmock ignores labelSelector)."""
     with _errors(f"list {kind} in {namespace}"):
-        items = [_plain(item) async for item in client.list(RESOURCES[kind], namespace=namespace, labels=labels)]
+        items = [item.to_dict() async for item in client.list(RESOURCES[kind], namespace=namespace, labels=labels)]
     return [item for item in items if labels.items() <= ((item.get("metadata") or {}).get("labels") or {}).items()]
 
 
 async def create(client: AsyncClient, obj: dict[str, Any]) -> dict[str, Any]:
     meta = obj["metadata"]
     with _errors(f"create {obj['kind']} {meta['namespace']}/{meta['name']}"):
-        return _plain(await client.create(codecs.from_dict(obj), namespace=meta["namespace"]))
+        return (await client.create(codecs.from_dict(obj), namespace=meta["namespace"])).to_dict()
 
 
 async def patch(
@@ -92,4 +88,5 @@ async def patch(
     """A JSON merge patch of the object (of its /status with ``status``)."""
     resource = RESOURCES[kind].Status if status else RESOURCES[kind]
     with _errors(f"patch {kind} {namespace}/{name}{'/status' if status else ''}"):
-        return _plain(await client.patch(resource, name, body, namespace=namespace, patch_type=PatchType.MERGE))
+        reply = await client.patch(resource, name, body, namespace=namespace, patch_type=PatchType.MERGE)
+    return reply.to_dict()
