@@ -25,8 +25,7 @@ from kopf_harness import (
 )
 
 from trail_operator.rbac import PERMISSIONS
-from trail_operator.retune import CONFIG_PATH
-from trail_scheduler.api import ConfigView
+from trail_scheduler.api import ADMIN_PREFIX, ConfigView
 
 CPU_SPEC = load(REPO / "examples" / "llmserver-cpu-smollm2.yaml")["spec"]
 
@@ -166,8 +165,8 @@ class FakeAdmin:
 async def fake_admin():
     admin = FakeAdmin()
     app = web.Application()
-    app.router.add_get(CONFIG_PATH, admin.get)
-    app.router.add_put(CONFIG_PATH, admin.put)
+    app.router.add_get(f"{ADMIN_PREFIX}/config", admin.get)
+    app.router.add_put(f"{ADMIN_PREFIX}/config", admin.put)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
