@@ -22,8 +22,10 @@ PACKAGES = {
 # unit -> layer; a unit may import its own modules and units of lower layers only.
 LAYERS = {
     "trail_scheduler.api": 0,  # the contract: settings and wire models (pydantic only)
-    "trail_operator": 1,  # the control plane, on the contract only
+    "trail_scheduler.errors": 0,  # the error base the command line reports
+    "trail_scheduler.admin_client": 1,  # the admin API's one client (httpx + the contract)
     "trail_scheduler.core": 1,
+    "trail_operator": 2,  # the control plane, on the contract and its client only
     "trail_scheduler.assets": 2,  # the bundled model and data (packages only)
     "trail_scheduler.predictors": 2,  # the shipped predictor files
     "trail_scheduler.probe": 2,
@@ -82,7 +84,10 @@ def test_imports_run_downward_only() -> None:
     ("modules", "forbidden"),
     [
         (["trail_operator.handlers", "trail_operator.cli"], ["numpy", "torch", "vllm", "fastapi"]),
-        (["trail_scheduler.api"], ["numpy", "torch", "vllm", "kopf", "kubernetes"]),
+        (
+            ["trail_scheduler.api", "trail_scheduler.admin_client"],
+            ["numpy", "torch", "vllm", "fastapi", "kopf", "kubernetes"],
+        ),
     ],
     ids=["operator", "contract"],
 )

@@ -5,15 +5,27 @@ applied in an annotation; an object is patched only when the new desired state d
 from it, and the patch is a JSON merge patch that also nulls fields we dropped. So a
 reconcile that changes nothing writes nothing (a scheduler-only edit leaves the
 Deployment untouched), and a restarted operator re-derives the same state.
+
+Why not server-side apply (``application/apply-patch+yaml`` with a fieldManager and
+``force``): kmock's emulator, which the operator tests and the journey run against,
+cannot serve it. It merges every PATCH body as a JSON merge patch whatever its
+Content-Type, answers 404 to an apply of an object that does not exist instead of
+creating it, and keeps no managedFields, so a field we stop setting would never be
+removed and ``force`` would mean nothing.
+
+``plan`` is the whole decision and is pure; ``execute`` only performs it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
-from trail_operator.kube import Kube
+from lightkube import AsyncClient
+
+from trail_operator import kube
 
 LAST_APPLIED = "trail.dev/last-applied"
 _BIG = 1024  # values longer than this (probe bytes) are stored as their hash
@@ -83,29 +95,41 @@ def needs_write(live: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
     return previous is None or canonical(previous) != canonical(squash(desired))
 
 
-async def fetch_all(kube: Kube, namespace: str, desired: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
-    return [await kube.get(obj["kind"], namespace, obj["metadata"]["name"]) for obj in desired]
+@dataclass(frozen=True)
+class Write:
+    """One API write: ``body`` is the object to create, or the merge patch to send."""
+
+    verb: str  # "create" or "patch"
+    kind: str
+    name: str
+    body: dict[str, Any]
 
 
-async def apply_all(
-    kube: Kube, namespace: str, owner_uid: str, desired: list[dict[str, Any]], live: list[dict[str, Any] | None]
-) -> list[str]:
-    """Create or patch each object in order; return what was written ("created
-    Deployment x"). Ownership of every object is checked before anything is written."""
+def plan(owner_uid: str, desired: list[dict[str, Any]], live: list[dict[str, Any] | None]) -> list[Write]:
+    """The writes turning ``live`` into ``desired`` (pairwise, in order). Ownership of every
+    live object is checked first, so an OwnershipError means nothing is to be written."""
     for current in live:
         check_owned(current, owner_uid)
-    written = []
+    writes = []
     for obj, current in zip(desired, live, strict=True):
         if not needs_write(current, obj):
             continue
         recorded = with_record(obj)
         name = obj["metadata"]["name"]
         if current is None:
-            await kube.create(obj["kind"], namespace, recorded)
-            written.append(f"created {obj['kind']} {name}")
+            writes.append(Write("create", obj["kind"], name, recorded))
         else:
-            previous = last_applied(current) or {}
-            patch = merge_patch(previous, recorded)
-            await kube.patch(obj["kind"], namespace, name, patch)
-            written.append(f"updated {obj['kind']} {name}")
+            writes.append(Write("patch", obj["kind"], name, merge_patch(last_applied(current) or {}, recorded)))
+    return writes
+
+
+async def execute(client: AsyncClient, namespace: str, writes: list[Write]) -> dict[str, dict[str, Any]]:
+    """Perform the writes in order (what pods mount exists before the Deployment that
+    mounts it); the objects as written, by kind."""
+    written = {}
+    for write in writes:
+        if write.verb == "create":
+            written[write.kind] = await kube.create(client, write.body)
+        else:
+            written[write.kind] = await kube.patch(client, write.kind, namespace, write.name, write.body)
     return written

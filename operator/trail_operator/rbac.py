@@ -1,15 +1,16 @@
 """The operator's least-privilege RBAC rules: the Helm chart renders its ClusterRole
-from exactly this list (tests/operator/test_rbac.py checks the code paths use no more).
+from exactly this list (tests/operator/test_operator.py checks the code paths use no more).
 
 Why each rule:
-- llmservers get/list/watch/patch: kopf watches them and patches its finalizer; the
-  reconcile loop reads them. /status patch: the status. /finalizers update: owner
-  references with blockOwnerDeletion on the objects we create.
+- llmservers get/list/watch/patch: kopf watches them and patches its finalizer and its
+  annotations (the last handled spec, retry state); each reconcile pass reads the
+  LLMServer afresh. /status patch: the status. /finalizers update: owner references
+  with blockOwnerDeletion on the objects we create.
 - deployments, services, configmaps, secrets get/create/patch: the owned objects
   (created, then merge-patched; deleted by owner-reference garbage collection).
-  deployments list/watch: kopf wakes the loop when a Deployment's status changes.
+  deployments list/watch: kopf runs a pass when a Deployment's status changes.
   configmaps get also reads a probe ConfigMap.
-- pods list/watch: the retune client finds ready pods; kopf watches them.
+- pods list/watch: each pass lists the pods to retune the ready ones; kopf watches them.
 - events create: kopf reports warnings as Kubernetes Events.
 - customresourcedefinitions list/watch: kopf observes CRDs to discover resources.
 Watching namespaces by glob (``--namespace 'team-*'``) would also need namespaces

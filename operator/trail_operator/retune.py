@@ -15,9 +15,7 @@ from typing import Any
 import httpx
 
 from trail_operator.builders import ADMIN_PORT_NAME, CONTAINER_NAME, same_settings
-from trail_scheduler.api import ADMIN_PREFIX, ConfigView
-
-CONFIG_PATH = f"{ADMIN_PREFIX}/config"
+from trail_scheduler.admin_client import AdminClient, AdminError
 
 
 @dataclass(frozen=True)
@@ -79,17 +77,6 @@ def in_sync(view: dict[str, Any], desired: dict[str, Any], expected_sha: str | N
     )
 
 
-class _Transient(Exception):
-    pass
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        return str(response.json().get("detail") or response.text)
-    except ValueError:
-        return response.text or f"HTTP {response.status_code}"
-
-
 class RetuneClient:
     def __init__(
         self,
@@ -100,7 +87,7 @@ class RetuneClient:
         timeout: float = 10.0,
         put_timeout: float = 120.0,
     ) -> None:
-        self._client = client or httpx.AsyncClient(timeout=timeout)
+        self._client = client or httpx.AsyncClient(timeout=timeout)  # one connection pool for every pod
         self.attempts = attempts
         self.base_delay = base_delay
         self.put_timeout = put_timeout  # a new probe may be downloaded and validated
@@ -108,51 +95,40 @@ class RetuneClient:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def _request(self, method: str, url: str, token: str, **kwargs: Any) -> httpx.Response:
-        """One call, retried with backoff on network errors and 5xx; other replies returned."""
-        last = ""
-        for attempt in range(self.attempts):
-            if attempt:
-                await asyncio.sleep(self.base_delay * 2 ** (attempt - 1))
-            try:
-                response = await self._client.request(
-                    method, url, headers={"Authorization": f"Bearer {token}"}, **kwargs
-                )
-            except httpx.HTTPError as error:
-                last = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-                continue
-            if response.status_code < 500:
-                return response
-            last = f"HTTP {response.status_code}: {_detail(response)}"
-        raise _Transient(f"admin API unreachable after {self.attempts} attempts ({last})")
-
     async def sync_pod(
         self, target: PodTarget, token: str, desired: dict[str, Any], expected_sha: str | None
     ) -> PodReport:
-        base = f"http://{target.ip}:{target.admin_port}{CONFIG_PATH}"
+        admin = AdminClient(
+            f"http://{target.ip}:{target.admin_port}",
+            token,
+            client=self._client,
+            attempts=self.attempts,
+            base_delay=self.base_delay,
+        )
         report = {"name": target.name, "ip": target.ip}
         try:
-            response = await self._request("GET", base, token)
-            if response.status_code != 200:
-                return PodReport(
-                    **report, synced=False, error=f"GET config: HTTP {response.status_code}: {_detail(response)}"
-                )
-            view = ConfigView.model_validate(response.json()).model_dump(mode="json", by_alias=True)
+            try:
+                view = (await admin.config()).model_dump(mode="json", by_alias=True)
+            except AdminError as error:
+                return PodReport(**report, synced=False, error=f"GET config: {error}" if error.refused else str(error))
             if in_sync(view, desired, expected_sha):
                 return PodReport(**report, synced=True, view=view)
             body = dict(desired)
             if expected_sha is not None and (view.get("probe") or {}).get("sha256") == expected_sha:
                 body.pop("probe", None)  # the pod already runs this probe: do not send it again
-            response = await self._request("PUT", base, token, json=body, timeout=self.put_timeout)
-            if response.status_code != 200:
+            try:
+                applied = await admin.update(body, timeout=self.put_timeout)
+            except AdminError as error:
+                if not error.refused:
+                    return PodReport(**report, synced=False, error=str(error))
                 return PodReport(
                     **report,
                     synced=False,
                     view=view,
-                    rejected=400 <= response.status_code < 500,
-                    error=f"pod refused the settings (HTTP {response.status_code}): {_detail(response)}",
+                    rejected=True,
+                    error=f"pod refused the settings (HTTP {error.status}): {error.detail}",
                 )
-            view = ConfigView.model_validate(response.json()).model_dump(mode="json", by_alias=True)
+            view = applied.model_dump(mode="json", by_alias=True)
             synced = in_sync(view, desired, expected_sha)
             return PodReport(
                 **report,
@@ -160,8 +136,6 @@ class RetuneClient:
                 view=view,
                 error=None if synced else "pod accepted the settings but reports different ones",
             )
-        except _Transient as error:
-            return PodReport(**report, synced=False, error=str(error))
         except ValueError as error:  # a reply that is not a ConfigView
             return PodReport(**report, synced=False, error=f"unexpected admin API reply: {error}")
 

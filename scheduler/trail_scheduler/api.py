@@ -259,7 +259,3 @@ class StatsView(_Wire):
     worker_probe_sha256: str | None = Field(
         default=None, description="the probe the workers' last readings came from (None before any)"
     )
-
-
-class ErrorReply(_Wire):
-    detail: str

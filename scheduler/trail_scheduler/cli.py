@@ -24,12 +24,26 @@ def _model_prepare(args: argparse.Namespace) -> int:
 
 
 def _add_probe_commands(sub: argparse._SubParsersAction) -> None:
-    """``probe inspect`` here; collect/train/sweep/eval and ``prompt-predictor`` from the training package."""
-    probe = sub.add_parser("probe", help="length probes: collect, train, sweep, eval, inspect")
+    """``probe inspect|import`` here; collect/train/sweep/eval and ``prompt-predictor`` from the training package."""
+    probe = sub.add_parser("probe", help="length probes: collect, train, sweep, eval, inspect, import")
     probe_sub = probe.add_subparsers(dest="probe_command", required=True)
     inspect = probe_sub.add_parser("inspect", help="validate a probe file and print its metadata")
     inspect.add_argument("file")
     inspect.set_defaults(handler=_probe_inspect)
+    imported = probe_sub.add_parser(
+        "import",
+        help="convert a probe released by the TRAIL authors (PyTorch state dict + config.json) into a probe file",
+        description="Reads SOURCE with torch.load(weights_only=True): tensors only, never pickled code.",
+    )
+    imported.add_argument("source", help="the authors' model.pt (downloaded yourself)")
+    imported.add_argument("--config", required=True, help="the authors' config.json next to it")
+    imported.add_argument("--out", required=True, help="probe file to write (.safetensors)")
+    imported.add_argument("--model", help="the LLM it reads (default: known for the authors' release)")
+    imported.add_argument(
+        "--layer", type=int, help="override the layer (default: the config's probe_layer_idx + 1, this project's index)"
+    )
+    imported.add_argument("--origin", help="where the file came from (recorded; known for the authors' release)")
+    imported.set_defaults(handler=_probe_import)
     from trail_scheduler.training.cli import add_probe_commands, add_training_commands
 
     add_probe_commands(probe_sub)
@@ -39,14 +53,22 @@ def _add_probe_commands(sub: argparse._SubParsersAction) -> None:
 def _probe_inspect(args: argparse.Namespace) -> int:
     import json
 
-    from trail_scheduler.probe import ProbeFileError, load_probe
+    from trail_scheduler.probe import load_probe
 
-    try:
-        probe = load_probe(args.file)
-    except ProbeFileError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps(probe.describe(), indent=2))
+    print(json.dumps(load_probe(args.file).describe(), indent=2))
+    return 0
+
+
+def _probe_import(args: argparse.Namespace) -> int:
+    from trail_scheduler.probe.importer import import_probe
+
+    probe = import_probe(args.source, args.config, args.out, model=args.model, layer=args.layer, origin=args.origin)
+    source = probe.training["source"]
+    print(
+        f"{args.out}: {probe.model}, layer {probe.layer}, {probe.hidden_size}->{probe.hidden_units}->"
+        f"{probe.bins.count} bins over 0-{probe.bins.edges[-1]:g}, from {source.get('repository', args.source)}"
+    )
+    print(f"sha256 {probe.sha256}")
     return 0
 
 
@@ -104,7 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_extra_args", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra_args = extra
-    return int(args.handler(args) or 0)
+    from trail_scheduler.errors import TrailError
+
+    try:
+        return int(args.handler(args) or 0)
+    except TrailError as error:  # the one place a library error becomes an exit status
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import json
 import httpx
 import pytest
 
+from trail_scheduler.admin_client import AdminError
 from trail_scheduler.core.bins import LengthBins
 from trail_scheduler.probe import LengthProbe, save_probe
 
@@ -94,21 +95,20 @@ def _probe_bytes(tmp_path, hidden_size: int, layer: int = 10) -> bytes:
 )
 def test_bad_changes_are_rejected_and_old_settings_stay(trail_server, change, message):
     before = trail_server.configure(policy="trail", c=0.8)
-    with trail_server.admin_client() as client:
-        reply = client.put("/trail/v1/config", json=change)
-        assert 400 <= reply.status_code < 500
-        assert message in reply.json()["detail"]
-        assert client.get("/trail/v1/config").json() == before
+    with pytest.raises(AdminError) as refused:
+        trail_server.configure(**change)
+    assert refused.value.refused and message in refused.value.detail
+    assert trail_server.config() == before
 
 
 def test_probe_for_another_hidden_size_is_rejected(trail_server, tmp_path):
     before = trail_server.configure(c=0.8)
     data = base64.b64encode(_probe_bytes(tmp_path, hidden_size=64)).decode()
-    with trail_server.admin_client() as client:
-        reply = client.put("/trail/v1/config", json={"c": 0.3, "probe": {"data": data}})
-        assert reply.status_code == 422
-        assert "hidden size 64" in reply.json()["detail"] and "576" in reply.json()["detail"]
-        assert client.get("/trail/v1/config").json() == before  # c stayed 0.8 too
+    with pytest.raises(AdminError) as refused:
+        trail_server.configure(c=0.3, probe={"data": data})
+    assert refused.value.status == 422
+    assert "hidden size 64" in refused.value.detail and "576" in refused.value.detail
+    assert trail_server.config() == before  # c stayed 0.8 too
 
 
 def test_changing_settings_while_requests_stream_loses_none(trail_server):
@@ -257,7 +257,7 @@ def test_probe_predictions_flow_and_beat_the_unknown_length_guess(trail_server, 
     config = trail_server.configure(
         policy="trail", c=0.8, predictEvery=1, probe={"url": f"file://{path}", "sha256": sha}
     )
-    assert config["probe"]["sha256"] == sha
+    assert config.probe.sha256 == sha
 
     def errors(stage: str) -> tuple[float, float]:
         return (
@@ -288,15 +288,14 @@ def test_valid_change_is_visible_and_versioned(trail_server, tmp_path):
     config = trail_server.configure(
         c=1.5, predictEvery=4, maxWaitSeconds=30, generation=42, probe={"data": base64.b64encode(data).decode()}
     )
-    assert (config["c"], config["predictEvery"], config["maxWaitSeconds"], config["generation"]) == (1.5, 4, 30, 42)
-    assert config["probe"]["hiddenSize"] == 576 and config["probe"]["layer"] == 10
+    assert (config.c, config.predict_every, config.max_wait_seconds, config.generation) == (1.5, 4, 30, 42)
+    assert config.probe.hidden_size == 576 and config.probe.layer == 10
     import hashlib
 
-    assert config["probe"]["sha256"] == hashlib.sha256(data).hexdigest()
-    with trail_server.admin_client() as client:
-        assert client.get("/trail/v1/config").json() == config
-        stats = client.get("/trail/v1/stats").json()
-    assert stats["policy"] == "trail" and stats["numRunning"] == 0
+    assert config.probe.sha256 == hashlib.sha256(data).hexdigest()
+    assert trail_server.config() == config
+    stats = trail_server.stats()
+    assert stats.policy == "trail" and stats.num_running == 0
     assert trail_server.metric("trail_setting_c") == 1.5
 
 
@@ -318,12 +317,8 @@ def test_a_probe_reaches_the_workers_when_a_settings_change_follows_it_on_an_idl
         layer=10,
         training={"recipe": "untrained, for this test"},
     )
-    assert (
-        trail_server.configure(policy="trail", probe={"data": base64.b64encode(path.read_bytes()).decode()})["probe"][
-            "sha256"
-        ]
-        == sha
-    )
+    loaded = trail_server.configure(policy="trail", probe={"data": base64.b64encode(path.read_bytes()).decode()})
+    assert loaded.probe.sha256 == sha
     trail_server.configure(c=0.7)  # before any step could carry the probe to the workers
     chat(trail_server, "Say hi.", max_tokens=4)
-    assert trail_server.stats()["workerProbeSha256"] == sha
+    assert trail_server.stats().worker_probe_sha256 == sha

@@ -27,6 +27,9 @@ import pytest
 from cluster import BIN, Cluster, eventually
 from node import GATEWAY
 
+from trail_scheduler.api import ConfigView
+from trail_scheduler.bench.servers import Server
+
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "llmserver-cpu-smollm2.yaml"
 NAME = "smollm2"
@@ -60,14 +63,9 @@ def admin_token(cluster: Cluster, name: str = NAME) -> str:
     return base64.b64decode(cluster.get("secret", f"{name}-admin")["data"]["token"]).decode()
 
 
-def pod_config(cluster: Cluster, pod: dict, token: str) -> dict:
-    reply = httpx.get(
-        f"http://{pod['status']['podIP']}:8001/trail/v1/config",
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=10,
-    )
-    reply.raise_for_status()
-    return reply.json()
+def pod_config(cluster: Cluster, pod: dict, token: str) -> ConfigView:
+    ip = pod["status"]["podIP"]
+    return Server(f"http://{ip}:8000", f"http://{ip}:8001", token).config()
 
 
 def chat(pod: dict, content: str, max_tokens: int = 24) -> str:
@@ -157,7 +155,7 @@ def test_quickstart(cluster: Cluster, tmp_path: Path) -> None:
     status = server(cluster)["status"]
     assert status["readyReplicas"] == 1 and condition(server(cluster), "SchedulerSynced")["status"] == "True"
     token = admin_token(cluster)
-    assert pod_config(cluster, pod, token)["c"] == 0.8
+    assert pod_config(cluster, pod, token).c == 0.8
 
     # 3. A chat completion through the pod (port-forward needs a real API server's streams).
     assert chat(pod, "Give three tips for staying healthy.").strip()
@@ -170,7 +168,7 @@ def test_quickstart(cluster: Cluster, tmp_path: Path) -> None:
         time.sleep(2)
         started = time.monotonic()
         cluster.kubectl("patch", "llms", NAME, "--type", "merge", "-p", '{"spec":{"scheduler":{"c":0.5}}}')
-        eventually(lambda: pod_config(cluster, pod, token)["c"] == 0.5, 60, "the pod's own config c=0.5", interval=0.2)
+        eventually(lambda: pod_config(cluster, pod, token).c == 0.5, 60, "the pod's own config c=0.5", interval=0.2)
         TIMINGS["edit_to_pod_config_s"] = time.monotonic() - started
         pods_report(cluster, 0.5, 1)
         TIMINGS["edit_to_status_s"] = time.monotonic() - started
@@ -180,7 +178,7 @@ def test_quickstart(cluster: Cluster, tmp_path: Path) -> None:
     # Applied live, not by a restart. (On 2 cores with three streams, the operator's API
     # round-trips to the in-process emulator dominate: 6.3 s measured; see docs/kubernetes.md.)
     assert TIMINGS["edit_to_pod_config_s"] <= 30.0, TIMINGS
-    generation = pod_config(cluster, pod, token)["generation"]
+    generation = pod_config(cluster, pod, token).generation
 
     # 5. Kill the server process: the container restarts with the current settings.
     started = time.monotonic()
@@ -189,7 +187,7 @@ def test_quickstart(cluster: Cluster, tmp_path: Path) -> None:
     [pod] = ready_pods(cluster, 1)
     TIMINGS["kill_to_ready_s"] = time.monotonic() - started
     config = pod_config(cluster, pod, token)
-    assert (config["c"], config["generation"]) == (0.5, generation)
+    assert (config.c, config.generation) == (0.5, generation)
     assert pods_report(cluster, 0.5, 1)[0]["generation"] == generation
 
     # 6. Restart the operator: nothing changes, nothing is lost.
@@ -215,7 +213,7 @@ def test_quickstart(cluster: Cluster, tmp_path: Path) -> None:
     assert cluster.get("configmap", f"{NAME}-scheduler")["metadata"]["resourceVersion"] == configmap_version
     [same] = cluster.pods(NAME)
     assert same["metadata"]["uid"] == pod["metadata"]["uid"] and cluster.running(same).container("server").restarts == 1
-    assert pod_config(cluster, same, token)["generation"] == generation
+    assert pod_config(cluster, same, token).generation == generation
 
     # 7. Scale 1 → 2 → 1 through the scale subresource.
     started = time.monotonic()
@@ -225,7 +223,7 @@ def test_quickstart(cluster: Cluster, tmp_path: Path) -> None:
     for entry in pods_report(cluster, 0.5, 2):
         assert entry["generation"] == generation
     new = next(p for p in pods if p["metadata"]["uid"] != pod["metadata"]["uid"])
-    assert pod_config(cluster, new, token)["c"] == 0.5 and chat(new, "Name a colour.").strip()
+    assert pod_config(cluster, new, token).c == 0.5 and chat(new, "Name a colour.").strip()
     cluster.kubectl("scale", "llms", NAME, "--replicas=1")
     eventually(lambda: len(cluster.pods(NAME)) == 1 and len(cluster.node.pods) == 2, 120, "scaled back to 1")
 
@@ -262,7 +260,7 @@ def test_quickstart(cluster: Cluster, tmp_path: Path) -> None:
     )
     assert "hidden size 64" in degraded["message"], degraded
     [pod] = cluster.pods(NAME)
-    assert pod_config(cluster, pod, token)["probe"]["sha256"] != ""
+    assert pod_config(cluster, pod, token).probe.sha256 != ""
     assert chat(pod, "Say hello.").strip()
     cluster.kubectl("patch", "llms", NAME, "--type", "merge", "-p", '{"spec":{"scheduler":{"probe":null}}}')
     eventually(lambda: condition(server(cluster), "Degraded")["status"] == "False", 60, "Degraded cleared")

@@ -22,7 +22,7 @@ import kmock
 import kopf
 import yaml
 
-from trail_operator import crd, handlers
+from trail_operator import crd, handlers  # noqa: F401  (registers the handlers)
 
 LLMS = "trail.dev/v1alpha1/llmservers"
 NS = "ml"
@@ -115,6 +115,21 @@ def condition(server: kmock.KubernetesEmulator, name: str, type_: str) -> dict[s
     return next((c for c in status.get("conditions") or [] if c["type"] == type_), None)
 
 
+def operator_reads(server: kmock.KubernetesEmulator, name: str) -> int:
+    """How many times the operator has read LLMServer ``name``: once per reconcile pass."""
+    return sum(
+        1
+        for r in requests_to(server, "llmservers", "GET")
+        if r.name == name and r.headers.get("User-Agent", "").startswith("python-httpx2/")
+    )
+
+
+async def passes(server: kmock.KubernetesEmulator, name: str, count: int = 2) -> None:
+    """Wait until ``count`` more reconcile passes of ``name`` have run (resyncs, at least)."""
+    start = operator_reads(server, name)
+    await eventually(lambda: operator_reads(server, name) >= start + count, what=f"{count} more passes")
+
+
 def requests_to(server: kmock.KubernetesEmulator, plural: str, method: str | None = None) -> list[Any]:
     return [
         r
@@ -123,7 +138,3 @@ def requests_to(server: kmock.KubernetesEmulator, plural: str, method: str | Non
         and r.resource.plural == plural
         and (method is None or str(r.method.value if hasattr(r.method, "value") else r.method).upper() == method)
     ]
-
-
-def fast_resync(monkeypatch: Any, seconds: float = 0.5) -> None:
-    monkeypatch.setattr(handlers, "RESYNC_SECONDS", seconds)

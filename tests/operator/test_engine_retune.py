@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import pytest
 from kopf_harness import LLMS, NS, condition, eventually, obj, running_operator
 from test_operator import CPU_SPEC, add_pod, cluster, create, edit_spec  # noqa: F401 (fixture)
 
-from trail_scheduler.api import ADMIN_PREFIX
+from trail_scheduler.admin_client import AdminClient
 from trail_scheduler.bench.servers import start_trail_serve
 
 
@@ -96,9 +95,7 @@ async def test_edit_c_reaches_a_real_trail_serve(cluster, trail_serve):  # noqa:
         )
     assert "hidden size 64" in degraded["message"], degraded
     print(f"\nedit → applied and reported in status: {elapsed:.2f} s")
-    reply = httpx.get(
-        f"http://127.0.0.1:{admin_port}{ADMIN_PREFIX}/config", headers={"Authorization": f"Bearer {token}"}, timeout=10
-    )
-    assert reply.status_code == 200
-    assert reply.json()["c"] == 3.25 and reply.json()["generation"] == 2  # the rejected change left no trace
-    assert reply.json()["probe"] is None
+    async with AdminClient(f"http://127.0.0.1:{admin_port}", token) as admin:
+        config = await admin.config()
+    assert config.c == 3.25 and config.generation == 2  # the rejected change left no trace
+    assert config.probe is None

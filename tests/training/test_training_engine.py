@@ -118,9 +118,7 @@ def test_train_eval_and_serve_with_the_result(collection, tmp_path):
         tmp_path, "--probe", str(probe_path), "--prompt-predictor", str(predictor_path), "--max-num-seqs", "2"
     )
     try:
-        with server.admin_client() as admin:
-            config = admin.get("/trail/v1/config").json()
-        assert config["probe"]["sha256"] == probe.sha256
+        assert server.config().probe.sha256 == probe.sha256
         messages = [{"role": "user", "content": "Name a colour."}]
         reply = httpx.post(
             f"{server.base}/v1/chat/completions",

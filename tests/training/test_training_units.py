@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from trail_scheduler.assets import PromptFileError, read_prompt_file
 from trail_scheduler.core.bins import LengthBins
 from trail_scheduler.probe import LengthProbe, ProbeFileError, save_probe
 from trail_scheduler.probe.prompt import load_prompt_predictor
@@ -60,6 +61,7 @@ def test_examples_follow_the_engine_label_convention(tmp_path):
     directory = tmp_path / "c"
     (directory / "collection.json").write_text(json.dumps({"layers": [3, 7], "hidden_size": 4}))
     (directory / "split.json").write_text(json.dumps({"seed": 0, "ids": {"train": ["x"]}}))
+    assert Collection(directory).lengths() == {"x": 4}
     states = Collection(directory).load(7, "train")
     x, labels, remaining = states.examples(LengthBins.uniform(4, 8))
     # L = 4: the prompt mean predicts L-1 = 3 remaining; output token j predicts L-j-2.
@@ -87,10 +89,17 @@ def test_empty_or_malformed_prompt_files_are_refused(tmp_path):
         read_prompts(CollectOptions(output=tmp_path, prompts_file=empty))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"text": "no prompt key"}\n')
-    with pytest.raises(CollectionError, match=r"bad.jsonl:2: expected a JSON object with a non-empty \"prompt\""):
+    with pytest.raises(PromptFileError, match=r"bad.jsonl:2: expected a JSON object with a non-empty \"prompt\""):
         read_prompts(CollectOptions(output=tmp_path, prompts_file=bad))
-    with pytest.raises(CollectionError, match="prompt file not found"):
+    with pytest.raises(PromptFileError, match="cannot read prompt file .*missing.jsonl"):
         read_prompts(CollectOptions(output=tmp_path, prompts_file=tmp_path / "missing.jsonl"))
+
+
+def test_prompt_files_name_prompts_without_an_id_by_line_and_drop_repeats(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"prompt": "  first  "}\n\n{"id": 7, "prompt": "second"}\n{"prompt": "first"}\n')
+    assert read_prompt_file(path) == [("mine-1", "first"), ("7", "second"), ("mine-4", "first")]
+    assert read_prompts(CollectOptions(output=tmp_path, prompts_file=path)) == [("mine-1", "first"), ("7", "second")]
 
 
 def test_split_is_by_prompt_seeded_and_independent_of_the_limit(tmp_path):

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from trail_scheduler.api import ConfigUpdate
+from trail_scheduler.errors import TrailError
 
 STOCK, TRAIL = "stock", "trail"
 
@@ -53,7 +54,7 @@ DEFAULT_POLICIES = ("fcfs", "sjf", "trail-prompt", "trail", "trail+")
 DEFAULT_C_SWEEP = (0.0, 0.5, 2.0)  # beside the main entries' c = 0.8
 
 
-class PolicyError(ValueError):
+class PolicyError(TrailError):
     pass
 
 

@@ -35,17 +35,6 @@ def rate_label(rate: float | None) -> str:
     return "burst" if rate is None else f"{rate:g}"
 
 
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default), NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def summarise(
     policy: str,
     rate: float | None,
@@ -54,10 +43,13 @@ def summarise(
     preemptions: float,
     recomputed_tokens: float,
 ) -> dict:
+    import numpy as np  # here: `trail operator run` builds this command's parser without the engine stack
+
     done = [r for r in records if r.ok]
     latencies = [r.latency for r in done]
     ttfts = [r.ttft for r in done]
     mean = lambda xs: sum(xs) / len(xs) if xs else math.nan  # noqa: E731
+    percentile = lambda xs, q: float(np.percentile(xs, q)) if xs else math.nan  # noqa: E731
     # Throughput over the whole run: from the first send to the last finish.
     span = (max(r.finished for r in done) - min(r.sent for r in done)) if done else math.nan
     return {

@@ -22,13 +22,11 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
+from trail_scheduler.admin_client import AdminError
 from trail_scheduler.bench import policies as P
 from trail_scheduler.bench.loadgen import RequestRecord, run_load
 from trail_scheduler.bench.report import print_table, rate_label, summarise, write_partial, write_report
 from trail_scheduler.bench.servers import (
-    EndpointError,
     Server,
     check_loopback,
     metric_sum,
@@ -38,7 +36,6 @@ from trail_scheduler.bench.servers import (
 from trail_scheduler.bench.workload import (
     DEFAULT_OUTPUT_CAP,
     MAX_PROMPT_TOKENS,
-    WorkloadError,
     build_requests,
     chat_token_counter,
     length_summary,
@@ -46,9 +43,14 @@ from trail_scheduler.bench.workload import (
     profile_lengths,
     sample_prompts,
 )
+from trail_scheduler.errors import TrailError
 from trail_scheduler.predictors import SHIPPED_PROBE
 
 PREEMPTIONS_METRIC = "vllm:num_preemptions_total"
+
+
+class BenchError(TrailError):
+    """A ``trail bench`` flag or endpoint that cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,7 @@ def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise SystemExit(f"error: expected comma-separated numbers, got {text!r}") from None
+        raise BenchError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _rates(text: str) -> tuple[float | None, ...]:
@@ -178,48 +180,42 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     preset = PRESETS[args.preset or "full"]
     rates = _rates(args.rates) if args.rates else preset.rates
     if not rates:
-        raise SystemExit("error: no arrival rates given")
+        raise BenchError("no arrival rates given")
     for rate in rates:
         if rate is not None and not (math.isfinite(rate) and rate > 0):
-            raise SystemExit(f"error: arrival rates must be positive (or 'burst'), got {rate}")
+            raise BenchError(f"arrival rates must be positive (or 'burst'), got {rate}")
     # Lowest load first; burst is the highest.
     rates = tuple(sorted(rates, key=lambda r: math.inf if r is None else r))
     requests = args.requests or preset.requests
     output_cap = args.output_cap or preset.output_cap
     if requests < 1 or output_cap < 1:
-        raise SystemExit("error: --requests and --output-cap must be at least 1")
+        raise BenchError("--requests and --output-cap must be at least 1")
     if args.probe is None and SHIPPED_PROBE.is_file():  # the probe trained for the bundled model
         args.probe = SHIPPED_PROBE
     if args.probe is not None and not args.probe.is_file():
-        raise SystemExit(f"error: probe file {args.probe} not found")
+        raise BenchError(f"probe file {args.probe} not found")
     if args.prompts is not None and not args.prompts.is_file():
-        raise SystemExit(f"error: prompts file {args.prompts} not found")
+        raise BenchError(f"prompts file {args.prompts} not found")
     names = [n.strip() for n in args.policies.split(",") if n.strip()] if args.policies else list(P.DEFAULT_POLICIES)
     c_sweep = _floats(args.c_sweep) if args.c_sweep is not None else preset.c_sweep
-    try:
-        entries, notes = P.resolve(names, c_sweep, have_probe=args.probe is not None, explicit=bool(args.policies))
-    except P.PolicyError as error:
-        raise SystemExit(f"error: {error}") from None
+    entries, notes = P.resolve(names, c_sweep, have_probe=args.probe is not None, explicit=bool(args.policies))
     trail_endpoint = stock_endpoint = None
-    try:
-        if args.trail_endpoint:
-            if not args.admin_endpoint:
-                raise SystemExit("error: --trail-endpoint needs --admin-endpoint (policies are switched through it)")
-            token = (
-                args.admin_token_file.read_text().strip()
-                if args.admin_token_file
-                else os.environ.get("TRAIL_ADMIN_TOKEN", "").strip()
-            )
-            if not token:
-                raise SystemExit("error: the admin API needs a token: --admin-token-file or TRAIL_ADMIN_TOKEN")
-            trail_endpoint = Server(check_loopback(args.trail_endpoint), check_loopback(args.admin_endpoint), token)
-        if args.stock_endpoint:
-            stock_endpoint = Server(check_loopback(args.stock_endpoint))
-        for server in (trail_endpoint, stock_endpoint):
-            if server is not None:
-                server.served_model()  # reachable and OpenAI-compatible, before any work
-    except EndpointError as error:
-        raise SystemExit(f"error: {error}") from None
+    if args.trail_endpoint:
+        if not args.admin_endpoint:
+            raise BenchError("--trail-endpoint needs --admin-endpoint (policies are switched through it)")
+        token = (
+            args.admin_token_file.read_text().strip()
+            if args.admin_token_file
+            else os.environ.get("TRAIL_ADMIN_TOKEN", "").strip()
+        )
+        if not token:
+            raise BenchError("the admin API needs a token: --admin-token-file or TRAIL_ADMIN_TOKEN")
+        trail_endpoint = Server(check_loopback(args.trail_endpoint), check_loopback(args.admin_endpoint), token)
+    if args.stock_endpoint:
+        stock_endpoint = Server(check_loopback(args.stock_endpoint))
+    for server in (trail_endpoint, stock_endpoint):
+        if server is not None:
+            server.served_model()  # reachable and OpenAI-compatible, before any work
     output = args.output or Path("bench-results") / time.strftime("%Y%m%d-%H%M%S")
     return BenchConfig(
         preset=args.preset or "full",
@@ -268,21 +264,19 @@ class PreemptionWatcher:
         self.observed = 0  # preemptions seen by the poll (the rest are extrapolated)
 
     async def _poll(self) -> None:
-        async with httpx.AsyncClient(
-            base_url=self.server.admin, timeout=10, headers={"Authorization": f"Bearer {self.server.token}"}
-        ) as client:
+        async with self.server.admin_client(timeout=10) as client:
             while True:
                 try:
-                    stats = (await client.get("/trail/v1/stats")).json()
-                    for item in stats["running"] + stats["waiting"]:
-                        match = _BENCH_ID.search(item["requestId"])
+                    stats = await client.stats()
+                    for item in stats.running + stats.waiting:
+                        match = _BENCH_ID.search(item.request_id)
                         if match:
-                            index, count = int(match.group(2)), item["preemptions"]
+                            index, count = int(match.group(2)), item.preemptions
                             new = count - self.seen.get(index, 0)
                             if new > 0:
-                                self.generated.setdefault(index, []).extend([item["generatedTokens"]] * new)
+                                self.generated.setdefault(index, []).extend([item.generated_tokens] * new)
                                 self.seen[index] = count
-                except (httpx.HTTPError, KeyError, ValueError):
+                except (AdminError, ValueError):
                     pass
                 await asyncio.sleep(self.interval)
 
@@ -362,13 +356,10 @@ def run_bench(config: BenchConfig) -> dict:
     config.output.mkdir(parents=True, exist_ok=True)
     logs = Path(tempfile.mkdtemp(prefix="trail-bench-logs-", dir=config.output))
     model_path = prepare_bundled_model()
-    try:
-        pool = load_prompts(config.prompts)
-        prompts = sample_prompts(
-            pool, config.requests, config.seed, config.max_prompt_tokens, count_tokens=chat_token_counter(model_path)
-        )
-    except WorkloadError as error:
-        raise SystemExit(f"error: {error}") from None
+    pool = load_prompts(config.prompts)
+    prompts = sample_prompts(
+        pool, config.requests, config.seed, config.max_prompt_tokens, count_tokens=chat_token_counter(model_path)
+    )
     engine_args = ("--max-num-seqs", str(config.max_num_seqs))
     runs = [(e, r) for e in config.entries for r in config.rates_for(e)]
     report: dict = {
@@ -424,15 +415,12 @@ def run_bench(config: BenchConfig) -> dict:
                     server = start_trail_serve(logs, "--probe", "none", *layer, *engine_args)
                 engine_scope.callback(server.stop)
                 progress.remove_task(starting)
-            try:
-                model = server.served_model()
-            except EndpointError as error:
-                raise SystemExit(f"error: {error}") from None
+            model = server.served_model()
             if engine == P.TRAIL:
                 current = server.configure(policy="fcfs")
-                if current.get("probe") is not None and any(not e.probe for e in engine_entries):
-                    raise SystemExit(
-                        "error: the trail endpoint already has a probe loaded; prompt-only policies "
+                if current.probe is not None and any(not e.probe for e in engine_entries):
+                    raise BenchError(
+                        "the trail endpoint already has a probe loaded; prompt-only policies "
                         "need an engine without one (start trail serve without --probe)"
                     )
             if lengths is None:  # profile once, on the first engine

@@ -8,25 +8,31 @@ scheduler, for the "stock FCFS" baseline). The stock command line is derived fro
 
 from __future__ import annotations
 
-import argparse
+import asyncio
 import base64
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 
+from trail_scheduler.admin_client import AdminClient
+from trail_scheduler.api import ConfigView, StatsView
+from trail_scheduler.errors import TrailError
+
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
-TRAIL_ONLY_FLAGS = ("--scheduler-cls", "--worker-cls", "--scheduling-policy", "--additional-config")
 START_TIMEOUT_S = 300.0
+T = TypeVar("T")
 
 
-class EndpointError(RuntimeError):
+class EndpointError(TrailError):
     """An endpoint that cannot be used (not loopback, unreachable, or refusing)."""
 
 
@@ -44,24 +50,20 @@ def check_loopback(url: str) -> str:
     return url.rstrip("/")
 
 
-def parse_metrics(text: str) -> dict[str, list[tuple[str, float]]]:
-    """Prometheus text → {metric name: [(label text, value), …]}."""
-    samples: dict[str, list[tuple[str, float]]] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        sample, _, value = line.rpartition(" ")
-        name, _, labels = sample.partition("{")
-        try:
-            samples.setdefault(name, []).append((labels, float(value)))
-        except ValueError:
-            continue
+def parse_metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Prometheus text → {sample name: [(labels, value), …]} (``_total``, ``_sum``, ``_count`` kept)."""
+    from prometheus_client.parser import text_string_to_metric_families  # the engine stack's, not the operator's
+
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
     return samples
 
 
-def metric_sum(samples: dict[str, list[tuple[str, float]]], name: str, **labels: str) -> float:
+def metric_sum(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
     """Sum of a metric's samples whose labels include ``labels`` (0 if absent)."""
-    return sum(v for text, v in samples.get(name, []) if all(f'{k}="{x}"' in text for k, x in labels.items()))
+    return sum(value for found, value in samples.get(name, []) if labels.items() <= found.items())
 
 
 @dataclass
@@ -74,29 +76,34 @@ class Server:
     log: Path | None = None
     process: subprocess.Popen | None = field(default=None, repr=False)
 
-    def admin_client(self) -> httpx.Client:
+    def admin_client(self, timeout: float = 60.0) -> AdminClient:
         if self.admin is None:
             raise EndpointError(f"{self.base} has no TRAIL admin API (stock vLLM?)")
-        return httpx.Client(base_url=self.admin, headers={"Authorization": f"Bearer {self.token}"}, timeout=60)
+        return AdminClient(self.admin, self.token, timeout=timeout)
 
-    def configure(self, **settings) -> dict:
-        """PUT the admin API's settings (camelCase fields); raise with the server's reason."""
-        with self.admin_client() as client:
-            reply = client.put("/trail/v1/config", json=settings)
-        if reply.status_code != 200:
-            raise EndpointError(f"{self.admin} refused {sorted(settings)}: {reply.status_code} {reply.text}")
-        return reply.json()
+    def _admin(self, call: Callable[[AdminClient], Awaitable[T]]) -> T:
+        """One admin call from synchronous code (the bench and the engine tests are)."""
 
-    def load_probe(self, path: Path) -> dict:
+        async def run() -> T:
+            async with self.admin_client() as client:
+                return await call(client)
+
+        return asyncio.run(run())
+
+    def config(self) -> ConfigView:
+        return self._admin(lambda client: client.config())
+
+    def configure(self, **settings) -> ConfigView:
+        """PUT the admin API's settings (camelCase fields); AdminError says why the server refused."""
+        return self._admin(lambda client: client.update(settings))
+
+    def load_probe(self, path: Path) -> ConfigView:
         return self.configure(probe={"data": base64.b64encode(Path(path).read_bytes()).decode()})
 
-    def stats(self) -> dict:
-        with self.admin_client() as client:
-            reply = client.get("/trail/v1/stats")
-        reply.raise_for_status()
-        return reply.json()
+    def stats(self) -> StatsView:
+        return self._admin(lambda client: client.stats())
 
-    def metrics(self) -> dict[str, list[tuple[str, float]]]:
+    def metrics(self) -> dict[str, list[tuple[dict[str, str], float]]]:
         return parse_metrics(httpx.get(f"{self.base}/metrics", timeout=30).text)
 
     def metric(self, name: str, **labels: str) -> float:
@@ -158,20 +165,8 @@ def start_trail_serve(log_dir: Path, *extra: str, token: str = "bench-token") ->
 def stock_vllm_argv(port: int, *extra: str) -> list[str]:
     """Stock vLLM's server arguments: exactly what ``trail serve`` would pass, minus TRAIL's flags."""
     from trail_scheduler.server.serve import vllm_argv
-    from trail_scheduler.vllm.engine_config import TrailEngineConfig
 
-    args = argparse.Namespace(model=None, port=port, extra_args=list(extra))
-    argv = vllm_argv(args, TrailEngineConfig())
-    stock: list[str] = []
-    skip = False
-    for item in argv:
-        if skip:
-            skip = False
-        elif item in TRAIL_ONLY_FLAGS:
-            skip = True
-        else:
-            stock.append(item)
-    return stock
+    return vllm_argv(None, port, list(extra), None)
 
 
 def start_stock_vllm(log_dir: Path, *extra: str) -> Server:

@@ -20,14 +20,15 @@ from pathlib import Path
 
 import httpx
 
-from trail_scheduler.assets import cache_dir, sharegpt_first_turns, unique_prompts
+from trail_scheduler.assets import cache_dir, read_prompt_file, sharegpt_first_turns, unique_prompts
+from trail_scheduler.errors import TrailError
 from trail_scheduler.predictors import SHIPPED_BENCHMARK_SPLIT
 
 DEFAULT_OUTPUT_CAP = 512
 MAX_PROMPT_TOKENS = 1024  # prompt + answer must fit max-model-len 2048
 
 
-class WorkloadError(ValueError):
+class WorkloadError(TrailError):
     """A workload that cannot be built (no prompts, bad file, bad rate)."""
 
 
@@ -48,27 +49,12 @@ class BenchRequest:
 
 
 def load_prompts(path: Path | None = None) -> list[Prompt]:
-    """Prompts from a JSONL file of ``{"id", "prompt"}``, or the shipped ShareGPT benchmark split."""
+    """Prompts from a JSONL file (see :func:`~trail_scheduler.assets.read_prompt_file`), or the
+    shipped ShareGPT benchmark split; ids must be unique (they key the profiled lengths)."""
     if path is None:
         prompts, source = benchmark_split_prompts(), f"the ShareGPT benchmark split ({SHIPPED_BENCHMARK_SPLIT.name})"
     else:
-        source = str(path)
-        try:
-            lines = Path(path).read_text().splitlines()
-        except OSError as error:
-            raise WorkloadError(f"cannot read prompts {path}: {error.strerror}") from None
-        prompts = []
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                prompts.append(Prompt(str(record["id"]), str(record["prompt"])))
-            except (ValueError, KeyError, TypeError) as error:
-                raise WorkloadError(
-                    f'{path}:{number}: expected a JSON object with "id" and "prompt" ({error})'
-                ) from None
-    prompts = [p for p in prompts if p.prompt.strip()]
+        prompts, source = [Prompt(*pair) for pair in read_prompt_file(path)], str(path)
     if not prompts:
         raise WorkloadError(f"no prompts in {source}")
     if len({p.id for p in prompts}) != len(prompts):
@@ -216,21 +202,20 @@ def profile_lengths(
 
 
 def length_summary(lengths: Sequence[int], cap: int) -> dict:
-    """The distribution a length-aware scheduler has to work with."""
-    ordered = sorted(lengths)
-    n = len(ordered)
-    quantile = lambda q: ordered[min(n - 1, int(q * (n - 1) + 0.5))]  # noqa: E731
-    mean = sum(ordered) / n
-    std = math.sqrt(sum((x - mean) ** 2 for x in ordered) / n)
+    """The distribution a length-aware scheduler has to work with (quantiles as in the run summaries)."""
+    import numpy as np  # here: `trail operator run` builds this command's parser without the engine stack
+
+    values = np.asarray(lengths, dtype=np.float64)
+    p25, median, p75 = np.percentile(values, [25, 50, 75]).tolist()
     return {
-        "count": n,
-        "mean": mean,
-        "std": std,
-        "min": ordered[0],
-        "p25": quantile(0.25),
-        "median": quantile(0.5),
-        "p75": quantile(0.75),
-        "max": ordered[-1],
-        "at_cap": sum(1 for x in ordered if x >= cap),
+        "count": len(values),
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "min": int(values.min()),
+        "p25": p25,
+        "median": median,
+        "p75": p75,
+        "max": int(values.max()),
+        "at_cap": int((values >= cap).sum()),
         "cap": cap,
     }

@@ -6,7 +6,8 @@ Layout (format_version 1):
   ``fc2.weight`` ``[K, hidden_units]``, ``fc2.bias`` ``[K]``, all float32;
 - the safetensors header's ``__metadata__["trail"]`` holds a JSON object with
   ``format_version``, ``model`` (what it was trained for), ``hidden_size``, ``layer``
-  (0-based index of the decoder layer whose output it reads), ``hidden_units``,
+  (the residual stream it reads, after ``layer`` decoder layers, as vLLM's auxiliary
+  hidden states and Hugging Face's ``hidden_states[layer]`` count), ``hidden_units``,
   ``bin_edges`` (:meth:`LengthBins.to_list`, ``"inf"`` for an open top bin), ``training``
   (free-form: recipe, epochs, data, metrics) and ``weights_sha256``: sha256 over the
   tensors' raw little-endian float32 bytes, concatenated in the order above.
@@ -29,6 +30,7 @@ from typing import Any
 import torch
 
 from trail_scheduler.core.bins import LengthBins
+from trail_scheduler.errors import TrailError
 from trail_scheduler.probe.model import LengthProbe
 
 FORMAT_VERSION = 1
@@ -48,7 +50,7 @@ _MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class ProbeFileError(ValueError):
+class ProbeFileError(TrailError):
     """A probe file that cannot be used, with a message saying exactly why."""
 
 

@@ -21,9 +21,14 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from trail_scheduler.api import PolicyName, SchedulerSettings, explain, read_settings_file
-from trail_scheduler.vllm.engine_config import SCHEDULER_CLS, TrailEngineConfig
+from trail_scheduler.errors import TrailError
+from trail_scheduler.vllm.engine_config import TRAIL_ENGINE_ARGS, TrailEngineConfig, engine_args
 
 logger = logging.getLogger("trail.serve")
+
+
+class ServeError(TrailError):
+    """A ``trail serve`` flag or file that cannot be used."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,9 +71,9 @@ def scheduler_settings(args: argparse.Namespace) -> tuple[SchedulerSettings, str
         try:
             update = read_settings_file(Path(args.scheduler_config).read_text())
         except ValidationError as error:
-            raise SystemExit(f"error: invalid --scheduler-config {args.scheduler_config}: {explain(error)}") from None
+            raise ServeError(f"invalid --scheduler-config {args.scheduler_config}: {explain(error)}") from None
         except (OSError, ValueError) as error:
-            raise SystemExit(f"error: invalid --scheduler-config {args.scheduler_config}: {error}") from None
+            raise ServeError(f"invalid --scheduler-config {args.scheduler_config}: {error}") from None
         settings = update.applied_to(settings)
         generation = update.generation or 0
         if update.probe is not None and probe_path is None and not no_probe:
@@ -77,7 +82,7 @@ def scheduler_settings(args: argparse.Namespace) -> tuple[SchedulerSettings, str
             try:
                 payload = fetch_probe(update.probe)
             except ProbeFetchError as error:
-                raise SystemExit(f"error: probe in {args.scheduler_config}: {error}") from None
+                raise ServeError(f"probe in {args.scheduler_config}: {error}") from None
             handle = tempfile.NamedTemporaryFile(prefix="trail-probe-", suffix=".safetensors", delete=False)
             handle.write(payload)
             handle.close()
@@ -86,7 +91,7 @@ def scheduler_settings(args: argparse.Namespace) -> tuple[SchedulerSettings, str
     try:
         settings = SchedulerSettings.model_validate({**settings.model_dump(), **flags})
     except ValidationError as error:
-        raise SystemExit(f"error: {explain(error, '--')}") from None
+        raise ServeError(explain(error, "--")) from None
     if probe_path is None and not no_probe and args.model is None and args.probe_layer is None:
         probe_path = _shipped("SHIPPED_PROBE")  # trained for the bundled model
     return settings, probe_path, generation
@@ -112,7 +117,7 @@ def load_prompt_predictor_arg(args: argparse.Namespace):
     try:
         predictor = load_prompt_predictor(path)
     except ProbeFileError as error:
-        raise SystemExit(f"error: --prompt-predictor: {error}") from None
+        raise ServeError(f"--prompt-predictor: {error}") from None
     predictor.estimate_one("warm-up")  # load the encoder now, not on the first request
     return predictor
 
@@ -170,43 +175,30 @@ def _has_flag(argv: list[str], flag: str) -> bool:
     return any(a == flag or a.startswith(flag + "=") for a in argv)
 
 
-def vllm_argv(args: argparse.Namespace, engine_config: TrailEngineConfig) -> list[str]:
-    """vLLM's arguments: the user's, plus TRAIL's defaults for what they left unset."""
-    from vllm.platforms import current_platform
+def vllm_argv(model: str | None, port: int, user_argv: list[str], engine_config: TrailEngineConfig | None) -> list[str]:
+    """vLLM's server arguments: the user's, plus the engine's defaults for what they left
+    unset, plus TRAIL's own (``engine_config`` None: stock vLLM's)."""
+    reserved = {name: _flag(name) for name in TRAIL_ENGINE_ARGS}
+    for flag in reserved.values():
+        if _has_flag(user_argv, flag):
+            raise ServeError(f"trail serve sets {flag} itself")
+    defaults, trail = [], []
+    for name, value in engine_args(model, engine_config).items():
+        if name in reserved:
+            trail += _as_argv(name, value)
+        elif name == "model" or not _has_flag(user_argv, _flag(name)):
+            defaults += _as_argv(name, value)
+    return [*defaults, "--port", str(port), *user_argv, *trail]
 
-    from trail_scheduler.assets import BUNDLED_MODEL_NAME, prepare_bundled_model
 
-    argv = list(args.extra_args)
-    for flag in ("--scheduler-cls", "--worker-cls", "--scheduling-policy", "--additional-config"):
-        if _has_flag(argv, flag):
-            raise SystemExit(f"error: trail serve sets {flag} itself")
-    model = args.model
-    defaults: list[tuple[str, str | None]] = []
-    if model is None:
-        model = str(prepare_bundled_model())
-        defaults += [("--served-model-name", BUNDLED_MODEL_NAME), ("--max-model-len", "2048")]
-    cpu = current_platform.is_cpu()
-    worker = "TrailCPUWorker" if cpu else "TrailGPUWorker"
-    if cpu:  # float32 (no native bf16 here), eager start, a fixed 1 GiB KV cache in host memory
-        defaults += [("--dtype", "float32"), ("--enforce-eager", None), ("--kv-cache-memory-bytes", str(2**30))]
-    if Path(model).is_dir():  # a local checkpoint needs no hub (and there may be none)
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    result = ["--model", model, "--port", str(args.port)]
-    for flag, value in defaults:
-        if not _has_flag(argv, flag):
-            result += [flag] if value is None else [flag, value]
-    result += argv
-    result += [
-        "--scheduler-cls",
-        SCHEDULER_CLS,
-        "--worker-cls",
-        f"trail_scheduler.vllm.worker.{worker}",
-        "--scheduling-policy",
-        "priority",
-        "--additional-config",
-        json.dumps(engine_config.to_additional_config()),
-    ]
-    return result
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _as_argv(name: str, value) -> list[str]:
+    if value is True:
+        return [_flag(name)]
+    return [_flag(name), json.dumps(value) if isinstance(value, dict) else str(value)]
 
 
 def _admin_server(app, host: str, port: int):
@@ -257,12 +249,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings, probe_path, generation = scheduler_settings(args)
     if probe_path is not None:
-        from trail_scheduler.probe import ProbeFileError, load_probe
+        from trail_scheduler.probe import load_probe
 
-        try:
-            load_probe(probe_path)
-        except ProbeFileError as error:
-            raise SystemExit(f"error: {error}") from None
+        load_probe(probe_path)  # a bad file stops here, before the engine starts
     engine_config = TrailEngineConfig(
         settings=settings, probe_path=probe_path, probe_layer=args.probe_layer, generation=generation
     )
@@ -270,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
     token = admin_token(args)
     cli_env_setup()
     parser = make_arg_parser(FlexibleArgumentParser(prog="trail serve"))
-    vllm_args = parser.parse_args(vllm_argv(args, engine_config))
+    vllm_args = parser.parse_args(vllm_argv(args.model, args.port, args.extra_args, engine_config))
     validate_parsed_serve_args(vllm_args)
     logger.info(
         "TRAIL %s (c=%s, predict every %d) on %s",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 
@@ -72,18 +71,12 @@ def add_probe_commands(probe_sub) -> None:
 
 def _collect(args) -> int:
     from trail_scheduler.training.collect import collect
-    from trail_scheduler.training.data import CollectionError
     from trail_scheduler.training.options import CollectOptions
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     fields = CollectOptions.__dataclass_fields__
     options = CollectOptions(**{k: v for k, v in vars(args).items() if k in fields})
-    try:
-        summary = collect(options)
-    except CollectionError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(collect(options), indent=2))
     return 0
 
 
@@ -157,16 +150,8 @@ def add_training_commands(probe_sub, sub) -> None:
 
 
 def _run(work) -> int:
-    from trail_scheduler.probe import ProbeFileError
-    from trail_scheduler.training.data import CollectionError
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        result = work()
-    except (CollectionError, ProbeFileError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2))
+    print(json.dumps(work(), indent=2))
     return 0
 
 

@@ -16,7 +16,7 @@ import random
 import time
 from pathlib import Path
 
-from trail_scheduler.assets import sharegpt_first_turns, unique_prompts
+from trail_scheduler.assets import read_prompt_file, sharegpt_first_turns, unique_prompts
 from trail_scheduler.training.data import SPLITS, Collection, CollectionError
 from trail_scheduler.training.options import CollectOptions
 
@@ -51,21 +51,7 @@ def resolve_layers(layers, num_layers: int) -> tuple[int, ...]:
 def read_prompts(options: CollectOptions) -> list[tuple[str, str]]:
     """(id, user message) pairs, de-duplicated by text."""
     if options.prompts_file is not None:
-        path = Path(options.prompts_file)
-        if not path.exists():
-            raise CollectionError(f"prompt file not found: {path}")
-        rows = []
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                text = row["prompt"] if isinstance(row, dict) else None
-            except (json.JSONDecodeError, KeyError):
-                text = None
-            if not isinstance(text, str) or not text.strip():
-                raise CollectionError(f'{path}:{number}: expected a JSON object with a non-empty "prompt" string')
-            rows.append((str(row.get("id", f"{path.stem}-{number}")), text.strip()))
+        rows = read_prompt_file(options.prompts_file)
     else:
         rows = list(sharegpt_first_turns(limit=options.pool))
     unique = unique_prompts(rows[: options.pool] if options.pool else rows)
@@ -210,16 +196,8 @@ def collect(options: CollectOptions) -> dict:
     logger.info("collecting %d prompts (%d already done) into %s", len(todo), summary["skipped_done"], output)
     results, seconds = _run_engine(options, info, todo)
     # The runner derives each length from the states it saw; vLLM reports its own.
-    collection = Collection(output)
-    mismatched = 0
-    for path, meta in collection.shards():
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            lengths = handle.get_tensor("lengths").tolist()
-        for prompt_id, length in zip(meta["ids"], lengths):
-            if prompt_id in results and results[prompt_id]["length"] != length:
-                mismatched += 1
+    lengths = Collection(output).lengths()
+    mismatched = sum(1 for i, result in results.items() if i in lengths and lengths[i] != result["length"])
     if mismatched:
         raise CollectionError(
             f"{mismatched} collected requests have a state count that disagrees with vLLM's output length"
@@ -242,11 +220,10 @@ def _run_engine(options: CollectOptions, info: dict, todo: list[dict]) -> tuple[
     from tqdm import tqdm
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
-    from vllm.platforms import current_platform
 
     from trail_scheduler.core.policy import SchedulerSettings
     from trail_scheduler.vllm.collector import flush_worker
-    from trail_scheduler.vllm.engine_config import SCHEDULER_CLS, TrailEngineConfig
+    from trail_scheduler.vllm.engine_config import TrailEngineConfig, engine_args
     from trail_scheduler.vllm.runner import COLLECT_ID_ARG
 
     engine_config = TrailEngineConfig(
@@ -255,24 +232,18 @@ def _run_engine(options: CollectOptions, info: dict, todo: list[dict]) -> tuple[
         collect_layers=tuple(info["layers"]),
         collect_shard_size=options.shard_size,
     )
-    cpu = current_platform.is_cpu()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # The flush below hands the engine-core process a function (pickled); the engine core
     # is this process's own child. (An in-process engine core ran 3x slower on 2 cores.)
     os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
     llm = LLM(
-        model=info["model_path"],
-        dtype="float32" if cpu else "auto",
-        enforce_eager=cpu,
-        max_model_len=options.max_prompt_tokens + options.max_tokens,
-        max_num_seqs=options.max_num_seqs,
-        scheduler_cls=SCHEDULER_CLS,
-        worker_cls=f"trail_scheduler.vllm.worker.{'TrailCPUWorker' if cpu else 'TrailGPUWorker'}",
-        scheduling_policy="priority",
-        additional_config=engine_config.to_additional_config(),
-        distributed_executor_backend="uni",
-        kv_cache_memory_bytes=int(options.kv_cache_gib * 2**30),
-        seed=options.seed,
+        **engine_args(info["model_path"], engine_config)
+        | dict(
+            max_model_len=options.max_prompt_tokens + options.max_tokens,
+            max_num_seqs=options.max_num_seqs,
+            distributed_executor_backend="uni",
+            kv_cache_memory_bytes=int(options.kv_cache_gib * 2**30),
+            seed=options.seed,
+        )
     )
     tokenizer = llm.get_tokenizer()
     engine = llm.llm_engine

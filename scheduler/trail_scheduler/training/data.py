@@ -21,12 +21,13 @@ import numpy as np
 import torch
 
 from trail_scheduler.core.bins import LengthBins
+from trail_scheduler.errors import TrailError
 from trail_scheduler.vllm.collector import SHARD_GLOB, SHARD_METADATA_KEY
 
 SPLITS = ("train", "validation", "test", "benchmark")
 
 
-class CollectionError(ValueError):
+class CollectionError(TrailError):
     """A collection folder or input that cannot be used, with the reason."""
 
 
@@ -89,11 +90,18 @@ class Collection:
     def shards(self) -> list[tuple[Path, dict]]:
         return [(p, _shard_metadata(p)) for p in sorted((self.directory / "shards").glob(SHARD_GLOB))]
 
+    def lengths(self) -> dict[str, int]:
+        """Answer length of every collected request, by id."""
+        from safetensors import safe_open
+
+        lengths: dict[str, int] = {}
+        for path, meta in self.shards():
+            with safe_open(str(path), framework="pt") as handle:
+                lengths.update(zip(meta["ids"], handle.get_tensor("lengths").tolist()))
+        return lengths
+
     def collected_ids(self) -> set[str]:
         return {i for _, meta in self.shards() for i in meta["ids"]}
-
-    def split_of(self) -> dict[str, str]:
-        return {i: name for name in SPLITS for i in self.split["ids"].get(name, [])}
 
     def prompts(self) -> dict[str, dict]:
         with (self.directory / "prompts.jsonl").open() as handle:
@@ -108,18 +116,18 @@ class Collection:
         wanted = set(self.split["ids"].get(split, []))
         li = self.layers.index(layer)
         ids, lengths, means, tokens, counts = [], [], [], [], []
+        answer_lengths = self.lengths()
         for path, meta in self.shards():
             keep = [r for r, i in enumerate(meta["ids"]) if i in wanted]
             if not keep:
                 continue
             with safe_open(str(path), framework="pt") as handle:
                 offsets = handle.get_tensor("offsets").numpy()
-                shard_lengths = handle.get_tensor("lengths").numpy()
                 mean = handle.get_slice("prompt_mean")[li].float()
                 shard_tokens = handle.get_slice("tokens")[li]
             for r in keep:
                 ids.append(meta["ids"][r])
-                lengths.append(int(shard_lengths[r]))
+                lengths.append(answer_lengths[meta["ids"][r]])
                 means.append(mean[r])
                 tokens.append(shard_tokens[offsets[r] : offsets[r + 1]])
                 counts.append(int(offsets[r + 1] - offsets[r]))

@@ -27,17 +27,6 @@ def _split_data(collection: Collection, split: str, prompts: dict, lengths: dict
     return ids, texts, labels, torch.from_numpy(truth)
 
 
-def collected_lengths(collection: Collection) -> dict[str, int]:
-    """Answer length of every collected request."""
-    from safetensors import safe_open
-
-    lengths = {}
-    for path, meta in collection.shards():
-        with safe_open(str(path), framework="pt") as handle:
-            lengths.update(zip(meta["ids"], handle.get_tensor("lengths").tolist()))
-    return lengths
-
-
 def train_prompt_predictor(directory, output, bins: LengthBins | None = None, recipe=None) -> dict:
     """``trail prompt-predictor train``: fit the head on the collection's train split."""
     from trail_scheduler.training.train import Recipe, default_bins, fit, mae
@@ -46,7 +35,7 @@ def train_prompt_predictor(directory, output, bins: LengthBins | None = None, re
     collection = Collection(directory)
     bins = bins or default_bins(collection)
     recipe = recipe or Recipe(epochs=30, lr=1e-3, hidden_units=HEAD_UNITS)
-    prompts, lengths = collection.prompts(), collected_lengths(collection)
+    prompts, lengths = collection.prompts(), collection.lengths()
     train_ids, train_texts, y, _ = _split_data(collection, "train", prompts, lengths, bins)
     val_ids, val_texts, _, val_truth = _split_data(collection, "validation", prompts, lengths, bins)
     x = embed(train_texts, progress=True)

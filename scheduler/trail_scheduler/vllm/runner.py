@@ -20,6 +20,7 @@ from functools import cache
 
 import numpy as np
 import torch
+from vllm.distributed.parallel_state import get_pp_group, get_tp_group
 from vllm.v1.outputs import AsyncModelRunnerOutput
 
 from trail_scheduler.probe import LoadedProbe, ProbeFileError, check_fits, load_probe
@@ -84,6 +85,10 @@ class TrailCaptureMixin:
     def load_model(self, *args, **kwargs) -> None:
         super().load_model(*args, **kwargs)
         config = TrailEngineConfig.from_vllm_config(self.vllm_config)
+        # Under tensor (and pipeline) parallelism every worker of the last stage holds the
+        # whole residual stream, but vLLM returns the output of its first worker only: that
+        # one runs the probe and collects; the others capture alike and skip the work.
+        self.trail_reports = get_tp_group().rank_in_group == 0 and get_pp_group().is_last_rank
         probe = load_probe(config.probe_path) if config.probe_path else None
         layer = capture_layer(config, probe, self.model_config)
         if not hasattr(self.model, "set_aux_hidden_state_layers"):
@@ -94,7 +99,7 @@ class TrailCaptureMixin:
             )
         self.trail_collector = None
         layers = {layer}
-        if config.collect_dir:
+        if config.collect_dir and self.trail_reports:
             from trail_scheduler.vllm.collector import RequestCollector
 
             check_layers(config.collect_layers, self.model_config)
@@ -107,7 +112,7 @@ class TrailCaptureMixin:
         self.trail_layer = layer
         self.trail_predict_every = config.settings.predict_every
         self.trail_prompt_sums: dict[str, tuple[torch.Tensor, int]] = {}
-        if config.collect_dir:
+        if config.collect_dir and self.trail_reports:
             self.trail_collector = RequestCollector(
                 config.collect_dir,
                 layers=config.collect_layers,
@@ -132,7 +137,7 @@ class TrailCaptureMixin:
 
     def sample_tokens(self, *args, **kwargs):
         evidence = None
-        if self.execute_model_state is not None:
+        if self.execute_model_state is not None and self.trail_reports:
             if self.trail_collector is not None:
                 self._trail_collect()
             evidence = self._trail_read_evidence()

@@ -1,0 +1,203 @@
+"""The operator's decisions as pure functions: no API server, no sleeps."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime
+
+import pytest
+
+from trail_operator import builders
+from trail_operator.apply import LAST_APPLIED, OwnershipError, Write, merge_patch, needs_write, plan, with_record
+from trail_operator.builders import Images, Owner
+from trail_operator.reconcile import ProbeSourceError, backoff, desire, probe_bytes
+from trail_operator.retune import PodReport, PodTarget, in_sync, ready_targets
+from trail_operator.spec import SecretKeyRef, parse_spec
+from trail_operator.status import Observation, compute_status
+
+OWNER = Owner("s", "ml", "uid-1")
+T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+T1 = T0 + datetime.timedelta(minutes=5)
+
+
+# --- apply: merge patches and the write plan -------------------------------------------
+
+
+def test_merge_patch_nulls_dropped_keys_and_replaces_lists():
+    last = {"a": 1, "b": {"c": 2, "d": 3}, "l": [1, 2]}
+    desired = {"a": 1, "b": {"c": 5}, "l": [3]}
+    assert merge_patch(last, desired) == {"a": 1, "b": {"c": 5, "d": None}, "l": [3]}
+    assert merge_patch(None, {"x": {"y": 1}}) == {"x": {"y": 1}}
+
+
+def configmap(data, owner_uid="uid-1"):
+    obj = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm", "namespace": "ml"}, "data": data}
+    live = with_record(obj)
+    live["metadata"]["ownerReferences"] = [{"uid": owner_uid, "controller": True}]
+    return obj, live
+
+
+def test_needs_write_compares_with_what_was_applied_not_with_the_live_object():
+    desired, live = configmap({"k": "v"})
+    live["metadata"]["resourceVersion"] = "7"  # server-side fields do not matter
+    live["status"] = {"anything": 1}
+    assert not needs_write(live, desired)
+    assert needs_write(live, {**desired, "data": {"k": "w"}})
+    assert needs_write(None, desired)
+    del live["metadata"]["annotations"][LAST_APPLIED]
+    assert needs_write(live, desired)  # no record: write to take the object over
+
+
+def test_plan_creates_missing_patches_changed_and_skips_unchanged():
+    same, live_same = configmap({"k": "v"})
+    old, live_old = configmap({"k": "v", "gone": "x"})
+    changed = {**copy.deepcopy(old), "data": {"k": "w"}}
+    missing = {**copy.deepcopy(same), "kind": "Secret"}
+    writes = plan("uid-1", [same, changed, missing], [live_same, live_old, None])
+    assert [(w.verb, w.kind) for w in writes] == [("patch", "ConfigMap"), ("create", "Secret")]
+    patch = writes[0].body
+    assert patch["data"] == {"k": "w", "gone": None}
+    assert LAST_APPLIED in patch["metadata"]["annotations"]
+    assert writes[1] == Write("create", "Secret", "cm", with_record(missing))
+
+
+def test_plan_refuses_everything_when_one_object_is_someone_elses():
+    mine, live_mine = configmap({"k": "v"})
+    _, foreign = configmap({"k": "v"}, owner_uid="other")
+    with pytest.raises(OwnershipError, match="not controlled by this LLMServer"):
+        plan("uid-1", [{**mine, "data": {"k": "new"}}, mine], [live_mine, foreign])
+
+
+# --- reconcile: desired state from the spec and what exists ----------------------------
+
+
+def test_desire_keeps_token_and_generation_until_the_settings_change(cpu_example):
+    spec = parse_spec(cpu_example["spec"])
+    first = desire(OWNER, spec, Images(), 1, [None, None, None, None], None)
+    assert first.scheduler_generation == 1 and first.settings["generation"] == 1
+    secret, configmap_, service, deployment = first.objects
+    assert builders.secret_token(secret) == first.token
+    owned = [secret, configmap_, service, deployment]
+    live = [with_record(o) for o in owned]  # as the pass wrote them
+
+    again = desire(OWNER, spec, Images(), 5, owned, None)  # metadata.generation moved, settings did not
+    assert (again.token, again.scheduler_generation) == (first.token, 1)
+    assert plan(OWNER.uid, again.objects, live) == []
+
+    edited = parse_spec({**cpu_example["spec"], "scheduler": {**cpu_example["spec"]["scheduler"], "c": 2.5}})
+    bumped = desire(OWNER, edited, Images(), 5, owned, None)
+    assert bumped.scheduler_generation == 5 and bumped.settings["c"] == 2.5
+    writes = plan(OWNER.uid, bumped.objects, live)
+    assert [w.kind for w in writes] == ["ConfigMap"]  # a c edit never touches the Deployment
+
+
+def test_probe_bytes_from_binary_data_then_data():
+    ref = SecretKeyRef(name="probes", key="p.bin")
+    assert probe_bytes({"binaryData": {"p.bin": base64.b64encode(b"\x00\x01").decode()}}, ref, "ml") == b"\x00\x01"
+    assert probe_bytes({"data": {"p.bin": "text"}}, ref, "ml") == b"text"
+    with pytest.raises(ProbeSourceError, match="does not exist"):
+        probe_bytes(None, ref, "ml")
+    with pytest.raises(ProbeSourceError, match="no key 'p.bin'"):
+        probe_bytes({"data": {"other": "x"}}, ref, "ml")
+    with pytest.raises(ProbeSourceError, match="bad base64"):
+        probe_bytes({"binaryData": {"p.bin": "not base64!"}}, ref, "ml")
+
+
+def test_backoff_doubles_and_is_capped():
+    assert [backoff(n) for n in range(3)] == [0.5, 1.0, 2.0]
+    assert backoff(20) == 30.0
+
+
+# --- retune: which pods, and when a pod runs the settings -------------------------------
+
+
+def pod(name, ready=True, ip="10.0.0.1", admin=True, deleting=False):
+    ports = [{"name": "http", "containerPort": 8000}] + ([{"name": "admin", "containerPort": 8001}] if admin else [])
+    meta = {"name": name, **({"deletionTimestamp": "now"} if deleting else {})}
+    return {
+        "metadata": meta,
+        "spec": {"containers": [{"name": builders.CONTAINER_NAME, "ports": ports}]},
+        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+def test_ready_targets_only_ready_addressed_admin_pods_sorted():
+    pods = [
+        pod("b"),
+        pod("a", ip="10.0.0.2"),
+        pod("not-ready", ready=False),
+        pod("no-ip", ip=None),
+        pod("no-admin", admin=False),
+        pod("leaving", deleting=True),
+    ]
+    assert ready_targets(pods) == [PodTarget("a", "10.0.0.2", 8001), PodTarget("b", "10.0.0.1", 8001)]
+
+
+def test_in_sync_needs_generation_settings_and_probe():
+    desired = {"generation": 2, "policy": "trail", "c": 2.5}
+    view = {"generation": 2, "policy": "trail", "c": 2.5, "probe": {"sha256": "abc"}}
+    assert in_sync(view, desired, None) and in_sync(view, desired, "abc")
+    assert not in_sync(view, desired, "def")
+    assert not in_sync({**view, "generation": 1}, desired, None)
+    assert not in_sync({**view, "c": 0.8}, desired, None)
+
+
+# --- status ---------------------------------------------------------------------------
+
+
+def deployment(ready, desired=1, generation=1, observed=1):
+    return {
+        "metadata": {"generation": generation},
+        "status": {
+            "observedGeneration": observed,
+            "replicas": desired,
+            "updatedReplicas": desired,
+            "readyReplicas": ready,
+        },
+    }
+
+
+def conditions(status):
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+def test_status_of_a_ready_synced_server():
+    report = PodReport("p", "10.0.0.1", synced=True, view={"generation": 3, "policy": "trail", "c": 2.5})
+    obs = Observation(1, 1, deployment=deployment(1), reports=[report], scheduler_generation=3, endpoint="e")
+    status = compute_status(obs, None, T0)
+    assert conditions(status) == {
+        "Ready": ("True", "AllReplicasReady"),
+        "Progressing": ("False", "RolloutComplete"),
+        "Degraded": ("False", "AsExpected"),
+        "SchedulerSynced": ("True", "AllPodsSynced"),
+    }
+    assert status["pods"] == [
+        {"name": "p", "ip": "10.0.0.1", "synced": True, "generation": 3, "policy": "trail", "c": 2.5}
+    ]
+    assert (status["readyReplicas"], status["schedulerGeneration"], status["endpoint"]) == (1, 3, "e")
+    assert all(c["observedGeneration"] == 1 for c in status["conditions"])
+
+
+def test_status_explains_invalid_specs_apply_failures_and_rejections():
+    invalid = compute_status(Observation(2, spec_error="spec.replicas: bad"), None, T0)
+    assert conditions(invalid)["Degraded"] == ("True", "InvalidSpec")
+    assert conditions(invalid)["SchedulerSynced"] == ("False", "InvalidSpec")
+    failed = compute_status(Observation(2, 1, apply_error="boom"), None, T0)
+    assert conditions(failed)["Progressing"] == ("False", "ApplyFailed")
+    rejected = PodReport("p", "ip", synced=False, error="hidden size 64", rejected=True)
+    obs = Observation(2, 1, deployment=deployment(1), reports=[rejected], scheduler_generation=2)
+    status = compute_status(obs, None, T0)
+    assert conditions(status)["Degraded"] == ("True", "SettingsRejected")
+    assert conditions(status)["SchedulerSynced"] == ("False", "Rejected")
+    assert "hidden size 64" in next(c for c in status["conditions"] if c["type"] == "Degraded")["message"]
+
+
+def test_last_transition_time_moves_only_when_a_condition_flips():
+    rolling = compute_status(Observation(1, 1, deployment=deployment(0), scheduler_generation=1), None, T0)
+    still = compute_status(Observation(1, 1, deployment=deployment(0), scheduler_generation=1), rolling, T1)
+    ready = compute_status(Observation(1, 1, deployment=deployment(1), scheduler_generation=1), rolling, T1)
+    stamp = {c["type"]: c["lastTransitionTime"] for c in still["conditions"]}
+    assert set(stamp.values()) == {"2026-01-01T00:00:00Z"}
+    flipped = {c["type"]: c["lastTransitionTime"] for c in ready["conditions"]}
+    assert flipped["Ready"] == "2026-01-01T00:05:00Z" and flipped["Degraded"] == "2026-01-01T00:00:00Z"
