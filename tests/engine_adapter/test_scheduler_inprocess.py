@@ -196,3 +196,20 @@ def test_readings_of_a_probe_being_replaced_are_not_mixed_in(make_engine, probe_
     engine.run(2)
     assert scheduler.trail_stats()["workerProbeSha256"] == new_sha
     assert state.belief is not None and state.predicted_remaining < 100
+
+
+# -- the tracker follows what vLLM keeps ----------------------------------------------
+
+
+def test_output_that_vllm_drops_is_not_counted(make_engine):
+    """Resetting the prefix cache preempts every running request and, under async
+    scheduling, drops the output still in flight (its positions are sampled again).
+    The tracker must count only the tokens the request keeps (the engine checks it after
+    every step): its remaining-length estimate and its measured errors depend on it."""
+    engine = make_engine()
+    request = make_request("r", max_tokens=20, estimate=50)
+    engine.add(request)
+    engine.run(5)
+    assert engine.scheduler.reset_prefix_cache(reset_running_requests=True)
+    engine.run_to_completion()
+    assert request.num_output_tokens == 20 and request.num_preemptions == 1
