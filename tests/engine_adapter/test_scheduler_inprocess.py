@@ -213,3 +213,26 @@ def test_output_that_vllm_drops_is_not_counted(make_engine):
     assert engine.scheduler.reset_prefix_cache(reset_running_requests=True)
     engine.run_to_completion()
     assert request.num_output_tokens == 20 and request.num_preemptions == 1
+
+
+@pytest.mark.parametrize(("tokens", "displaced"), [(19, True), (20, False)])
+def test_protection_starts_at_c_times_r_tokens_on_both_classes(make_engine, request, tokens, displaced):
+    """r = 40, c = 0.5: a short request arrives when the running one has ``tokens``
+    tokens, counting the one in flight under async scheduling (a preempted request
+    keeps it). It is displaced only while it has fewer than 20."""
+    engine = make_engine(max_num_seqs=1, policy="trail", c=0.5)
+    if engine.depth > 1 and not displaced:
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="async: the policy counts num_output_tokens, one behind the token in flight "
+                "(num_output_placeholders), so protection starts one token late",
+            )
+        )
+    running = make_request("running", max_tokens=60, estimate=40)
+    engine.add(running)
+    while running.num_output_tokens + running.num_output_placeholders < tokens:
+        engine.step()
+    engine.add(make_request("short", max_tokens=4, estimate=4))
+    engine.step()
+    assert (running.status == RequestStatus.PREEMPTED) == displaced
