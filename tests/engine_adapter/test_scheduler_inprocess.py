@@ -8,6 +8,8 @@ here exactly and in milliseconds: the policy's decisions as vLLM carries them ou
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from vllm.v1.request import RequestStatus
 
@@ -34,6 +36,17 @@ def test_scarce_slots_go_to_the_shortest_predicted_first(make_engine, policy, or
     engine.add(*(make_request(name, estimate=estimate) for name, estimate in predicted.items()))
     assert admitted(engine.run_to_completion()) == order
     assert engine.scheduler.trail_preemptions_total == 0
+
+
+@pytest.mark.parametrize(("max_wait_seconds", "order"), [(None, ["s0", "s1", "long"]), (30.0, ["long", "s0", "s1"])])
+def test_the_starvation_guard_admits_a_long_waiting_request_first(make_engine, max_wait_seconds, order):
+    """A long-predicted request that has waited 100 s and two short ones that just arrived:
+    shortest-first serves it last; with a 30 s bound it has waited too long and goes first."""
+    engine = make_engine(max_num_seqs=1, policy="trail", c=0.0, max_wait_seconds=max_wait_seconds)
+    engine.add(make_request("long", estimate=1000, arrival_time=time.time() - 100))
+    engine.add(*(make_request(f"s{i}", estimate=5) for i in range(2)))
+    assert admitted(engine.run_to_completion()) == order
+    assert engine.scheduler.trail_metrics.decisions["promote"] == (max_wait_seconds is not None)
 
 
 def _short_ones_arrive(engine: Engine) -> tuple:
@@ -117,8 +130,8 @@ def test_kv_pressure_evicts_a_young_request_not_a_protected_one(make_engine, you
 
 def test_the_prompt_reading_after_a_chunked_prefill_sets_the_first_prediction(make_engine, probe_file):
     """A 200-token prompt prefilled in 64-token chunks: no token and no belief until the
-    chunk that completes it; its reading p⁰ then replaces the prompt estimate and fixes
-    ``r``, the first prediction, which later decode readings refine the belief around."""
+    chunk that completes it. Its reading p⁰ then replaces the prompt estimate and fixes
+    ``r``, the first prediction; later decode readings refine the belief, not ``r``."""
     path, _ = probe_file
     engine = make_engine(probe_path=path, max_num_batched_tokens=64)
     engine.add(make_request("long", prompt_tokens=200, max_tokens=40, estimate=300))
@@ -146,7 +159,7 @@ def test_a_request_aborted_mid_prefill_leaves_nothing_behind(make_engine, probe_
     path, _ = probe_file
     engine = make_engine(probe_path=path, max_num_batched_tokens=64)
     engine.add(make_request("aborted", prompt_tokens=200, estimate=300), make_request("other", estimate=10))
-    engine.readings.update(aborted=reading(1), other=reading(1))
+    engine.readings["other"] = reading(1)
     output = engine.step()
     assert output.num_scheduled_tokens["aborted"] > 0  # a chunk of its prompt is in flight (async) or done
     engine.scheduler.finish_requests("aborted", RequestStatus.FINISHED_ABORTED)
@@ -182,7 +195,6 @@ def test_readings_of_a_probe_being_replaced_are_not_mixed_in(make_engine, probe_
     engine = make_engine(probe_path=path)
     scheduler = engine.scheduler
     new_path = tmp_path / "new.safetensors"
-
     new_sha = write_probe(new_path)
     assert new_sha != old_sha and scheduler.trail_apply({}, new_path.read_bytes())["ok"]
     engine.add(make_request("r", max_tokens=20, estimate=300))
