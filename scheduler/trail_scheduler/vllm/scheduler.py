@@ -230,6 +230,9 @@ class TrailSchedulingMixin:
     def update_from_output(self, scheduler_output, model_runner_output):
         tracker = self.trail_tracker
         for request_id, tokens in zip(model_runner_output.req_ids, model_runner_output.sampled_token_ids):
+            request = self.requests.get(request_id)
+            if request is not None and request.drop_stale_output and request.num_stale_output_tokens > 0:
+                continue  # output vLLM drops (in flight at a drop-mode preemption): not generated
             tracker.advance(request_id, len(tokens))
         evidence = getattr(model_runner_output, "trail_evidence", None)
         if evidence is not None:

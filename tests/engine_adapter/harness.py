@@ -1,0 +1,198 @@
+"""TRAIL's schedulers in-process, without a model: vLLM's own scheduler-test recipe
+(``tests/v1/core/utils.py`` in vLLM) with the bundled model's real config, a small KV
+cache, and a fake model runner that samples one token per scheduled request and hands
+back whatever probe readings a test sets."""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+from vllm.config import CacheConfig, ModelConfig, SchedulerConfig, VllmConfig
+from vllm.sampling_params import SamplingParams
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
+from vllm.v1.outputs import ModelRunnerOutput
+from vllm.v1.request import Request
+from vllm.v1.structured_output import StructuredOutputManager
+
+from trail_scheduler.api import SchedulerSettings
+from trail_scheduler.assets import bundled_model_path
+from trail_scheduler.core.bins import LengthBins
+from trail_scheduler.probe import LengthProbe, save_probe
+from trail_scheduler.vllm.engine_config import TrailEngineConfig
+from trail_scheduler.vllm.runner import StepEvidence
+from trail_scheduler.vllm.scheduler import PROMPT_ESTIMATE_ARG, TrailSchedulingMixin
+
+BLOCK_SIZE = 16
+TOKEN = 100  # what the fake model samples: not the model's EOS (2)
+MAX_MODEL_LEN = 1024
+PROBE_LAYER = 10
+BINS = LengthBins.uniform()
+
+
+def build_scheduler(
+    cls: type[TrailSchedulingMixin],
+    *,
+    max_num_seqs: int = 2,
+    num_blocks: int = 256,
+    max_num_batched_tokens: int = 256,
+    probe_path: Path | None = None,
+    **settings,
+) -> TrailSchedulingMixin:
+    """One scheduler of ``cls`` with TRAIL ``settings`` as ``trail serve`` hands them over.
+
+    ``num_blocks`` counts the null block vLLM keeps back; prefix caching is off, so a
+    request holds exactly the blocks of its own tokens.
+    """
+    scheduler_config = SchedulerConfig(
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens,
+        max_model_len=MAX_MODEL_LEN,
+        is_encoder_decoder=False,
+        enable_chunked_prefill=True,
+        async_scheduling=issubclass(cls, AsyncScheduler),
+    )
+    cache_config = CacheConfig(block_size=BLOCK_SIZE, enable_prefix_caching=False)
+    trail = TrailEngineConfig(
+        settings=SchedulerSettings(**settings), probe_path=None if probe_path is None else str(probe_path)
+    )
+    vllm_config = VllmConfig(
+        model_config=ModelConfig(model=str(bundled_model_path()), max_model_len=MAX_MODEL_LEN, dtype="float32"),
+        scheduler_config=scheduler_config,
+        cache_config=cache_config,
+        additional_config=trail.to_additional_config(),
+    )
+    cache_config.num_gpu_blocks = num_blocks
+    spec = FullAttentionSpec(block_size=BLOCK_SIZE, num_kv_heads=1, head_size=1, dtype=torch.float32)
+    kv_cache_config = KVCacheConfig(
+        num_blocks=num_blocks, kv_cache_tensors=[], kv_cache_groups=[KVCacheGroupSpec(["layer"], spec)]
+    )
+    return cls(
+        vllm_config=vllm_config,
+        kv_cache_config=kv_cache_config,
+        structured_output_manager=StructuredOutputManager(vllm_config),
+        block_size=BLOCK_SIZE,
+        log_stats=True,
+    )
+
+
+def make_request(
+    request_id: str,
+    *,
+    prompt_tokens: int = 16,
+    max_tokens: int = 8,
+    estimate: float | None = None,
+    arrival_time: float | None = None,
+) -> Request:
+    """A request the API server would send: ``estimate`` is its prompt predictor's length."""
+    params = SamplingParams(
+        max_tokens=max_tokens,
+        ignore_eos=True,
+        extra_args=None if estimate is None else {PROMPT_ESTIMATE_ARG: estimate},
+    )
+    return Request(
+        request_id=request_id,
+        prompt_token_ids=[TOKEN] * prompt_tokens,
+        sampling_params=params,
+        pooling_params=None,
+        arrival_time=arrival_time,
+    )
+
+
+def write_probe(path: Path) -> str:
+    """An (untrained, randomly initialised) probe file that fits the bundled model; its sha256."""
+    hidden_size = json.loads((bundled_model_path() / "config.json").read_text())["hidden_size"]
+    probe = LengthProbe(hidden_size, BINS.count, hidden_units=4)
+    return save_probe(probe, BINS, path, model="test", layer=PROBE_LAYER, training={})
+
+
+def reading(peak_bin: int, confidence: float = 0.9) -> np.ndarray:
+    """A probe's output row: ``confidence`` on ``peak_bin``, the rest spread evenly."""
+    row = np.full(BINS.count, (1.0 - confidence) / (BINS.count - 1))
+    row[peak_bin] = confidence
+    return row
+
+
+class Engine:
+    """Drives a scheduler as vLLM's engine core does, with a fake model runner.
+
+    The runner samples ``TOKEN`` for each scheduled request whose prompt is complete
+    after the step (nothing for a partial prefill chunk) and, like TRAIL's runner,
+    attaches a probe reading for the requests in ``readings``: from the prompt on the
+    step that completes it (``from_prefill``), from the last token on later steps. The
+    async class runs at vLLM's async queue depth of two: step N+1 is scheduled before
+    step N's output is applied, as on GPU.
+
+    After every applied output it checks that the tracker counts exactly the tokens
+    vLLM gave each request (under async the outputs arrive late and may be stale).
+    """
+
+    def __init__(self, scheduler: TrailSchedulingMixin) -> None:
+        self.scheduler = scheduler
+        self.depth = 2 if isinstance(scheduler, AsyncScheduler) else 1
+        self.in_flight: deque = deque()
+        self.readings: dict[str, np.ndarray] = {}
+        probe = scheduler.trail_probe
+        self.probe_sha256 = None if probe is None else probe.sha256  # the probe the workers run
+
+    def add(self, *requests: Request) -> None:
+        for request in requests:
+            self.scheduler.add_request(request)
+
+    def step(self):
+        """One engine step: schedule, and apply the oldest output once the queue is full."""
+        output = self.scheduler.schedule()
+        self.in_flight.append((output, self._run(output)))
+        while len(self.in_flight) >= self.depth:
+            self._apply()
+        return output
+
+    def drain(self) -> None:
+        """Apply the outputs still in flight (the engine does so before it idles)."""
+        while self.in_flight:
+            self._apply()
+
+    def run(self, steps: int) -> list:
+        return [self.step() for _ in range(steps)]
+
+    def run_to_completion(self, limit: int = 1000) -> list:
+        outputs = []
+        while self.scheduler.has_requests() and len(outputs) < limit:
+            outputs.append(self.step())
+        self.drain()
+        assert not self.scheduler.has_requests(), "requests left after the step limit"
+        return outputs
+
+    def _run(self, output) -> ModelRunnerOutput:
+        requests = self.scheduler.requests
+        req_ids = list(output.num_scheduled_tokens)
+        sampled = [[] if requests[rid].is_prefill_chunk else [TOKEN] for rid in req_ids]
+        runner_output = ModelRunnerOutput(
+            req_ids=req_ids,
+            req_id_to_index={rid: i for i, rid in enumerate(req_ids)},
+            sampled_token_ids=sampled,
+        )
+        rows, ids, from_prefill = [], [], []
+        for rid, scheduled in output.num_scheduled_tokens.items():
+            request = requests[rid]
+            end = request.num_computed_tokens  # advanced by this step's tokens already
+            prompt = request.num_prompt_tokens
+            if rid in self.readings and end >= prompt:
+                rows.append(self.readings[rid])
+                ids.append(rid)
+                from_prefill.append(end - scheduled < prompt)
+        if rows:
+            runner_output.trail_evidence = StepEvidence(ids, np.stack(rows), from_prefill, self.probe_sha256)
+        return runner_output
+
+    def _apply(self) -> None:
+        output, runner_output = self.in_flight.popleft()
+        self.scheduler.update_from_output(output, runner_output)
+        for rid, request in self.scheduler.requests.items():
+            state = self.scheduler.trail_tracker.get(rid)
+            counted = None if state is None else state.generated
+            assert counted == request.num_output_tokens, f"{rid}: tracker {counted}, vLLM {request.num_output_tokens}"
