@@ -14,7 +14,13 @@ import pytest
 from vllm.v1.request import RequestStatus
 
 from tests.engine_adapter.harness import BINS, Engine, make_request, reading, write_probe
+from trail_scheduler.vllm.control import ApplyReply
 from trail_scheduler.vllm.runner import RunnerUpdate
+
+
+def apply(scheduler, update: dict, probe_bytes: bytes | None = None) -> ApplyReply:
+    """A change through the scheduler's utility entry, as vLLM delivers the admin API's."""
+    return ApplyReply.model_validate(scheduler("apply", update, probe_bytes))
 
 
 def admitted(outputs) -> list[str]:
@@ -167,7 +173,8 @@ def test_a_request_aborted_mid_prefill_leaves_nothing_behind(make_engine, probe_
     engine.run_to_completion()
     scheduler = engine.scheduler
     assert scheduler.trail_tracker.requests == {} and scheduler.requests == {}
-    assert scheduler.trail_stats()["running"] == [] and scheduler.trail_stats()["waiting"] == []
+    stats = scheduler.trail_stats()
+    assert stats.running == [] and stats.waiting == []
     # Only "other" finished with output, so only its errors were measured.
     assert sorted(stage for stage, _ in scheduler.trail_metrics.errors) == ["first", "prompt", "refined"]
 
@@ -179,10 +186,11 @@ def test_a_probe_sent_to_an_idle_engine_rides_the_next_step_even_after_a_setting
     engine = make_engine()
     scheduler = engine.scheduler
     data = path.read_bytes()
-    assert scheduler.trail_apply({"predictEvery": 2}, data)["ok"]
-    assert scheduler.trail_apply({"c": 0.3})["ok"]
-    assert not scheduler.trail_apply({"c": -1})["ok"]  # a refused change touches nothing
-    assert scheduler.trail_config()["probe"]["sha256"] == sha and scheduler.trail_config()["c"] == 0.3
+    assert apply(scheduler, {"predictEvery": 2}, data).error is None
+    assert apply(scheduler, {"c": 0.3}).error is None
+    assert "c" in apply(scheduler, {"c": -1}).error  # a refused change touches nothing
+    config = scheduler.trail_config()
+    assert config.probe.sha256 == sha and config.c == 0.3
     engine.add(make_request("r"))
     assert engine.step().trail_update == RunnerUpdate(predict_every=2, probe_bytes=data)
     assert getattr(engine.step(), "trail_update", None) is None  # handed over once
@@ -196,17 +204,17 @@ def test_readings_of_a_probe_being_replaced_are_not_mixed_in(make_engine, probe_
     scheduler = engine.scheduler
     new_path = tmp_path / "new.safetensors"
     new_sha = write_probe(new_path)
-    assert new_sha != old_sha and scheduler.trail_apply({}, new_path.read_bytes())["ok"]
+    assert new_sha != old_sha and apply(scheduler, {}, new_path.read_bytes()).error is None
     engine.add(make_request("r", max_tokens=20, estimate=300))
     engine.readings["r"] = reading(1)
     state = scheduler.trail_tracker.get("r")
     engine.run(4)  # the workers still run the old probe
-    assert scheduler.trail_stats()["workerProbeSha256"] == old_sha
+    assert scheduler.trail_stats().worker_probe_sha256 == old_sha
     assert state.belief is None and state.first_estimate is None
     assert state.predicted_remaining == 300 - state.generated  # the prompt estimate, counting down
     engine.probe_sha256 = new_sha  # the update arrived
     engine.run(2)
-    assert scheduler.trail_stats()["workerProbeSha256"] == new_sha
+    assert scheduler.trail_stats().worker_probe_sha256 == new_sha
     assert state.belief is not None and state.predicted_remaining < 100
 
 
@@ -228,19 +236,11 @@ def test_output_that_vllm_drops_is_not_counted(make_engine):
 
 
 @pytest.mark.parametrize(("tokens", "displaced"), [(19, True), (20, False)])
-def test_protection_starts_at_c_times_r_tokens_on_both_classes(make_engine, request, tokens, displaced):
+def test_protection_starts_at_c_times_r_tokens_on_both_classes(make_engine, tokens, displaced):
     """r = 40, c = 0.5: a short request arrives when the running one has ``tokens``
     tokens, counting the one in flight under async scheduling (a preempted request
     keeps it). It is displaced only while it has fewer than 20."""
     engine = make_engine(max_num_seqs=1, policy="trail", c=0.5)
-    if engine.depth > 1 and not displaced:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="async: the policy counts num_output_tokens, one behind the token in flight "
-                "(num_output_placeholders), so protection starts one token late",
-            )
-        )
     running = make_request("running", max_tokens=60, estimate=40)
     engine.add(running)
     while running.num_output_tokens + running.num_output_placeholders < tokens:

@@ -30,11 +30,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.request_queue import SchedulingPolicy, create_request_queue
 from vllm.v1.core.sched.scheduler import Scheduler
 
-from trail_scheduler.api import ConfigUpdate, ConfigView, ProbeInfo, RequestStats, StatsView
+from trail_scheduler.api import ConfigUpdate, ConfigView, ProbeInfo, RequestStats, StatsView, explain
 from trail_scheduler.core.bins import LengthBins
 from trail_scheduler.core.policy import Policy, Room, RunningRequest, WaitingRequest
 from trail_scheduler.core.tracker import PredictionTracker
@@ -114,7 +115,10 @@ class TrailSchedulingMixin:
         if method not in METHODS:
             raise ValueError(f"unknown TRAIL method {method!r}")
         if method == "apply":
-            reply = self.trail_apply(ConfigUpdate.model_validate(update or {}), probe_bytes)
+            try:
+                reply = self.trail_apply(ConfigUpdate.model_validate(update or {}), probe_bytes)
+            except ValidationError as error:  # the admin API checked it already; other callers may not
+                reply = ApplyReply(error=explain(error))
         else:
             reply = getattr(self, f"trail_{method}")()
         return reply.model_dump(mode="json", by_alias=True)
@@ -290,7 +294,9 @@ class TrailSchedulingMixin:
         return RunningRequest(
             request_id=request.request_id,
             arrival_time=request.arrival_time,
-            generated_tokens=request.num_output_tokens,
+            # Under async scheduling the token in flight counts (a preempted request keeps it);
+            # with speculative decoding, unverified draft tokens count too: protection comes early.
+            generated_tokens=request.num_output_tokens + request.num_output_placeholders,
             initial_prediction=state.initial_prediction if state else estimate,
             predicted_remaining=estimate,
             blocks_held=math.ceil(request.num_computed_tokens / self.block_size),
