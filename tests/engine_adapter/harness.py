@@ -128,7 +128,8 @@ class Engine:
     step N's output is applied, as on GPU.
 
     After every applied output it checks that the tracker counts exactly the tokens
-    vLLM gave each request (under async the outputs arrive late and may be stale).
+    vLLM gave each request (under async the outputs arrive late and may be stale), and
+    that the scheduler's cached views of waiting requests still match the tracker.
     """
 
     def __init__(self, scheduler: TrailSchedulingMixin) -> None:
@@ -196,3 +197,8 @@ class Engine:
             state = self.scheduler.trail_tracker.get(rid)
             counted = None if state is None else state.generated
             assert counted == request.num_output_tokens, f"{rid}: tracker {counted}, vLLM {request.num_output_tokens}"
+        for rid, view in self.scheduler._trail_waiting_views.items():  # cached views are current
+            request = self.scheduler.requests.get(rid)
+            if request is not None and request in self.scheduler.waiting.unordered():
+                fresh = self.scheduler.trail_tracker.get(rid)
+                assert fresh is None or view.predicted_remaining == fresh.predicted_remaining, rid

@@ -23,6 +23,7 @@ with the next step's ``SchedulerOutput`` (see :mod:`trail_scheduler.vllm.runner`
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import time
@@ -32,8 +33,9 @@ from typing import Any
 
 from pydantic import ValidationError
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
-from vllm.v1.core.sched.request_queue import SchedulingPolicy, create_request_queue
+from vllm.v1.core.sched.request_queue import PriorityRequestQueue, SchedulingPolicy, create_request_queue
 from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.request import Request
 
 from trail_scheduler.api import ConfigUpdate, ConfigView, ProbeInfo, RequestStats, StatsView, explain
 from trail_scheduler.core.bins import LengthBins
@@ -81,6 +83,19 @@ class ProbeIdentity:
     model: str | None
 
 
+class RankedQueue(PriorityRequestQueue):
+    """vLLM's priority queue, plus the two things TRAIL does to it every step without
+    sorting it (iterating vLLM's queue pops a copy of the heap: n log n comparisons of
+    requests in Python): read its requests in any order, and restore the heap after
+    their priorities changed (one heapify)."""
+
+    def unordered(self) -> list[Request]:
+        return list(self._heap)
+
+    def reorder(self) -> None:
+        heapq.heapify(self._heap)
+
+
 class TrailSchedulingMixin:
     """TRAIL's half of the scheduler; mixed in front of one of vLLM's scheduler classes."""
 
@@ -88,7 +103,7 @@ class TrailSchedulingMixin:
         super().__init__(*args, **kwargs)
         # TRAIL speaks through priorities; the queues must be priority queues.
         self.policy = SchedulingPolicy.PRIORITY
-        self.waiting = create_request_queue(self.policy)
+        self.waiting = RankedQueue()
         self.kv_holding_waiting = create_request_queue(self.policy)
         config = TrailEngineConfig.from_vllm_config(self.vllm_config)
         self.trail_settings = config.settings
@@ -96,6 +111,10 @@ class TrailSchedulingMixin:
         self.trail_generation = config.generation
         self.trail_probe: ProbeIdentity | None = None
         self.trail_tracker = PredictionTracker(LengthBins.uniform())
+        # A waiting request's view does not change while it waits (nothing is generated, no
+        # probe reads it): built once when it starts waiting, dropped when it stops.
+        self._trail_waiting_views: dict[str, WaitingRequest] = {}
+        self._trail_last_order: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
         probe = load_probe(config.probe_path) if config.probe_path else None  # as the runner did
         self.trail_layer = capture_layer(config, probe, self.vllm_config.model_config)
         self.trail_set_probe(probe)
@@ -157,6 +176,7 @@ class TrailSchedulingMixin:
             return
         self.trail_probe = ProbeIdentity(probe.sha256, probe.layer, probe.hidden_size, probe.bins, probe.model)
         self.trail_tracker.set_bins(probe.bins)
+        self._trail_waiting_views.clear()  # estimates may have changed with the bins
 
     def trail_config(self) -> ConfigView:
         probe = self.trail_probe
@@ -209,6 +229,7 @@ class TrailSchedulingMixin:
         reason = "policy" if self._trail_preempting else "memory"
         self.trail_metrics.preemptions[reason] += 1
         self.trail_preemptions_total += 1
+        self._trail_waiting_views.pop(request.request_id, None)  # it waits again, with more generated
         super()._preempt_request(request, *args, **kwargs)
 
     def _free_request(self, request, *args, **kwargs):
@@ -218,6 +239,7 @@ class TrailSchedulingMixin:
                 value = getattr(errors, stage)
                 if value is not None:
                     self.trail_metrics.errors.append((stage, value))
+        self._trail_waiting_views.pop(request.request_id, None)
         return super()._free_request(request, *args, **kwargs)
 
     # -- the step -----------------------------------------------------------------
@@ -248,7 +270,8 @@ class TrailSchedulingMixin:
 
     def _trail_order_and_preempt(self) -> None:
         now = time.time()
-        waiting = [self._waiting_view(r) for r in self.waiting]
+        views = self._trail_waiting_views
+        waiting = [views.get(r.request_id) or self._waiting_view(r) for r in self.waiting.unordered()]
         running = [self._running_view(r) for r in self.running]
         room = Room(
             free_slots=self.max_num_running_reqs - len(self.running),
@@ -267,26 +290,27 @@ class TrailSchedulingMixin:
                 self._trail_preempting = False
         self.trail_metrics.decisions["admit"] += len(decision.admit)
         self.trail_metrics.decisions["promote"] += decision.promoted
-        # Encode the decision as priorities (smaller first in, larger first out).
-        for position, request_id in enumerate(decision.waiting_order):
-            self.requests[request_id].priority = position
-        for position, request_id in enumerate(reversed(decision.victim_order)):
-            self.requests[request_id].priority = position
-        if waiting or decision.preempt:
-            queue = create_request_queue(self.policy)
-            for request in list(self.waiting):
-                queue.add_request(request)
-            self.waiting = queue
+        # Encode the decision as priorities (smaller first in, larger first out); an order
+        # unchanged since the last step is already encoded.
+        order = (decision.waiting_order, decision.victim_order)
+        if order != self._trail_last_order:
+            self._trail_last_order = order
+            for position, request_id in enumerate(decision.waiting_order):
+                self.requests[request_id].priority = position
+            for position, request_id in enumerate(reversed(decision.victim_order)):
+                self.requests[request_id].priority = position
+            self.waiting.reorder()
 
     def _waiting_view(self, request) -> WaitingRequest:
         state = self.trail_tracker.get(request.request_id)
-        return WaitingRequest(
+        view = self._trail_waiting_views[request.request_id] = WaitingRequest(
             request_id=request.request_id,
             arrival_time=request.arrival_time,
             predicted_remaining=state.predicted_remaining if state else self.trail_tracker.unknown_estimate,
             blocks_needed=math.ceil(request.num_tokens / self.block_size),
             true_remaining=state.true_remaining if state else None,
         )
+        return view
 
     def _running_view(self, request) -> RunningRequest:
         state = self.trail_tracker.get(request.request_id)

@@ -1,0 +1,103 @@
+"""TRAIL's per-step cost in vLLM's scheduler: building the core's views of every request,
+the policy's decision, and encoding it as priorities, at 1,000 waiting / 256 running.
+
+The scheduler is the real ``TrailScheduler`` built without a model, as the in-process
+tests build it (``tests/engine_adapter/harness.py``): 256 requests decoding, 1,000 queued,
+predicted lengths spread over 1-512 tokens. ``c = 0`` so the timed calls preempt nothing
+and every call sees the same state ("nothing changed"); ``c = 1`` times a step whose
+decision preempts (each call on a freshly built state, fewer repeats).
+
+    .venv/bin/python benchmarks/scheduler_step.py [--repeats 200] [--out docs/benchmarks/scheduler_step.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' scheduler builder
+
+from tests.engine_adapter.harness import build_scheduler, make_request  # noqa: E402
+from trail_scheduler.vllm.scheduler import TrailScheduler  # noqa: E402
+
+RUNNING, WAITING = 256, 1000
+
+
+def loaded_scheduler(c: float, seed: int = 0) -> TrailScheduler:
+    rng = random.Random(seed)
+    scheduler = build_scheduler(
+        TrailScheduler,
+        max_num_seqs=RUNNING,
+        num_blocks=4 * (RUNNING + WAITING) + 1,
+        max_num_batched_tokens=16 * RUNNING,
+        policy="trail",
+        c=c,
+    )
+    for i in range(RUNNING):
+        scheduler.add_request(make_request(f"r{i}", max_tokens=512, estimate=rng.uniform(1, 512)))
+    scheduler.schedule()  # all 256 prompts prefilled in one step: they are running
+    for i in range(WAITING):
+        scheduler.add_request(make_request(f"w{i}", max_tokens=512, estimate=rng.uniform(1, 512)))
+    assert len(scheduler.running) == RUNNING and len(scheduler.waiting) == WAITING
+    return scheduler
+
+
+def timed(call, repeats: int) -> dict[str, float]:
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - started) * 1e3)
+    return {"median_ms": statistics.median(samples), "p90_ms": statistics.quantiles(samples, n=10)[-1]}
+
+
+def parts(scheduler: TrailScheduler, repeats: int) -> dict[str, dict[str, float]]:
+    """The whole step, and the policy's decision alone, on the same state."""
+    from trail_scheduler.core.policy import Room
+
+    now = time.time()
+    waiting = [scheduler._waiting_view(r) for r in scheduler.waiting.unordered()]
+    running = [scheduler._running_view(r) for r in scheduler.running]
+    room = Room(free_slots=0, free_blocks=scheduler.kv_cache_manager.block_pool.get_num_free_blocks())
+    return {
+        "whole_step": timed(scheduler._trail_order_and_preempt, repeats),
+        "decide_alone": timed(lambda: scheduler.trail_policy.decide(waiting, running, room, now), repeats),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    steady = parts(loaded_scheduler(c=0.0), args.repeats)
+    preempting = [loaded_scheduler(c=1.0, seed=s) for s in range(min(args.repeats, 20))]
+    samples = []
+    for scheduler in preempting:
+        started = time.perf_counter()
+        scheduler._trail_order_and_preempt()
+        samples.append((time.perf_counter() - started) * 1e3)
+    result = {
+        "running": RUNNING,
+        "waiting": WAITING,
+        "nothing_changed": steady,
+        "preempting_step": {
+            "median_ms": statistics.median(samples),
+            "calls": len(samples),
+            "preempted_per_call": statistics.median(s.trail_preemptions_total for s in preempting),
+        },
+        "command": "python benchmarks/scheduler_step.py " + " ".join(sys.argv[1:]),
+    }
+    print(json.dumps(result, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
