@@ -61,7 +61,7 @@ def parts(scheduler: TrailScheduler, repeats: int) -> dict[str, dict[str, float]
     from trail_scheduler.core.policy import Room
 
     now = time.time()
-    waiting = [scheduler._waiting_view(r) for r in scheduler.waiting.unordered()]
+    waiting = [scheduler._waiting_view(r) for r in scheduler.waiting]
     running = [scheduler._running_view(r) for r in scheduler.running]
     room = Room(free_slots=0, free_blocks=scheduler.kv_cache_manager.block_pool.get_num_free_blocks())
     return {
