@@ -29,6 +29,11 @@ def test_chat_answers_with_sensible_text(trail_server):
     assert "paris" in reply.json()["choices"][0]["message"]["content"].lower()
 
 
+def test_the_log_says_which_of_vllms_scheduler_classes_runs_trail(trail_server):
+    # The CPU platform turns async scheduling off; on GPU the same line names AsyncScheduler.
+    assert "TRAIL scheduling on vLLM's Scheduler (async scheduling False)" in trail_server.log.read_text()
+
+
 def test_streaming_chat_delivers_tokens_incrementally(trail_server):
     body = {
         "model": MODEL,

@@ -46,7 +46,9 @@ from trail_scheduler.vllm.control import METHODS, ApplyReply, MetricsDrain
 from trail_scheduler.vllm.engine_config import TrailEngineConfig
 from trail_scheduler.vllm.runner import RunnerUpdate, capture_layer
 
-logger = logging.getLogger("trail.scheduler")
+# Under vLLM's logger: the engine-core process configures only vLLM's logging, so this is
+# how the scheduler's lines (which class runs, settings changes) reach the server's log.
+logger = logging.getLogger("vllm.trail.scheduler")
 
 PROMPT_ESTIMATE_ARG = "trail_prompt_estimate"  # set by the API server's prompt predictor
 ORACLE_LENGTH_ARG = "trail_oracle_length"  # benchmarks only (trail-oracle)
