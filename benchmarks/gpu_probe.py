@@ -21,6 +21,12 @@ Each case is timed two ways on CUDA (CUDA events; warm-up, then median and p90):
 - *GPU-only*: the same work queued behind ``torch.cuda._sleep`` so every kernel is enqueued before the device reaches
   it: the device time it adds behind the forward pass (index prebuilt: building it may sync, see below).
 
+(e) *host blocked while the GPU is busy*: the step's evidence path run right after ``torch.cuda._sleep`` (standing
+for the forward pass still on the GPU), timed on the host with ``time.perf_counter``: the time the engine's host
+thread cannot schedule the next step. ``old``: the runner before async support (pageable index copy,
+``.cpu().numpy()``); ``new``: the runner now (index through pinned memory, result copied to pinned memory with
+``non_blocking=True`` and an event, resolved when vLLM asks for the step's output).
+
 ``index_h2d_syncs`` in the JSON says whether ``torch.tensor(list, device=cuda)`` waited for the queued work (a blocking
 host-to-device copy): if so, the runner's index build already waits for the forward pass before the probe starts.
 
@@ -135,6 +141,32 @@ def run(device: torch.device, warmup: int, iters: int, batches: tuple[int, ...],
             return probs
         return probs.cpu().numpy().astype("float64") if HAVE_NUMPY else probs.cpu().double()
 
+    def evidence_old(hidden, rows):
+        return step(hidden, rows, host=True)
+
+    def evidence_new(hidden, rows):
+        index = torch.tensor(rows, dtype=torch.long).pin_memory().to(device, non_blocking=True)
+        probs = probe.probabilities(torch.stack(hidden.index_select(0, index).float().unbind(0)))
+        host = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True).copy_(probs, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return host, ready
+
+    def host_blocked(fn) -> dict | None:
+        """Host microseconds spent in ``fn`` while the GPU still runs earlier work."""
+        if device.type != "cuda":
+            return None
+        samples = []
+        for _ in range(warmup + iters):
+            torch.cuda.synchronize()
+            torch.cuda._sleep(SLEEP_CYCLES)
+            start = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - start) * 1e6)
+            torch.cuda.synchronize()
+        deciles = statistics.quantiles(samples[warmup:], n=10, method="inclusive")
+        return {"median_us": deciles[4], "p90_us": deciles[8]}
+
     def batch(n: int) -> dict:
         decode = torch.randn(n, HIDDEN, device=device, dtype=bf16)
         rows = list(range(n))
@@ -149,6 +181,8 @@ def run(device: torch.device, warmup: int, iters: int, batches: tuple[int, ...],
             "b_step_with_cpu_copy": timer(lambda: step(decode, rows, host=True)),
             "d_mlp_matmul_step": timer(lambda: x @ weight),
             "d_mlp_matmul_gpu_only": timer(lambda: x @ weight, gpu_only=True),
+            "e_host_blocked_old": host_blocked(lambda: evidence_old(decode, rows)),
+            "e_host_blocked_new": host_blocked(lambda: evidence_new(decode, rows)),
         }
 
     def prompt_mean(count: int) -> dict:
@@ -206,6 +240,10 @@ def markdown(report: dict) -> str:
             f"| {cell(r['a_gpu_only'])} | {cell(r['d_mlp_matmul_step'])} | {cell(r['d_mlp_matmul_gpu_only'])} "
             f"| {ratio(r['a_step'], r['d_mlp_matmul_step'])} | {ratio(r['a_gpu_only'], r['d_mlp_matmul_gpu_only'])} |"
         )
+    lines += ["", "| n | (e) host blocked, old runner | (e) host blocked, new runner |", "|---:|---:|---:|"]
+    lines += [
+        f"| {r['n']} | {cell(r['e_host_blocked_old'])} | {cell(r['e_host_blocked_new'])} |" for r in report["decode"]
+    ]
     lines += ["", "| (c) prompt rows | prompt mean step | GPU-only |", "|---:|---:|---:|"]
     lines += [f"| {p['prompt_rows']} | {cell(p['step'])} | {cell(p['gpu_only'])} |" for p in report["prefill"]]
     lines += [
