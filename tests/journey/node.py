@@ -138,6 +138,7 @@ class Container:
         return {
             "name": self.name,
             "image": image,
+            "imageID": "",  # required by the API (clients' models check it); no image is pulled here
             "ready": self.ready,
             "started": self.started,
             "restartCount": self.restarts,
