@@ -15,7 +15,6 @@ from vllm.v1.request import RequestStatus
 
 from tests.engine_adapter.harness import BINS, Engine, make_request, reading, write_probe
 from trail_scheduler.vllm.control import ApplyReply
-from trail_scheduler.vllm.runner import RunnerUpdate
 
 
 def apply(scheduler, update: dict, probe_bytes: bytes | None = None) -> ApplyReply:
@@ -181,7 +180,7 @@ def test_a_request_aborted_mid_prefill_leaves_nothing_behind(make_engine, probe_
 
 def test_a_probe_sent_to_an_idle_engine_rides_the_next_step_even_after_a_settings_change(make_engine, probe_file):
     """The engine runs no step while idle, so the change waits: a settings-only change
-    after it must not drop the probe bytes still on their way to the workers."""
+    after it must not drop the probe still on its way to the workers."""
     path, sha = probe_file
     engine = make_engine()
     scheduler = engine.scheduler
@@ -192,7 +191,8 @@ def test_a_probe_sent_to_an_idle_engine_rides_the_next_step_even_after_a_setting
     config = scheduler.trail_config()
     assert config.probe.sha256 == sha and config.c == 0.3
     engine.add(make_request("r"))
-    assert engine.step().trail_update == RunnerUpdate(predict_every=2, probe_bytes=data)
+    update = engine.step().trail_update
+    assert update.predict_every == 2 and update.probe.sha256 == sha
     assert getattr(engine.step(), "trail_update", None) is None  # handed over once
 
 

@@ -31,10 +31,11 @@ COLLECT_ID_ARG = "trail_collect_id"  # sampling_params.extra_args key: the promp
 
 @dataclass(frozen=True)
 class RunnerUpdate:
-    """What a settings change asks of the runner (the probe file's bytes, if new)."""
+    """What a settings change asks of the runner: the new probe, if any, loaded and checked
+    against the model once, by the scheduler (it travels with the step to every worker)."""
 
     predict_every: int
-    probe_bytes: bytes | None = None
+    probe: LoadedProbe | None = None
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,8 @@ class TrailCaptureMixin:
         update: RunnerUpdate | None = getattr(scheduler_output, "trail_update", None)
         if update is not None:  # validated by the scheduler against this model
             self.trail_predict_every = update.predict_every
-            if update.probe_bytes is not None:
-                self.trail_set_probe(load_probe(update.probe_bytes))
+            if update.probe is not None:
+                self.trail_set_probe(update.probe)
         return super().execute_model(scheduler_output, *args, **kwargs)
 
     def sample_tokens(self, *args, **kwargs):

@@ -166,9 +166,9 @@ class TrailSchedulingMixin:
         # Updates wait for the next step (none comes while the engine is idle): a later
         # settings-only change must not drop a probe still on its way to the workers.
         pending = self.trail_pending_update
-        if probe_bytes is None and pending is not None:
-            probe_bytes = pending.probe_bytes
-        self.trail_pending_update = RunnerUpdate(settings.predict_every, probe_bytes)
+        if probe is None and pending is not None:
+            probe = pending.probe
+        self.trail_pending_update = RunnerUpdate(settings.predict_every, probe)
         logger.info("TRAIL settings generation %d in force: %s", self.trail_generation, settings)
         return ApplyReply(config=self.trail_config())
 
