@@ -66,6 +66,13 @@ def write_release(folder: Path, config: dict, state) -> tuple[Path, Path]:
     return folder / "model.pt", folder / "config.json"
 
 
+def assert_refused(folder: Path, config: dict, state, message: str) -> None:
+    """Importing this release fails with a ProbeFileError matching ``message``."""
+    source, config_path = write_release(folder / "src", config, state)
+    with pytest.raises(ProbeFileError, match=message):
+        import_probe(source, config_path, folder / "probe.safetensors", model=LLAMA)
+
+
 def authors_expected_length(mlp: torch.nn.Sequential, config: dict, x: torch.Tensor) -> torch.Tensor:
     """Their runtime: softmax of the logits, times the midpoints of linspace(0, max_len, K + 1)."""
     edges = torch.linspace(0, config["max_len"], config["num_labels"] + 1)
@@ -152,17 +159,13 @@ def test_weights_that_do_not_match_the_config_are_refused(tmp_path, mutate, mess
     config = authors_config(hidden_size=12, hidden_dim=16, num_labels=5)
     state = keyed(authors_mlp(config), ("fc1.", "fc2."))
     mutate(state)
-    source, config_path = write_release(tmp_path / "src", config, state)
-    with pytest.raises(ProbeFileError, match=message):
-        import_probe(source, config_path, tmp_path / "probe.safetensors", model=LLAMA)
+    assert_refused(tmp_path, config, state, message)
 
 
 def test_a_checkpoint_that_is_not_a_flat_state_dict_is_refused(tmp_path) -> None:
     config = authors_config(hidden_size=12, hidden_dim=16, num_labels=5)
     nested = {"model_state_dict": keyed(authors_mlp(config), ("fc1.", "fc2.")), "epoch": 4}
-    source, config_path = write_release(tmp_path / "src", config, nested)
-    with pytest.raises(ProbeFileError, match="flat state dict of tensors.*'model_state_dict': 'dict'"):
-        import_probe(source, config_path, tmp_path / "probe.safetensors", model=LLAMA)
+    assert_refused(tmp_path, config, nested, "flat state dict of tensors.*'model_state_dict': 'dict'")
 
 
 @pytest.mark.parametrize(
@@ -178,9 +181,7 @@ def test_a_bad_config_is_refused(tmp_path, edit, message) -> None:
     config = authors_config(hidden_size=12, hidden_dim=16, num_labels=5)
     state = keyed(authors_mlp(config), ("fc1.", "fc2."))
     edit(config)
-    source, config_path = write_release(tmp_path / "src", config, state)
-    with pytest.raises(ProbeFileError, match=message):
-        import_probe(source, config_path, tmp_path / "probe.safetensors", model=LLAMA)
+    assert_refused(tmp_path, config, state, message)
 
 
 def test_an_unknown_file_needs_model_and_records_its_stated_origin(tmp_path) -> None:
