@@ -236,6 +236,11 @@ class ConfigView(SchedulerSettings):
     generation: int
     probe: ProbeInfo | None
     capture_layer: int | None = Field(default=None, description="the decoder layer the engine captures")
+    probe_failure: str | None = Field(
+        default=None,
+        description="why the workers dropped the probe in force (ranking is first come, first served until a new "
+        "probe is applied); null while it works",
+    )
 
 
 class RequestStats(_Wire):
@@ -259,3 +264,4 @@ class StatsView(_Wire):
     worker_probe_sha256: str | None = Field(
         default=None, description="the probe the workers' last readings came from (None before any)"
     )
+    probe_failure: str | None = Field(default=None, description="as in the config: why the probe was dropped")

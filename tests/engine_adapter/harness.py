@@ -137,6 +137,7 @@ class Engine:
         self.depth = 2 if isinstance(scheduler, AsyncScheduler) else 1
         self.in_flight: deque = deque()
         self.readings: dict[str, np.ndarray] = {}
+        self.probe_error: Exception | None = None  # the workers' probe fails at the next step
         probe = scheduler.trail_probe
         self.probe_sha256 = None if probe is None else probe.sha256  # the probe the workers run
 
@@ -186,7 +187,10 @@ class Engine:
                 rows.append(self.readings[rid])
                 ids.append(rid)
                 from_prefill.append(end - scheduled < prompt)
-        if rows:
+        if self.probe_error is not None and req_ids:  # as the runner reports it, and then runs no probe
+            runner_output.trail_evidence = StepEvidence.failed(self.probe_sha256, self.probe_error)
+            self.probe_error, self.probe_sha256, self.readings = None, None, {}
+        elif rows and self.probe_sha256 is not None:
             runner_output.trail_evidence = StepEvidence(ids, np.stack(rows), from_prefill, self.probe_sha256)
         return runner_output
 

@@ -248,3 +248,39 @@ def test_protection_starts_at_c_times_r_tokens_on_both_classes(make_engine, toke
     engine.add(make_request("short", max_tokens=4, estimate=4))
     engine.step()
     assert (running.status == RequestStatus.PREEMPTED) == displaced
+
+
+# -- a probe that fails on the workers ------------------------------------------------
+
+
+def test_a_probe_failing_on_the_workers_falls_back_to_first_come_first_served(make_engine, probe_file):
+    """The runner drops a probe that raised and reports it; the scheduler then ranks by
+    arrival (the failed probe's beliefs are not trusted), says why in the config and the
+    stats, counts it for the metrics, and every request still finishes. A new probe
+    restores length-aware ranking."""
+    path, sha = probe_file
+    engine = make_engine(probe_path=path, max_num_seqs=1, policy="trail", c=0.0)
+    scheduler = engine.scheduler
+    engine.add(make_request("first", max_tokens=3))
+    engine.run(1)
+    engine.probe_error = RuntimeError("CUDA error: an illegal memory access was encountered")
+    engine.run(2)
+    config = scheduler.trail_config()
+    assert config.probe_failure is not None and sha[:12] in config.probe_failure
+    assert "illegal memory access" in config.probe_failure
+    assert scheduler.trail_stats().probe_failure == config.probe_failure
+    assert config.policy.value == "trail"  # the settings in force are unchanged; the ranking falls back
+    assert scheduler.trail_metrics.drain([], config).probe_failures == 1
+    # Arrival order wins now, whatever the estimates say.
+    engine.add(make_request("long", max_tokens=4, estimate=500, arrival_time=time.time()))
+    engine.add(make_request("short", max_tokens=4, estimate=5, arrival_time=time.time() + 1))
+    outputs = engine.run_to_completion()
+    assert admitted(outputs) == ["long", "short"]
+    assert not scheduler.requests  # none lost
+    # A new probe clears the failure.
+    assert apply(scheduler, {}, path.read_bytes()).error is None
+    assert scheduler.trail_config().probe_failure is None
+    engine.add(make_request("long2", max_tokens=4, estimate=500, arrival_time=time.time()))
+    engine.add(make_request("short2", max_tokens=4, estimate=5, arrival_time=time.time() + 1))
+    engine.add(make_request("blocker", max_tokens=4, estimate=1, arrival_time=time.time() - 1))
+    assert admitted(engine.run_to_completion()) == ["blocker", "short2", "long2"]

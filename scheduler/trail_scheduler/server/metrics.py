@@ -39,6 +39,10 @@ PREDICTION_ERROR = Histogram(
     ["stage"],
     buckets=TOKEN_BUCKETS,
 )
+PROBE_FAILURES = Counter(
+    "trail_probe_failures", "Probe failures on the workers (each drops the probe; ranking falls back to FCFS)"
+)
+PROBE_FAILED = Gauge("trail_probe_failed", "1 while the probe in force has failed (ranking: first come, first served)")
 # One gauge per numeric setting, named after the settings model's field (unset: 0).
 SETTINGS = {
     name: Gauge(f"trail_setting_{name}", f"Setting in force: {info.description} (unset: 0)")
@@ -59,6 +63,7 @@ def record(drained: MetricsDrain) -> None:
         PREDICTION_ERROR.labels(stage).observe(value)
     for value in drained.predicted_remaining:
         PREDICTED_REMAINING.observe(value)
+    PROBE_FAILURES.inc(drained.probe_failures)
     record_config(drained.config)
 
 
@@ -66,6 +71,7 @@ def record_config(config: ConfigView) -> None:
     for name, gauge in SETTINGS.items():
         gauge.set(getattr(config, name) or 0)
     SETTING_GENERATION.set(config.generation)
+    PROBE_FAILED.set(1 if config.probe_failure is not None else 0)
     for policy in PolicyName:
         SETTING_POLICY.labels(policy.value).set(1 if policy == config.policy else 0)
 

@@ -35,6 +35,7 @@ class MetricsDrain(BaseModel):
     decisions: dict[str, int] = Field(default_factory=dict)  # decision -> count
     errors: list[tuple[str, float]] = Field(default_factory=list)  # (stage, |error|)
     predicted_remaining: list[float] = Field(default_factory=list)
+    probe_failures: int = 0  # failures the workers reported (each drops the probe it ran)
     config: ConfigView
 
 

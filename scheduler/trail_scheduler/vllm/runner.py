@@ -15,6 +15,7 @@ objects vLLM already sends between its processes, whatever the executor.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import cache
 
@@ -28,6 +29,8 @@ from trail_scheduler.vllm.engine_config import TrailEngineConfig
 
 COLLECT_ID_ARG = "trail_collect_id"  # sampling_params.extra_args key: the prompt's id in collection
 
+logger = logging.getLogger("vllm.trail.runner")
+
 
 @dataclass(frozen=True)
 class RunnerUpdate:
@@ -40,12 +43,25 @@ class RunnerUpdate:
 
 @dataclass(frozen=True)
 class StepEvidence:
-    """One step's probe readings: row i belongs to ``request_ids[i]``."""
+    """One step's probe readings: row i belongs to ``request_ids[i]``.
+
+    ``failure`` says the probe ``probe_sha256`` failed on the worker (no rows then): the
+    worker has dropped it, and the scheduler stops relying on it.
+    """
 
     request_ids: list[str]
     probabilities: np.ndarray  # [n, K]
     from_prefill: list[bool]
     probe_sha256: str
+    failure: str | None = None
+
+    @classmethod
+    def failed(cls, probe_sha256: str, error: BaseException) -> StepEvidence:
+        message = f"{type(error).__name__}: {error}"[:500]
+        return cls([], np.zeros((0, 0)), [], probe_sha256, failure=message)
+
+    def resolve(self) -> StepEvidence:
+        return self
 
 
 @dataclass(frozen=True)
@@ -59,11 +75,14 @@ class PendingEvidence:
     probe_sha256: str
 
     def resolve(self) -> StepEvidence:
-        if self.ready is not None:
-            self.ready.synchronize()
-        return StepEvidence(
-            self.request_ids, self.probabilities.numpy().astype(np.float64), self.from_prefill, self.probe_sha256
-        )
+        try:
+            if self.ready is not None:
+                self.ready.synchronize()
+            probabilities = self.probabilities.numpy().astype(np.float64)
+        except Exception as error:  # a probe kernel failed on the device: report it, keep serving
+            logger.exception("TRAIL probe %s failed; the scheduler stops using it", self.probe_sha256[:12])
+            return StepEvidence.failed(self.probe_sha256, error)
+        return StepEvidence(self.request_ids, probabilities, self.from_prefill, self.probe_sha256)
 
 
 class AsyncOutputWithEvidence(AsyncModelRunnerOutput):
@@ -113,6 +132,7 @@ class TrailCaptureMixin:
         self.trail_layer = layer
         self.trail_predict_every = config.settings.predict_every
         self.trail_prompt_sums: dict[str, tuple[torch.Tensor, int]] = {}
+        self.trail_probe_failure: StepEvidence | None = None  # to report with the next output
         if config.collect_dir and self.trail_reports:
             self.trail_collector = RequestCollector(
                 config.collect_dir,
@@ -133,7 +153,10 @@ class TrailCaptureMixin:
         if update is not None:  # validated by the scheduler against this model
             self.trail_predict_every = update.predict_every
             if update.probe is not None:
-                self.trail_set_probe(update.probe)
+                try:
+                    self.trail_set_probe(update.probe)
+                except Exception as error:  # e.g. out of device memory: serve on without it
+                    self._trail_drop_probe(update.probe.sha256, error)
         return super().execute_model(scheduler_output, *args, **kwargs)
 
     def sample_tokens(self, *args, **kwargs):
@@ -141,7 +164,7 @@ class TrailCaptureMixin:
         if self.execute_model_state is not None and self.trail_reports:
             if self.trail_collector is not None:
                 self._trail_collect()
-            evidence = self._trail_read_evidence()
+            evidence = self._trail_evidence()
         output = super().sample_tokens(*args, **kwargs)
         if evidence is None:
             return output
@@ -149,7 +172,29 @@ class TrailCaptureMixin:
             return AsyncOutputWithEvidence(output, evidence)
         if getattr(output, "req_ids", None):
             output.trail_evidence = evidence.resolve()  # a fresh output object each step with requests
+        elif isinstance(evidence, StepEvidence):
+            self.trail_probe_failure = evidence  # nothing to ride on: the next step's output carries it
         return output
+
+    def _trail_evidence(self) -> PendingEvidence | StepEvidence | None:
+        """This step's readings, or the report of a probe that failed (now or since the last
+        report) and was dropped: a probe error never takes the engine and its requests down."""
+        probe = self.trail_probe
+        try:
+            evidence = self._trail_read_evidence()
+        except Exception as error:
+            if probe is None:
+                raise  # not the probe's doing
+            self._trail_drop_probe(probe.sha256, error)
+            evidence = None
+        failure, self.trail_probe_failure = self.trail_probe_failure, None
+        return failure or evidence
+
+    def _trail_drop_probe(self, sha256: str, error: BaseException) -> None:
+        logger.exception("TRAIL probe %s failed on the worker; serving on without it", sha256[:12])
+        self.trail_probe = None
+        self.trail_prompt_sums.clear()
+        self.trail_probe_failure = StepEvidence.failed(sha256, error)
 
     @torch.inference_mode()
     def _trail_read_evidence(self) -> PendingEvidence | None:

@@ -37,7 +37,16 @@ from vllm.v1.core.sched.request_queue import PriorityRequestQueue, SchedulingPol
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request
 
-from trail_scheduler.api import ConfigUpdate, ConfigView, ProbeInfo, RequestStats, StatsView, explain
+from trail_scheduler.api import (
+    ConfigUpdate,
+    ConfigView,
+    PolicyName,
+    ProbeInfo,
+    RequestStats,
+    SchedulerSettings,
+    StatsView,
+    explain,
+)
 from trail_scheduler.core.bins import LengthBins
 from trail_scheduler.core.policy import Policy, Room, RunningRequest, WaitingRequest
 from trail_scheduler.core.tracker import PredictionTracker
@@ -61,6 +70,7 @@ class EngineMetrics:
     preemptions: Counter = field(default_factory=Counter)  # reason -> count
     decisions: Counter = field(default_factory=Counter)  # decision -> count
     errors: list[tuple[str, float]] = field(default_factory=list)  # (stage, |error|)
+    probe_failures: int = 0
 
     def drain(self, predicted_remaining: list[float], config: ConfigView) -> MetricsDrain:
         payload = MetricsDrain(
@@ -68,11 +78,13 @@ class EngineMetrics:
             decisions=dict(self.decisions),
             errors=list(self.errors),
             predicted_remaining=predicted_remaining,
+            probe_failures=self.probe_failures,
             config=config,
         )
         self.preemptions.clear()
         self.decisions.clear()
         self.errors.clear()
+        self.probe_failures = 0
         return payload
 
 
@@ -109,7 +121,8 @@ class TrailSchedulingMixin:
         self.kv_holding_waiting = create_request_queue(self.policy)
         config = TrailEngineConfig.from_vllm_config(self.vllm_config)
         self.trail_settings = config.settings
-        self.trail_policy = Policy(config.settings)
+        self.trail_probe_failure: str | None = None  # why the workers dropped the probe in force
+        self.trail_policy = self._trail_make_policy()
         self.trail_generation = config.generation
         self.trail_probe: ProbeIdentity | None = None
         self.trail_tracker = PredictionTracker(LengthBins.uniform())
@@ -159,10 +172,11 @@ class TrailSchedulingMixin:
         except ValueError as error:
             return ApplyReply(error=str(error))
         self.trail_settings = settings
-        self.trail_policy = Policy(settings)
         self.trail_generation = self.trail_generation + 1 if update.generation is None else update.generation
         if probe is not None:
             self.trail_set_probe(probe)
+            self.trail_probe_failure = None
+        self.trail_policy = self._trail_make_policy()
         # Updates wait for the next step (none comes while the engine is idle): a later
         # settings-only change must not drop a probe still on its way to the workers.
         pending = self.trail_pending_update
@@ -171,6 +185,22 @@ class TrailSchedulingMixin:
         self.trail_pending_update = RunnerUpdate(settings.predict_every, probe)
         logger.info("TRAIL settings generation %d in force: %s", self.trail_generation, settings)
         return ApplyReply(config=self.trail_config())
+
+    def _trail_make_policy(self) -> Policy:
+        """The policy of the settings in force; length-unaware (first come, first served) while
+        the workers have dropped the probe after a failure, until a new probe is applied."""
+        settings: SchedulerSettings = self.trail_settings
+        if self.trail_probe_failure is not None:
+            settings = settings.model_copy(update={"policy": PolicyName.FCFS})
+        return Policy(settings)
+
+    def _trail_probe_failed(self, sha256: str, failure: str) -> None:
+        self.trail_metrics.probe_failures += 1
+        if self.trail_probe is None or sha256 != self.trail_probe.sha256 or self.trail_probe_failure is not None:
+            return  # a probe already replaced, or already known to have failed
+        self.trail_probe_failure = f"probe {sha256[:12]} failed on the worker: {failure}"
+        self.trail_policy = self._trail_make_policy()
+        logger.error("%s; ranking first come, first served until a new probe is applied", self.trail_probe_failure)
 
     def trail_set_probe(self, probe: LoadedProbe | None) -> None:
         if probe is None:
@@ -195,6 +225,7 @@ class TrailSchedulingMixin:
                 model=probe.model,
             ),
             capture_layer=self.trail_layer,
+            probe_failure=self.trail_probe_failure,
         )
 
     def trail_stats(self) -> StatsView:
@@ -207,6 +238,7 @@ class TrailSchedulingMixin:
             preemptions_total=self.trail_preemptions_total,
             last_decision_seconds=self.trail_last_decision_seconds,
             worker_probe_sha256=self.trail_worker_probe,
+            probe_failure=self.trail_probe_failure,
         )
 
     def trail_drain_metrics(self) -> MetricsDrain:
@@ -263,7 +295,9 @@ class TrailSchedulingMixin:
                 continue  # output vLLM drops (in flight at a drop-mode preemption): not generated
             tracker.advance(request_id, len(tokens))
         evidence = getattr(model_runner_output, "trail_evidence", None)
-        if evidence is not None:
+        if evidence is not None and evidence.failure is not None:
+            self._trail_probe_failed(evidence.probe_sha256, evidence.failure)
+        elif evidence is not None:
             self.trail_worker_probe = evidence.probe_sha256
             # Readings of a probe being replaced (the new one is on its way) are not mixed in.
             if self.trail_probe is not None and evidence.probe_sha256 == self.trail_probe.sha256:

@@ -1,0 +1,108 @@
+"""TRAIL's runner mixin in-process over a stand-in for vLLM's model runner: what happens
+when the probe itself fails on a worker (a device error, a bad kernel).
+
+The stand-in has only what the mixin reads in one step (the step's scheduled requests,
+their rows in the hidden states, the sampled output); the mixin's state is set as its
+``load_model`` sets it. The probe's failure is real: a probe for another hidden size
+raises in its first matmul, as any exception in the probe's forward would.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from vllm.v1.outputs import ModelRunnerOutput
+
+from trail_scheduler.core.bins import LengthBins
+from trail_scheduler.probe import LengthProbe, load_probe, save_probe
+from trail_scheduler.vllm.runner import RunnerUpdate, trail_runner_class
+
+HIDDEN = 16
+LAYER = 3
+
+
+class StandInRunner:
+    """One decode step of the given requests (one row each) per ``execute_model``."""
+
+    def __init__(self) -> None:
+        self.device = torch.device("cpu")
+        self.requests: dict[str, SimpleNamespace] = {}
+
+    def execute_model(self, scheduler_output, *args, **kwargs):
+        ids = list(scheduler_output.scheduled_cached_reqs.req_ids)
+        self.input_batch = SimpleNamespace(req_ids=ids, num_reqs=len(ids))
+        self.query_start_loc = SimpleNamespace(np=np.arange(len(ids) + 1))
+        self.execute_model_state = SimpleNamespace(
+            scheduler_output=scheduler_output, aux_hidden_states=[torch.randn(len(ids), HIDDEN)]
+        )
+
+    def sample_tokens(self, *args, **kwargs):
+        ids = self.input_batch.req_ids
+        return ModelRunnerOutput(
+            req_ids=list(ids), req_id_to_index={r: i for i, r in enumerate(ids)}, sampled_token_ids=[[1] for _ in ids]
+        )
+
+
+def probe_file(tmp_path, hidden_size: int) -> str:
+    path = tmp_path / f"probe-{hidden_size}.safetensors"
+    save_probe(
+        LengthProbe(hidden_size, 10, hidden_units=4), LengthBins.uniform(), path, model="t", layer=LAYER, training={}
+    )
+    return str(path)
+
+
+@pytest.fixture
+def runner(tmp_path):
+    runner = trail_runner_class(StandInRunner)()
+    # What TrailCaptureMixin.load_model sets for a worker that reports (TP rank 0, last stage).
+    runner.trail_reports, runner.trail_collector = True, None
+    runner.trail_layer, runner.trail_aux_index = LAYER, {LAYER: 0}
+    runner.trail_predict_every, runner.trail_prompt_sums, runner.trail_probe_failure = 1, {}, None
+    runner.trail_set_probe(load_probe(probe_file(tmp_path, HIDDEN)))
+    return runner
+
+
+def step(runner, request_ids: list[str], prompt_len: int = 4, generated: int = 2, update=None):
+    for request_id in request_ids:
+        runner.requests[request_id] = SimpleNamespace(num_prompt_tokens=prompt_len)
+    scheduler_output = SimpleNamespace(
+        finished_req_ids=set(),
+        scheduled_new_reqs=[],
+        scheduled_cached_reqs=SimpleNamespace(
+            req_ids=request_ids, num_computed_tokens=[prompt_len + generated - 1] * len(request_ids)
+        ),
+        trail_update=update,
+    )
+    runner.execute_model(scheduler_output)
+    return runner.sample_tokens()
+
+
+def test_a_working_probe_reads_every_decoding_request(runner):
+    evidence = step(runner, ["a", "b"]).trail_evidence
+    assert evidence.failure is None and evidence.request_ids == ["a", "b"]
+    assert evidence.probabilities.shape == (2, 10)
+
+
+def test_a_probe_that_raises_is_dropped_and_reported_and_the_step_completes(runner, tmp_path):
+    broken = load_probe(probe_file(tmp_path, HIDDEN * 2))  # reads 32 columns of 16: its matmul raises
+    runner.trail_set_probe(broken)
+    output = step(runner, ["a", "b"])
+    assert output.sampled_token_ids == [[1], [1]]  # the step's tokens are delivered
+    evidence = output.trail_evidence
+    assert evidence.failure.startswith("RuntimeError") and evidence.probe_sha256 == broken.sha256
+    assert evidence.request_ids == [] and runner.trail_probe is None
+    later = step(runner, ["a", "b"])  # reported once; the worker runs no probe now
+    assert getattr(later, "trail_evidence", None) is None and later.sampled_token_ids == [[1], [1]]
+
+
+def test_a_new_probe_that_fails_is_dropped_and_the_next_good_one_is_used(runner, tmp_path):
+    """Probes arrive with a step's ``trail_update``; a failed one does not block the next."""
+    broken = load_probe(probe_file(tmp_path, HIDDEN * 2))
+    step(runner, ["a"], update=RunnerUpdate(predict_every=1, probe=broken))
+    assert runner.trail_probe is None
+    good = load_probe(probe_file(tmp_path, HIDDEN))
+    evidence = step(runner, ["a"], update=RunnerUpdate(predict_every=1, probe=good)).trail_evidence
+    assert evidence.failure is None and evidence.probe_sha256 == good.sha256
