@@ -147,13 +147,16 @@ def _wait_healthy(process: subprocess.Popen, server: Server, what: str) -> Serve
 
 
 def start_trail_serve(log_dir: Path, *extra: str, token: str = "bench-token") -> Server:
-    """``trail serve`` on free loopback ports; ``extra`` goes to it (and on to vLLM)."""
+    """``trail serve`` on free loopback ports; ``extra`` goes to it (and on to vLLM).
+
+    It accepts client hints: the benchmark's oracle policy and tests send lengths with requests.
+    """
     port, admin_port = free_port(), free_port()
     log = Path(log_dir) / f"trail-serve-{port}.log"
     env = {**os.environ, "TRAIL_ADMIN_TOKEN": token}
     trail = Path(sys.executable).with_name("trail")
     process = subprocess.Popen(
-        [str(trail), "serve", "--port", str(port), "--admin-port", str(admin_port), *extra],
+        [str(trail), "serve", "--port", str(port), "--admin-port", str(admin_port), "--accept-client-hints", *extra],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         env=env,

@@ -49,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scheduler-config", help="JSON/YAML file with the admin API's settings fields (how pods read their ConfigMap)"
     )
+    parser.add_argument(
+        "--accept-client-hints",
+        action="store_true",
+        help="let clients set TRAIL's scheduling hints (vllm_xargs trail_*: a length estimate, the true length); "
+        "for benchmarks only: a client could jump the queue with them",
+    )
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -122,14 +128,19 @@ def load_prompt_predictor_arg(args: argparse.Namespace):
     return predictor
 
 
-def attach_prompt_predictor(engine, predictor) -> None:
-    """Estimate each request's length on arrival, off the event loop, and send it with the
-    request as ``sampling_params.extra_args["trail_prompt_estimate"]`` (one already given,
-    e.g. through vllm_xargs, is kept). Wraps the engine client's ``generate``, which every
-    OpenAI endpoint calls with the rendered prompt (token ids, and the text when known)."""
+def attach_request_hints(engine, predictor, accept_client_hints: bool = False) -> None:
+    """Wrap the engine client's ``generate``, which every OpenAI endpoint calls with the rendered
+    prompt (token ids, and the text when known), to control TRAIL's per-request hints
+    (``sampling_params.extra_args["trail_*"]``, which the scheduler trusts).
+
+    A client's own ``trail_*`` values (``vllm_xargs``) are dropped unless the server accepts
+    client hints (benchmarks), so no client can make its request look short and jump the
+    queue. With a prompt predictor, each request's length is estimated on arrival, off the
+    event loop, and sent as ``trail_prompt_estimate`` (one a trusted client gave is kept).
+    """
     from concurrent.futures import ThreadPoolExecutor
 
-    from trail_scheduler.vllm.scheduler import PROMPT_ESTIMATE_ARG
+    from trail_scheduler.vllm.scheduler import HINT_PREFIX, PROMPT_ESTIMATE_ARG
 
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trail-prompt-predictor")
     original = engine.generate
@@ -145,12 +156,16 @@ def attach_prompt_predictor(engine, predictor) -> None:
         return None
 
     async def generate(prompt, sampling_params, request_id, *args, **kwargs):
-        extra = getattr(sampling_params, "extra_args", None) or {}
-        if hasattr(sampling_params, "extra_args") and PROMPT_ESTIMATE_ARG not in extra:
-            text = prompt_text(prompt)
-            if text is not None:
-                estimate = await asyncio.get_running_loop().run_in_executor(executor, predictor.estimate_one, text)
-                sampling_params.extra_args = {**extra, PROMPT_ESTIMATE_ARG: estimate}
+        if hasattr(sampling_params, "extra_args"):
+            extra = dict(sampling_params.extra_args or {})
+            if not accept_client_hints:
+                extra = {key: value for key, value in extra.items() if not key.startswith(HINT_PREFIX)}
+            if predictor is not None and PROMPT_ESTIMATE_ARG not in extra:
+                text = prompt_text(prompt)
+                if text is not None:
+                    estimate = await asyncio.get_running_loop().run_in_executor(executor, predictor.estimate_one, text)
+                    extra[PROMPT_ESTIMATE_ARG] = estimate
+            sampling_params.extra_args = extra or None
         async for output in original(prompt, sampling_params, request_id, *args, **kwargs):
             yield output
 
@@ -213,7 +228,9 @@ def _admin_server(app, host: str, port: int):
     return QuietServer(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
 
 
-async def _run(vllm_args: argparse.Namespace, token: str, admin_port: int, prompt_predictor=None) -> None:
+async def _run(
+    vllm_args: argparse.Namespace, token: str, admin_port: int, prompt_predictor=None, accept_client_hints=False
+) -> None:
     from vllm.entrypoints.launchers.api_server.entry import build_and_serve, build_async_engine_client
     from vllm.entrypoints.launchers.launcher import setup_server
 
@@ -222,8 +239,7 @@ async def _run(vllm_args: argparse.Namespace, token: str, admin_port: int, promp
 
     listen_address, sock = setup_server(vllm_args, reuse_port=False)
     async with build_async_engine_client(vllm_args) as engine:
-        if prompt_predictor is not None:
-            attach_prompt_predictor(engine, prompt_predictor)
+        attach_request_hints(engine, prompt_predictor, accept_client_hints)
         admin = _admin_server(build_admin_app(engine, token), vllm_args.host or "0.0.0.0", admin_port)
         admin_task = asyncio.create_task(admin.serve())
         poller = asyncio.create_task(poll_engine(engine))
@@ -274,5 +290,7 @@ def run(args: argparse.Namespace) -> int:
         logger.info(
             "prompt predictor %s (sha256 %s)", args.prompt_predictor or "shipped", prompt_predictor.loaded.sha256[:12]
         )
-    uvloop.run(_run(vllm_args, token, args.admin_port, prompt_predictor))
+    if args.accept_client_hints:
+        logger.warning("clients may set TRAIL's scheduling hints (--accept-client-hints): for benchmarks only")
+    uvloop.run(_run(vllm_args, token, args.admin_port, prompt_predictor, args.accept_client_hints))
     return 0

@@ -59,8 +59,9 @@ from trail_scheduler.vllm.runner import RunnerUpdate, capture_layer
 # how the scheduler's lines (which class runs, settings changes) reach the server's log.
 logger = logging.getLogger("vllm.trail.scheduler")
 
+HINT_PREFIX = "trail_"  # sampling_params.extra_args keys the API server controls (clients' are dropped)
 PROMPT_ESTIMATE_ARG = "trail_prompt_estimate"  # set by the API server's prompt predictor
-ORACLE_LENGTH_ARG = "trail_oracle_length"  # benchmarks only (trail-oracle)
+ORACLE_LENGTH_ARG = "trail_oracle_length"  # benchmarks only (trail-oracle), from a trusted client
 
 
 @dataclass
