@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trail_scheduler.admin_client import AdminError
+from trail_scheduler.api import SchedulerSettings
 from trail_scheduler.bench import policies as P
 from trail_scheduler.bench.loadgen import RequestRecord, run_load
 from trail_scheduler.bench.report import print_table, rate_label, summarise, write_partial, write_report
@@ -108,6 +109,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help='JSONL of {"id", "prompt"} (default: the shipped predictors\' ShareGPT benchmark split)',
     )
+    parser.add_argument(
+        "--short-requests",
+        action="store_true",
+        help="only the prompts that are one short line, an instruction or a question (chat's common case)",
+    )
     parser.add_argument("--requests", type=int, help="requests per run")
     parser.add_argument("--rates", help="comma-separated arrival rates in requests/s; 'burst' sends all at once")
     parser.add_argument("--output-cap", type=int, help="cap on profiled output lengths (default 512)")
@@ -120,7 +126,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--probe", type=Path, help="probe file for TRAIL with embedding refinement (default: the shipped one, if any)"
     )
-    parser.add_argument("--max-wait-seconds", type=float, help="starvation bound for the TRAIL-engine policies")
+    parser.add_argument(
+        "--max-wait-seconds",
+        type=_max_wait,
+        default=SchedulerSettings().max_wait_seconds,
+        help="starvation bound for the TRAIL-engine policies, or 'off' (default: the shipped default)",
+    )
     parser.add_argument("--max-num-seqs", type=int, default=8, help="engine batch size (small: queueing comes early)")
     parser.add_argument("--seed", type=int, default=0, help="fixes the prompt sample and arrival times")
     parser.add_argument("--time-limit", type=float, help="seconds per run before open requests are cancelled")
@@ -131,6 +142,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stock-endpoint", help="a running stock vLLM server to use for 'fcfs' instead of starting one"
     )
+
+
+def _max_wait(text: str) -> float | None:
+    if text == "off":
+        return None
+    try:
+        return SchedulerSettings(max_wait_seconds=float(text)).max_wait_seconds
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0 or 'off': {error}") from None
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -167,6 +187,7 @@ class BenchConfig:
     prompts: Path | None
     output: Path
     notes: list[str] = field(default_factory=list)
+    short_requests: bool = False
     trail_endpoint: Server | None = None
     stock_endpoint: Server | None = None
 
@@ -231,6 +252,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         max_wait_seconds=args.max_wait_seconds,
         probe=args.probe,
         prompts=args.prompts,
+        short_requests=args.short_requests,
         output=output,
         notes=notes,
         trail_endpoint=trail_endpoint,
@@ -356,7 +378,7 @@ def run_bench(config: BenchConfig) -> dict:
     config.output.mkdir(parents=True, exist_ok=True)
     logs = Path(tempfile.mkdtemp(prefix="trail-bench-logs-", dir=config.output))
     model_path = prepare_bundled_model()
-    pool = load_prompts(config.prompts)
+    pool = load_prompts(config.prompts, config.short_requests)
     prompts = sample_prompts(
         pool, config.requests, config.seed, config.max_prompt_tokens, count_tokens=chat_token_counter(model_path)
     )
@@ -375,6 +397,7 @@ def run_bench(config: BenchConfig) -> dict:
             "max_wait_seconds": config.max_wait_seconds,
             "probe": str(config.probe) if config.probe else None,
             "prompts": str(config.prompts) if config.prompts else "sharegpt-bench-pool",
+            "short_requests": config.short_requests,
             "time_limit_s": config.time_limit,
             "policies": {e.name: e.description for e in config.entries},
         },

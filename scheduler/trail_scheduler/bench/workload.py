@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,23 @@ from trail_scheduler.predictors import SHIPPED_BENCHMARK_SPLIT
 
 DEFAULT_OUTPUT_CAP = 512
 MAX_PROMPT_TOKENS = 1024  # prompt + answer must fit max-model-len 2048
+
+
+# Requests of the kind chat users send most: one line, short, an instruction or a question.
+# Selected by the request's form only, never by its answer, so the workload's answer lengths
+# are what the model gives such requests (ShareGPT first turns are often pasted documents
+# and multi-part tasks, on which the bundled model runs to the cap on about half).
+SHORT_REQUEST_CHARS = 200
+_SHORT_REQUEST_START = re.compile(
+    r"(?:write|give|list|explain|summari[sz]e|describe|create|generate|suggest|tell|name|translate|rewrite|compose|"
+    r"provide|make|draft|define|compare|outline|brainstorm|what|what's|how|why|who|can you|could you|please)\b",
+    re.IGNORECASE,
+)
+
+
+def is_short_request(text: str) -> bool:
+    text = text.strip()
+    return len(text) <= SHORT_REQUEST_CHARS and "\n" not in text and bool(_SHORT_REQUEST_START.match(text))
 
 
 class WorkloadError(TrailError):
@@ -48,13 +66,16 @@ class BenchRequest:
     arrival: float
 
 
-def load_prompts(path: Path | None = None) -> list[Prompt]:
+def load_prompts(path: Path | None = None, short_requests: bool = False) -> list[Prompt]:
     """Prompts from a JSONL file (see :func:`~trail_scheduler.assets.read_prompt_file`), or the
-    shipped ShareGPT benchmark split; ids must be unique (they key the profiled lengths)."""
+    shipped ShareGPT benchmark split; ids must be unique (they key the profiled lengths).
+    ``short_requests`` keeps those of :func:`is_short_request`'s form."""
     if path is None:
         prompts, source = benchmark_split_prompts(), f"the ShareGPT benchmark split ({SHIPPED_BENCHMARK_SPLIT.name})"
     else:
         prompts, source = [Prompt(*pair) for pair in read_prompt_file(path)], str(path)
+    if short_requests:
+        prompts, source = [p for p in prompts if is_short_request(p.prompt)], f"the short requests of {source}"
     if not prompts:
         raise WorkloadError(f"no prompts in {source}")
     if len({p.id for p in prompts}) != len(prompts):
