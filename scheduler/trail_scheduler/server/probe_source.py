@@ -114,9 +114,10 @@ class ProbeSources:
             raise ProbeFetchError("probe.url: no such file in the allowed probe directories") from None
         except OSError:
             raise ProbeFetchError("probe.url: cannot open that file") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ProbeFetchError("probe.url is not a regular file")
         with os.fdopen(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise ProbeFetchError("probe.url is not a regular file")
             try:
                 payload = handle.read(self.max_bytes + 1)
             except OSError:
