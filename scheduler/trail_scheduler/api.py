@@ -12,6 +12,7 @@ import math
 import re
 from enum import Enum
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
@@ -26,6 +27,14 @@ class _Wire(BaseModel):
 
 
 MAX_C = 1000.0  # beyond this `c` means "always preemptible"; larger values are typos
+# Documented maxima: far beyond any useful value, low enough that none overflows in the engine.
+MAX_PREDICT_EVERY = 1_000_000  # tokens; longer than any context
+MAX_WAIT_SECONDS = 604_800.0  # one week
+MAX_PREEMPTION_MARGIN = 1_000_000.0  # tokens
+MAX_PREEMPTIONS = 1_000_000
+MAX_GENERATION = 2**63 - 1  # an int64, as Kubernetes' metadata.generation
+MAX_URL_LENGTH = 2048
+MAX_INLINE_PROBE_CHARS = 8 * 1024 * 1024  # base64 of a 6 MiB probe; larger probes go by URL
 
 
 class PolicyName(str, Enum):
@@ -47,6 +56,12 @@ def _is_integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _shown(value: Any) -> str:
+    """A rejected value for a message, cut short (it may be a megabyte of someone's JSON)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "..."
+
+
 class SchedulerSettings(_Wire):
     """The scheduler's tunable settings: the one definition that the policy, the admin API,
     the engine, ``trail serve``'s flags, the metrics and the operator use, and that the
@@ -64,14 +79,19 @@ class SchedulerSettings(_Wire):
         le=MAX_C,
         description="preemption threshold: preemptible while generated < c x first prediction",
     )
-    predict_every: int = Field(default=1, ge=1, description="run the probe every k tokens")
+    predict_every: int = Field(default=1, ge=1, le=MAX_PREDICT_EVERY, description="run the probe every k tokens")
     max_wait_seconds: float | None = Field(
-        default=None, gt=0, description="starvation bound (promote requests waiting longer)"
+        default=None, gt=0, le=MAX_WAIT_SECONDS, description="starvation bound (promote requests waiting longer)"
     )
     preemption_margin: float = Field(
-        default=0.0, ge=0, description="preempt only for a request shorter by more than this many tokens"
+        default=0.0,
+        ge=0,
+        le=MAX_PREEMPTION_MARGIN,
+        description="preempt only for a request shorter by more than this many tokens",
     )
-    max_preemptions: int | None = Field(default=None, ge=0, description="preemptions one request can suffer at most")
+    max_preemptions: int | None = Field(
+        default=None, ge=0, le=MAX_PREEMPTIONS, description="preemptions one request can suffer at most"
+    )
 
     @field_validator("policy", mode="before")
     @classmethod
@@ -80,41 +100,48 @@ class SchedulerSettings(_Wire):
             return PolicyName(value)
         except ValueError:
             names = ", ".join(p.value for p in PolicyName)
-            raise ValueError(f"unknown policy {value!r}; expected one of: {names}") from None
+            raise ValueError(f"unknown policy {_shown(value)}; expected one of: {names}") from None
 
     @field_validator("c", mode="before")
     @classmethod
     def _c_in_range(cls, value: Any) -> Any:
         if not (_is_number(value) and 0.0 <= value <= MAX_C):
-            raise ValueError(f"c must be a finite number between 0 and {MAX_C:g}, got {value!r}")
+            raise ValueError(f"c must be a finite number between 0 and {MAX_C:g}, got {_shown(value)}")
         return value
 
     @field_validator("predict_every", mode="before")
     @classmethod
     def _positive_interval(cls, value: Any) -> Any:
-        if not (_is_integer(value) and value >= 1):
-            raise ValueError(f"predict_every must be an integer >= 1, got {value!r}")
+        if not (_is_integer(value) and 1 <= value <= MAX_PREDICT_EVERY):
+            raise ValueError(f"predict_every must be an integer from 1 to {MAX_PREDICT_EVERY}, got {_shown(value)}")
         return value
 
     @field_validator("max_wait_seconds", mode="before")
     @classmethod
     def _positive_wait(cls, value: Any) -> Any:
-        if value is not None and not (_is_number(value) and value > 0):
-            raise ValueError(f"max_wait_seconds must be a positive number, or null to turn it off; got {value!r}")
+        if value is not None and not (_is_number(value) and 0 < value <= MAX_WAIT_SECONDS):
+            raise ValueError(
+                f"max_wait_seconds must be a positive number up to {MAX_WAIT_SECONDS:g}, or null to turn it off; "
+                f"got {_shown(value)}"
+            )
         return value
 
     @field_validator("preemption_margin", mode="before")
     @classmethod
     def _margin(cls, value: Any) -> Any:
-        if not (_is_number(value) and value >= 0):
-            raise ValueError(f"preemption_margin must be >= 0 tokens, got {value!r}")
+        if not (_is_number(value) and 0 <= value <= MAX_PREEMPTION_MARGIN):
+            raise ValueError(
+                f"preemption_margin must be from 0 to {MAX_PREEMPTION_MARGIN:g} tokens, got {_shown(value)}"
+            )
         return value
 
     @field_validator("max_preemptions", mode="before")
     @classmethod
     def _cap(cls, value: Any) -> Any:
-        if value is not None and not (_is_integer(value) and value >= 0):
-            raise ValueError(f"max_preemptions must be an integer >= 0 or null, got {value!r}")
+        if value is not None and not (_is_integer(value) and 0 <= value <= MAX_PREEMPTIONS):
+            raise ValueError(
+                f"max_preemptions must be an integer from 0 to {MAX_PREEMPTIONS} or null, got {_shown(value)}"
+            )
         return value
 
     def wire(self) -> dict[str, Any]:
@@ -129,9 +156,15 @@ SETTING_KEYS = tuple(info.alias for info in SchedulerSettings.model_fields.value
 class ProbeSource(_Wire):
     """A new probe: fetched from ``url`` and checked against ``sha256``, or inline ``data``."""
 
-    url: str | None = None
-    sha256: str | None = None
-    data: str | None = Field(default=None, description="base64 of the probe file")
+    url: str | None = Field(default=None, strict=True, max_length=MAX_URL_LENGTH)
+    sha256: str | None = Field(default=None, strict=True, max_length=64)
+    data: str | None = Field(
+        default=None,
+        strict=True,
+        min_length=1,
+        max_length=MAX_INLINE_PROBE_CHARS,
+        description="base64 of the probe file",
+    )
 
     @field_validator("sha256")
     @classmethod
@@ -140,14 +173,34 @@ class ProbeSource(_Wire):
             raise ValueError("sha256 must be 64 hexadecimal characters")
         return value.lower() if value else value
 
+    @field_validator("url")
+    @classmethod
+    def _well_formed_url(cls, value: str | None) -> str | None:
+        """Only well-formed http(s)/file URLs, so a fetch never fails on the URL's syntax."""
+        if value is None:
+            return value
+        if not value.isascii() or not value.isprintable() or " " in value:
+            raise ValueError("url must be printable ASCII without spaces (percent-encode the rest)")
+        try:
+            parts = urlsplit(value)
+            port = parts.port  # raises on a port that is not a number from 0 to 65535
+        except ValueError as error:
+            raise ValueError(f"url is malformed: {error}") from None
+        if parts.scheme not in ("http", "https", "file"):
+            raise ValueError(f"url must be http(s):// or file://, got {_shown(value)}")
+        if parts.scheme == "file":
+            if parts.netloc or not parts.path.startswith("/"):
+                raise ValueError("a file:// url names an absolute path on the pod: file:///path")
+        elif not parts.hostname or port == 0 or parts.username is not None or parts.password is not None:
+            raise ValueError("an http(s):// url needs a host, a port from 1 to 65535 if any, and no user:password")
+        return value
+
     @model_validator(mode="after")
     def _one_source(self) -> ProbeSource:
         if (self.url is None) == (self.data is None):
             raise ValueError("give exactly one of probe.url (with probe.sha256) or probe.data")
         if self.url is not None and self.sha256 is None:
             raise ValueError("probe.url needs probe.sha256 so the download can be verified")
-        if self.url is not None and not self.url.startswith(("http://", "https://", "file://")):
-            raise ValueError(f"probe.url must be http(s):// or file://, got {self.url!r}")
         return self
 
 
@@ -161,7 +214,13 @@ class _Update(_Wire):
     refused here with the same message the engine, the operator and ``trail serve`` give.
     """
 
-    generation: int | None = Field(default=None, ge=0)
+    generation: int | None = Field(
+        default=None,
+        strict=True,
+        ge=0,
+        le=MAX_GENERATION,
+        description="the settings' generation; the engine refuses one lower than the one in force",
+    )
     probe: ProbeSource | None = None
 
     @model_validator(mode="before")

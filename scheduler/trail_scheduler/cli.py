@@ -79,6 +79,7 @@ def _add_serve_command(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="serve a model with the TRAIL scheduler (vLLM's OpenAI API + admin API + metrics)",
         description="Any argument not listed here is passed to vLLM's engine (e.g. --max-num-seqs 8).",
+        allow_abbrev=False,  # `--admin-p 9` is not --admin-port: a prefix would reach past the flags' checks
     )
     add_arguments(serve)
     serve.set_defaults(handler=_serve, accepts_extra_args=True)

@@ -95,7 +95,7 @@ def _probe_bytes(tmp_path, hidden_size: int, layer: int = 10) -> bytes:
         ({"maxWaitSeconds": -5}, "maxWaitSeconds"),
         ({"probe": {"data": "not base64!"}}, "base64"),
         ({"probe": {"data": base64.b64encode(b"corrupt bytes").decode()}}, "probe rejected"),
-        ({"probe": {"url": "file:///nonexistent.safetensors", "sha256": "0" * 64}}, "cannot read probe"),
+        ({"probe": {"url": "file:///nonexistent.safetensors", "sha256": "0" * 64}}, "--probe-dir"),
     ],
 )
 def test_bad_changes_are_rejected_and_old_settings_stay(trail_server, change, message):
@@ -252,7 +252,10 @@ def test_probe_predictions_flow_and_beat_the_unknown_length_guess(trail_server, 
     path = tmp_path / "quick.safetensors"
     sha, prompts = train_quick_probe(path)
     config = trail_server.configure(
-        policy="trail", c=0.8, predictEvery=1, probe={"url": f"file://{path}", "sha256": sha}
+        policy="trail",
+        c=0.8,
+        predictEvery=1,
+        probe={"data": base64.b64encode(path.read_bytes()).decode(), "sha256": sha},
     )
     assert config.probe.sha256 == sha
 

@@ -17,14 +17,20 @@ import secrets
 import tempfile
 import typing
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from trail_scheduler.api import PolicyName, SchedulerSettings, explain, read_settings_file
 from trail_scheduler.errors import TrailError
+from trail_scheduler.server.probe_source import DEFAULT_DEADLINE_SECONDS, ProbeFetchError, ProbeSources
 from trail_scheduler.vllm.engine_config import TRAIL_ENGINE_ARGS, TrailEngineConfig, engine_args
 
+if TYPE_CHECKING:
+    from trail_scheduler.server.admin import AdminToken
+
 logger = logging.getLogger("trail.serve")
+ADMIN_CONNECTIONS = 16  # connections and requests the admin port serves at once
 
 
 class ServeError(TrailError):
@@ -35,12 +41,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model id or path (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--port", type=int, default=8000, help="OpenAI API port")
     parser.add_argument("--admin-port", type=int, default=8001, help="admin API port (never expose it)")
-    parser.add_argument("--admin-token-file", help="file holding the admin bearer token (or TRAIL_ADMIN_TOKEN)")
+    parser.add_argument(
+        "--admin-token-file",
+        help="file holding the admin bearer token, read again when it changes (or TRAIL_ADMIN_TOKEN)",
+    )
     _add_settings_flags(parser)
     parser.add_argument(
         "--probe", help="probe file (.safetensors), or 'none' (default with the bundled model: the shipped one)"
     )
     parser.add_argument("--probe-layer", type=int, help="decoder layer to capture when no probe names one")
+    parser.add_argument(
+        "--probe-dir",
+        action="append",
+        help="a directory file:// probes may come from (repeatable; none: file:// probes are refused)",
+    )
+    parser.add_argument(
+        "--probe-host",
+        action="append",
+        help="a host http(s):// probes may come from (repeatable, exact hostname; none: any host)",
+    )
+    parser.add_argument(
+        "--probe-deadline",
+        type=float,
+        default=DEFAULT_DEADLINE_SECONDS,
+        help="seconds a probe download may take in all",
+    )
     parser.add_argument(
         "--prompt-predictor",
         help="prompt-predictor file estimating each request's length on arrival, or 'none' "
@@ -83,10 +108,8 @@ def scheduler_settings(args: argparse.Namespace) -> tuple[SchedulerSettings, str
         settings = update.applied_to(settings)
         generation = update.generation or 0
         if update.probe is not None and probe_path is None and not no_probe:
-            from trail_scheduler.server.admin import ProbeFetchError, fetch_probe
-
             try:
-                payload = fetch_probe(update.probe)
+                payload = asyncio.run(probe_sources(args).fetch(update.probe))
             except ProbeFetchError as error:
                 raise ServeError(f"probe in {args.scheduler_config}: {error}") from None
             handle = tempfile.NamedTemporaryFile(prefix="trail-probe-", suffix=".safetensors", delete=False)
@@ -172,18 +195,32 @@ def attach_request_hints(engine, predictor, accept_client_hints: bool = False) -
     engine.generate = generate
 
 
-def admin_token(args: argparse.Namespace) -> str:
+def probe_sources(args: argparse.Namespace) -> ProbeSources:
+    if not args.probe_deadline > 0:
+        raise ServeError(f"--probe-deadline must be a positive number of seconds, got {args.probe_deadline}")
+    return ProbeSources.from_flags(args.probe_dir, args.probe_host, args.probe_deadline)
+
+
+def admin_token(args: argparse.Namespace) -> AdminToken:
+    """The token file (read again when it changes; empty or unreadable: no request gets in),
+    else ``TRAIL_ADMIN_TOKEN``, else a generated token written to a file for hand runs."""
+    from trail_scheduler.server.admin import AdminToken
+
     if args.admin_token_file:
-        token = Path(args.admin_token_file).read_text().strip()
-    else:
-        token = os.environ.get("TRAIL_ADMIN_TOKEN", "").strip()
-    if not token:
-        token = secrets.token_urlsafe(24)
+        token = AdminToken(path=args.admin_token_file)
+        if token.current() is None:
+            logger.warning(
+                "admin token file %s is empty or unreadable: the admin API refuses all", args.admin_token_file
+            )
+        return token
+    value = os.environ.get("TRAIL_ADMIN_TOKEN", "").strip()
+    if not value:
+        value = secrets.token_urlsafe(24)
         path = Path(tempfile.gettempdir()) / f"trail-admin-token-{args.admin_port}"
-        path.write_text(token)
+        path.write_text(value)
         path.chmod(0o600)
         logger.warning("no admin token given: generated one in %s", path)
-    return token
+    return AdminToken(value)
 
 
 def _has_flag(argv: list[str], flag: str) -> bool:
@@ -217,7 +254,9 @@ def _as_argv(name: str, value) -> list[str]:
 
 
 def _admin_server(app, host: str, port: int):
-    """A uvicorn server for the admin app that leaves signal handling to vLLM's server."""
+    """A uvicorn server for the admin app that leaves signal handling to vLLM's server; it
+    holds a few connections at most (more get 503), so the admin port cannot eat the
+    event loop the OpenAI API shares."""
     import uvicorn
 
     class QuietServer(uvicorn.Server):
@@ -225,11 +264,26 @@ def _admin_server(app, host: str, port: int):
         def capture_signals(self):
             yield
 
-    return QuietServer(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        limit_concurrency=ADMIN_CONNECTIONS,
+        timeout_keep_alive=5,
+        h11_max_incomplete_event_size=64 * 1024,  # request line and headers
+    )
+    return QuietServer(config)
 
 
 async def _run(
-    vllm_args: argparse.Namespace, token: str, admin_port: int, prompt_predictor=None, accept_client_hints=False
+    vllm_args: argparse.Namespace,
+    token: AdminToken,
+    sources: ProbeSources,
+    admin_port: int,
+    prompt_predictor=None,
+    accept_client_hints: bool = False,
 ) -> None:
     from vllm.entrypoints.launchers.api_server.entry import build_and_serve, build_async_engine_client
     from vllm.entrypoints.launchers.launcher import setup_server
@@ -240,7 +294,7 @@ async def _run(
     listen_address, sock = setup_server(vllm_args, reuse_port=False)
     async with build_async_engine_client(vllm_args) as engine:
         attach_request_hints(engine, prompt_predictor, accept_client_hints)
-        admin = _admin_server(build_admin_app(engine, token), vllm_args.host or "0.0.0.0", admin_port)
+        admin = _admin_server(build_admin_app(engine, token, sources), vllm_args.host or "0.0.0.0", admin_port)
         admin_task = asyncio.create_task(admin.serve())
         poller = asyncio.create_task(poll_engine(engine))
         logger.info("TRAIL admin API on port %d", admin_port)
@@ -273,8 +327,10 @@ def run(args: argparse.Namespace) -> int:
     )
     prompt_predictor = load_prompt_predictor_arg(args)
     token = admin_token(args)
+    sources = probe_sources(args)
     cli_env_setup()
-    parser = make_arg_parser(FlexibleArgumentParser(prog="trail serve"))
+    # No abbreviations: `--sched=` must not reach a flag trail serve sets itself.
+    parser = make_arg_parser(FlexibleArgumentParser(prog="trail serve", allow_abbrev=False))
     vllm_args = parser.parse_args(vllm_argv(args.model, args.port, args.extra_args, engine_config))
     validate_parsed_serve_args(vllm_args)
     logger.info(
@@ -292,5 +348,5 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.accept_client_hints:
         logger.warning("clients may set TRAIL's scheduling hints (--accept-client-hints): for benchmarks only")
-    uvloop.run(_run(vllm_args, token, args.admin_port, prompt_predictor, args.accept_client_hints))
+    uvloop.run(_run(vllm_args, token, sources, args.admin_port, prompt_predictor, args.accept_client_hints))
     return 0

@@ -23,9 +23,14 @@ class SettingsRefused(ValueError):
     """The engine refused a change (invalid for this model or probe); nothing changed."""
 
 
+class GenerationConflict(SettingsRefused):
+    """The change's generation is older than the one in force (a stale or replayed change)."""
+
+
 class ApplyReply(BaseModel):
     config: ConfigView | None = None
     error: str | None = None
+    conflict: bool = False  # the error is a generation older than the one in force
 
 
 class MetricsDrain(BaseModel):
@@ -56,7 +61,7 @@ class EngineControl:
         body = update.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude={"probe"})
         reply = ApplyReply.model_validate(await self._call("apply", body, probe_bytes))
         if reply.error is not None:
-            raise SettingsRefused(reply.error)
+            raise (GenerationConflict if reply.conflict else SettingsRefused)(reply.error)
         return reply.config
 
     async def stats(self) -> StatsView:

@@ -160,6 +160,12 @@ class TrailSchedulingMixin:
 
     def trail_apply(self, update: ConfigUpdate, probe_bytes: bytes | None = None) -> ApplyReply:
         """Check a change completely against this engine, then commit it; on error nothing changes."""
+        if update.generation is not None and update.generation < self.trail_generation:
+            return ApplyReply(
+                error=f"generation {update.generation} is older than generation {self.trail_generation} in force; "
+                "nothing changed",
+                conflict=True,
+            )
         try:
             settings = update.applied_to(self.trail_settings)
             probe = None
