@@ -23,6 +23,7 @@ PACKAGES = {
 LAYERS = {
     "trail_scheduler.api": 0,  # the contract: settings and wire models (pydantic only)
     "trail_scheduler.errors": 0,  # the error base the command line reports
+    "trail_scheduler.probe_format": 1,  # a probe header, read safely (stdlib only: the operator uses it)
     "trail_scheduler.admin_client": 1,  # the admin API's one client (httpx + the contract)
     "trail_scheduler.core": 1,
     "trail_operator": 2,  # the control plane, on the contract and its client only

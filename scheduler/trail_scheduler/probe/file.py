@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import re
-import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +31,18 @@ import torch
 from trail_scheduler.core.bins import LengthBins
 from trail_scheduler.errors import TrailError
 from trail_scheduler.probe.model import LengthProbe
+from trail_scheduler.probe_format import (
+    MAX_BINS,
+    MAX_HIDDEN_SIZE,
+    MAX_HIDDEN_UNITS,
+    MAX_LAYER,
+    METADATA_KEY,
+    MIN_BINS,
+    ProbeFormatError,
+    read_header,
+)
 
 FORMAT_VERSION = 1
-METADATA_KEY = "trail"
 TENSOR_NAMES = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
 REQUIRED_FIELDS = (
     "format_version",
@@ -46,8 +54,9 @@ REQUIRED_FIELDS = (
     "training",
     "weights_sha256",
 )
-_MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# safetensors dtypes read into tensors, so a wrong one is refused with the tensor's name and torch's spelling
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 class ProbeFileError(TrailError):
@@ -154,8 +163,7 @@ def load_probe(source: str | os.PathLike[str] | bytes | bytearray | memoryview) 
             raise ProbeFileError(f"probe file not found: {source}") from None
         except OSError as error:
             raise ProbeFileError(f"cannot read probe file {source}: {error.strerror or error}") from None
-    meta = _read_metadata(data)
-    tensors = _read_tensors(data)
+    meta, tensors = _read(data)
     _validate(meta, tensors)
     bins = LengthBins.from_list(meta["bin_edges"])
     module = LengthProbe(meta["hidden_size"], bins.count, meta["hidden_units"])
@@ -191,41 +199,28 @@ def check_fits(loaded: LoadedProbe, hidden_size: int, num_layers: int) -> None:
 # -- reading ---------------------------------------------------------------------
 
 
-def _read_metadata(data: bytes) -> dict[str, Any]:
-    if len(data) < 8:
-        raise ProbeFileError(f"not a safetensors file: only {len(data)} bytes (too short for a header)")
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > min(len(data) - 8, _MAX_HEADER_BYTES):
-        raise ProbeFileError(
-            f"not a safetensors file or corrupt header: header length {header_len} exceeds the file size"
-        )
+def _read(data: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The metadata and the tensors, through the one header parser (:mod:`trail_scheduler.probe_format`)."""
     try:
-        header = json.loads(data[8 : 8 + header_len].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ProbeFileError(f"not a safetensors file or corrupt header: header is not JSON ({error})") from None
-    if not isinstance(header, dict):
-        raise ProbeFileError("not a safetensors file or corrupt header: header is not a JSON object")
-    metadata = header.get("__metadata__")
-    if not isinstance(metadata, dict) or METADATA_KEY not in metadata:
-        raise ProbeFileError(
-            f"no TRAIL metadata: the safetensors header has no __metadata__[{METADATA_KEY!r}] (not a probe file?)"
-        )
-    try:
-        meta = json.loads(metadata[METADATA_KEY])
-    except (TypeError, json.JSONDecodeError) as error:
-        raise ProbeFileError(f"TRAIL metadata is not valid JSON: {error}") from None
-    if not isinstance(meta, dict):
-        raise ProbeFileError(f"TRAIL metadata must be a JSON object, got {type(meta).__name__}")
-    return meta
+        header = read_header(data)
+    except ProbeFormatError as error:
+        raise ProbeFileError(str(error)) from None
+    tensors = {}
+    for name, info in header.tensors.items():
+        dtype = _DTYPES.get(info.dtype)
+        if dtype is None:
+            raise ProbeFileError(f"tensor {name!r} has dtype {info.dtype}, expected F32")
+        if info.end == info.begin:
+            tensors[name] = torch.empty(info.shape, dtype=dtype)
+        else:
+            tensors[name] = torch.frombuffer(bytearray(data[info.begin : info.end]), dtype=dtype).reshape(info.shape)
+    return header.trail, tensors
 
 
-def _read_tensors(data: bytes) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load
-
-    try:
-        return load(data)
-    except Exception as error:  # safetensors raises its own SafetensorError and others
-        raise ProbeFileError(f"corrupt safetensors data: {error}") from None
+def _shown(value: Any) -> str:
+    """A value for a message, cut short: metadata comes from whoever wrote the file."""
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 # -- validation (shared by save and load) -----------------------------------------
@@ -236,23 +231,33 @@ def _validate(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         raise ProbeFileError("probe metadata is missing required field 'format_version'")
     if meta["format_version"] != FORMAT_VERSION or isinstance(meta["format_version"], bool):
         raise ProbeFileError(
-            f"unsupported probe format_version {meta['format_version']!r}; this version reads {FORMAT_VERSION}"
+            f"unsupported probe format_version {_shown(meta['format_version'])}; this version reads {FORMAT_VERSION}"
         )
     missing = [name for name in REQUIRED_FIELDS if name not in meta]
     if missing:
         raise ProbeFileError(f"probe metadata is missing required field(s): {', '.join(missing)}")
-    _check_field(meta, "model", lambda v: isinstance(v, str) and v.strip() != "", "a non-empty string")
-    for name, minimum in (("hidden_size", 1), ("hidden_units", 1), ("layer", 0)):
-        _check_field(meta, name, lambda v, m=minimum: _is_int(v) and v >= m, f"an integer >= {minimum}")
+    _check_field(
+        meta, "model", lambda v: isinstance(v, str) and 0 < len(v.strip()) <= 1024, "a non-empty string (1024 at most)"
+    )
+    for name, low, high in (
+        ("hidden_size", 1, MAX_HIDDEN_SIZE),
+        ("hidden_units", 1, MAX_HIDDEN_UNITS),
+        ("layer", 0, MAX_LAYER),
+    ):
+        _check_field(
+            meta, name, lambda v, lo=low, hi=high: _is_int(v) and lo <= v <= hi, f"an integer >= {low}, <= {high}"
+        )
     _check_field(meta, "training", lambda v: isinstance(v, dict), "a JSON object")
     _check_field(meta, "weights_sha256", lambda v: isinstance(v, str) and bool(_SHA256.match(v)), "64 hex digits")
     edges = meta["bin_edges"]
     try:
         if not isinstance(edges, list):
             raise ValueError("expected a list")
+        if not MIN_BINS + 1 <= len(edges) <= MAX_BINS + 1:
+            raise ValueError(f"{len(edges) - 1} bins; a probe has {MIN_BINS} to {MAX_BINS}")
         bins = LengthBins.from_list(edges)
     except (TypeError, ValueError) as error:
-        raise ProbeFileError(f"invalid bin_edges {edges!r}: {error}") from None
+        raise ProbeFileError(f"invalid bin_edges {_shown(edges)}: {error}") from None
 
     names = set(tensors)
     if missing_tensors := [n for n in TENSOR_NAMES if n not in names]:
@@ -286,7 +291,7 @@ def _is_int(value: Any) -> bool:
 
 def _check_field(meta: dict[str, Any], name: str, ok, what: str) -> None:
     if not ok(meta[name]):
-        raise ProbeFileError(f"probe metadata field {name!r} must be {what}, got {meta[name]!r}")
+        raise ProbeFileError(f"probe metadata field {name!r} must be {what}, got {_shown(meta[name])}")
 
 
 __all__ = [
