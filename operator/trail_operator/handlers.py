@@ -27,7 +27,7 @@ from typing import Any
 
 import kopf
 
-from trail_operator import builders, crd, kube
+from trail_operator import builders, crd, kube, webhook
 from trail_operator.builders import Images
 from trail_operator.reconcile import Context, backoff, reconcile
 from trail_operator.retune import RetuneClient, ready_targets
@@ -47,6 +47,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logg
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=crd.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=crd.GROUP)
     settings.posting.level = logging.WARNING  # Kubernetes Events for warnings and errors
+    webhook.configure(settings)  # the admission webhook (trail_operator.webhook), when the chart enables it
     memo.ctx = Context(kube.connect(), RetuneClient(), Images.from_env())
     memo.locks = {}  # (namespace, name) -> asyncio.Lock; every object's memo shares this dict
     logger.info(f"trail operator: CRD {crd.crd_path()}, images {memo.ctx.images}, resync {RESYNC_SECONDS}s")

@@ -10,25 +10,15 @@ manifest through both so they cannot drift apart. Defaults come from the CRD
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from trail_operator.crd import defaulted_spec
+from trail_operator.engine_flags import check_extra_args
 from trail_scheduler.api import SchedulerSettings, explain
 
-RESERVED_FLAGS = (
-    "--port",
-    "--admin-port",
-    "--admin-token-file",
-    "--model",
-    "--scheduler-config",
-    "--tensor-parallel-size",
-    "--policy",
-    "--c",
-    "--probe",
-)
 SHA256 = r"^[0-9a-f]{64}$"
 
 
@@ -93,15 +83,16 @@ class Engine(_Model):
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     max_num_seqs: int | None = Field(default=None, ge=1)
     dtype: Literal["auto", "float16", "bfloat16", "float32"] | None = None
-    extra_args: tuple[str, ...] = ()
+    extra_args: tuple[Annotated[str, Field(max_length=4096)], ...] = ()
     env: tuple[EnvVar, ...] = ()
 
-    @model_validator(mode="after")
-    def _no_reserved_flags(self) -> Engine:
-        for arg in self.extra_args:
-            if any(arg == flag or arg.startswith(flag + "=") for flag in RESERVED_FLAGS):
-                raise ValueError(f"engine.extraArgs must not set {arg.split('=')[0]}: the operator owns it")
-        return self
+    @field_validator("extra_args")
+    @classmethod
+    def _as_the_engine_parses_them(cls, args: tuple[str, ...]) -> tuple[str, ...]:
+        problems = check_extra_args(args)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return args
 
 
 class Resources(_Model):
