@@ -355,7 +355,8 @@ def build_deployment(owner: Owner, spec: LLMServerSpec, images: Images) -> dict[
                 "valueFrom": {"secretKeyRef": {"name": hf.token_secret_ref.name, "key": hf.token_secret_ref.key}},
             }
         )
-    env += [{"name": var.name, "value": var.value} for var in spec.engine.env]
+    # An empty value is left out, as the API server stores it (else every pass would see a hand edit).
+    env += [{"name": var.name, **({"value": var.value} if var.value else {})} for var in spec.engine.env]
 
     mounts = [
         {"name": "scheduler", "mountPath": SCHEDULER_DIR, "readOnly": True},

@@ -124,10 +124,18 @@ def test_the_token_is_kept_only_while_the_secret_is_as_written():
 
 
 def test_a_hand_edit_of_a_field_we_set_is_undone():
-    spec = parse_spec({"model": {"bundled": True}, "resources": {"requests": {"cpu": "1000m", "memory": "4Gi"}}})
+    spec = parse_spec(
+        {
+            "model": {"bundled": True},
+            "resources": {"requests": {"cpu": "1000m", "memory": "4Gi"}},
+            "engine": {"env": [{"name": "EMPTY", "value": ""}]},
+        }
+    )
     desired = builders.build_deployment(OWNER, spec, Images())
     live = with_record(desired)
-    # What the API server adds or rewrites is not an edit: defaults, status, canonical quantities.
+    # What the API server adds or rewrites is not an edit: defaults, status, canonical
+    # quantities, empty strings left out (so the builders leave them out too).
+    assert {"name": "EMPTY"} in desired["spec"]["template"]["spec"]["containers"][0]["env"]
     served = copy.deepcopy(live)
     served["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"
     served["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] = "1"
