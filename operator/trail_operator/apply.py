@@ -1,10 +1,17 @@
 """Create-or-patch of owned objects, writing only when our desired state changed.
 
 Like ``kubectl apply`` (client side): each object carries the desired state we last
-applied in an annotation; an object is patched only when the new desired state differs
-from it, and the patch is a JSON merge patch that also nulls fields we dropped. So a
-reconcile that changes nothing writes nothing (a scheduler-only edit leaves the
-Deployment untouched), and a restarted operator re-derives the same state.
+applied in an annotation; an object is patched when the new desired state differs from
+it, or when a field we set no longer holds our value (a hand edit: ``kubectl edit
+deployment`` is undone on the next pass), and the patch is a JSON merge patch that also
+nulls fields we dropped. So a reconcile that changes nothing writes nothing (a
+scheduler-only edit leaves the Deployment untouched), and a restarted operator
+re-derives the same state.
+
+The annotation holds no secret material (``kubectl describe`` prints annotations): a
+Secret's values are recorded as their sha256. Secrets are never patched either: one that
+differs from what we want is deleted and created afresh (``CREATE_ONLY``), so the
+operator needs no patch or update right on Secrets.
 
 Why not server-side apply (``application/apply-patch+yaml`` with a fieldManager and
 ``force``): kmock's emulator, which the operator tests and the journey run against,
@@ -24,26 +31,44 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightkube import AsyncClient
+from lightkube.utils.quantity import parse_quantity
 
 from trail_operator import kube
 
 LAST_APPLIED = "trail.dev/last-applied"
 _BIG = 1024  # values longer than this (probe bytes) are stored as their hash
+CREATE_ONLY = frozenset({"Secret"})  # replaced (delete, create) instead of patched
+_QUANTITIES = frozenset({"requests", "limits"})  # maps of quantities the API server rewrites ("1000m" -> "1")
 
 
 class OwnershipError(Exception):
     """An object with our name exists but belongs to something else."""
 
 
+def _digest(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
 def squash(value: Any) -> Any:
-    """The desired state as recorded in the annotation: large strings replaced by a hash."""
+    """Large strings replaced by their hash."""
     if isinstance(value, dict):
         return {key: squash(item) for key, item in value.items()}
     if isinstance(value, list):
         return [squash(item) for item in value]
     if isinstance(value, str) and len(value) > _BIG:
-        return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
+        return _digest(value)
     return value
+
+
+def record(desired: dict[str, Any]) -> dict[str, Any]:
+    """The desired state as recorded in the annotation: large strings, and every value of a
+    Secret, replaced by their sha256."""
+    recorded = squash(desired)
+    if desired.get("kind") == "Secret":
+        for key in ("data", "stringData"):
+            if key in desired:
+                recorded[key] = {name: _digest(value) for name, value in desired[key].items()}
+    return recorded
 
 
 def canonical(value: Any) -> str:
@@ -70,9 +95,8 @@ def last_applied(live: dict[str, Any]) -> dict[str, Any] | None:
 
 def with_record(desired: dict[str, Any]) -> dict[str, Any]:
     """``desired`` plus the annotation recording it."""
-    record = canonical(squash(desired))
     meta = dict(desired["metadata"])
-    meta["annotations"] = {**(meta.get("annotations") or {}), LAST_APPLIED: record}
+    meta["annotations"] = {**(meta.get("annotations") or {}), LAST_APPLIED: canonical(record(desired))}
     return {**desired, "metadata": meta}
 
 
@@ -88,18 +112,44 @@ def check_owned(live: dict[str, Any] | None, owner_uid: str) -> None:
         )
 
 
+def holds(live: Any, desired: Any, quantities: bool = False) -> bool:
+    """Whether ``live`` still has every value of ``desired``: keys the API server added
+    (defaults, status) do not matter; lists must match item by item."""
+    if isinstance(desired, dict):
+        return isinstance(live, dict) and all(
+            key in live and holds(live[key], value, quantities or key in _QUANTITIES) for key, value in desired.items()
+        )
+    if isinstance(desired, list):
+        same_length = isinstance(live, list) and len(live) == len(desired)
+        return same_length and all(holds(item, want, quantities) for item, want in zip(live, desired, strict=False))
+    if quantities and isinstance(live, str | int) and isinstance(desired, str | int):
+        try:
+            return parse_quantity(live) == parse_quantity(desired)
+        except ValueError:
+            return False
+    return bool(live == desired)
+
+
 def needs_write(live: dict[str, Any] | None, desired: dict[str, Any]) -> bool:
+    """Whether ``desired`` is not what we applied last, or not what the object holds now."""
     if live is None:
         return True
     previous = last_applied(live)
-    return previous is None or canonical(previous) != canonical(squash(desired))
+    if previous is None or canonical(previous) != canonical(record(desired)):
+        return True
+    return not holds(_content(live), _content(desired))
+
+
+def _content(obj: dict[str, Any]) -> dict[str, Any]:
+    """All but the metadata, which the API server and other tools annotate and count."""
+    return {key: value for key, value in obj.items() if key != "metadata"}
 
 
 @dataclass(frozen=True)
 class Write:
     """One API write: ``body`` is the object to create, or the merge patch to send."""
 
-    verb: str  # "create" or "patch"
+    verb: str  # "create", "patch" or "delete"
     kind: str
     name: str
     body: dict[str, Any]
@@ -116,6 +166,9 @@ def plan(owner_uid: str, desired: list[dict[str, Any]], live: list[dict[str, Any
             continue
         recorded = with_record(obj)
         name = obj["metadata"]["name"]
+        if current is not None and obj["kind"] in CREATE_ONLY:
+            writes.append(Write("delete", obj["kind"], name, {}))
+            current = None
         if current is None:
             writes.append(Write("create", obj["kind"], name, recorded))
         else:
@@ -128,7 +181,9 @@ async def execute(client: AsyncClient, namespace: str, writes: list[Write]) -> d
     mounts it); the objects as written, by kind."""
     written = {}
     for write in writes:
-        if write.verb == "create":
+        if write.verb == "delete":
+            await kube.delete(client, write.kind, namespace, write.name)
+        elif write.verb == "create":
             written[write.kind] = await kube.create(client, write.body)
         else:
             written[write.kind] = await kube.patch(client, write.kind, namespace, write.name, write.body)

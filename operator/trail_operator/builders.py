@@ -1,19 +1,23 @@
 """Pure manifest builders: an LLMServer (name, namespace, uid, parsed spec) → the
-Deployment, Service, ConfigMap and Secret it owns.
+Deployment, Service, ConfigMap, Secret (and NetworkPolicy) it owns.
 
 No I/O here: the handlers fetch what these need (the admin token, the probe bytes of a
-ConfigMap probe source, the operator's default images) and pass it in. Scheduler
-settings live only in the ConfigMap, never in the pod template, so a change to
-``spec.scheduler`` cannot roll the pods.
+ConfigMap probe source, the operator's default images and settings) and pass it in.
+Scheduler settings live only in the ConfigMap, never in the pod template, so a change to
+``spec.scheduler`` cannot roll the pods (except the hosts pods may fetch probes from,
+``--probe-host``, a start-up flag). Nor does the admin token: pods read it from the
+mounted Secret, so a new token reaches running pods without a restart.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from trail_operator.crd import API_VERSION, KIND
 from trail_operator.spec import LLMServerSpec
@@ -30,7 +34,11 @@ PROBE_FILE = "probe.bin"
 MODELS_DIR = "/models"
 CACHE_DIR = "/var/cache/trail"
 TOKEN_KEY = "token"
-TOKEN_ENV = "TRAIL_ADMIN_TOKEN"
+TOKEN_DIR = "/var/run/secrets/trail"  # the admin-token Secret, mounted whole (kubelet refreshes it)
+TOKEN_MODE = 0o440  # owner and group (fsGroup) read; nobody else
+# The images' user (images/*/Dockerfile); the pods run as it, Pod Security "restricted".
+RUN_AS = 10001
+FETCH_DEADLINE_SECONDS = 7200  # model.url: the whole download and unpacking
 
 DEFAULT_GPU_IMAGE = "ghcr.io/trail-k8s/trail-server-gpu:0.1.0"
 DEFAULT_CPU_IMAGE = "ghcr.io/trail-k8s/trail-server-cpu:0.1.0"
@@ -59,6 +67,25 @@ class Images:
 
 
 @dataclass(frozen=True)
+class Peer:
+    """Who may reach the server pods' admin port when NetworkPolicies are on: the operator's
+    pods (its namespace and pod labels, passed by the chart)."""
+
+    namespace: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> Peer | None:
+        """From the chart's env; None when NetworkPolicies are off (``TRAIL_NETWORK_POLICY``)."""
+        if os.environ.get("TRAIL_NETWORK_POLICY", "").lower() != "true":
+            return None
+        namespace, labels = os.environ.get("TRAIL_OPERATOR_NAMESPACE"), os.environ.get("TRAIL_OPERATOR_POD_LABELS")
+        if not namespace or not labels:
+            raise ValueError("TRAIL_NETWORK_POLICY=true needs TRAIL_OPERATOR_NAMESPACE and TRAIL_OPERATOR_POD_LABELS")
+        return cls(namespace, json.loads(labels))
+
+
+@dataclass(frozen=True)
 class Owner:
     """The LLMServer the objects belong to."""
 
@@ -73,6 +100,7 @@ def names(owner: Owner) -> dict[str, str]:
         "service": owner.name,
         "configmap": f"{owner.name}-scheduler",
         "secret": f"{owner.name}-admin",
+        "networkpolicy": owner.name,
     }
 
 
@@ -223,6 +251,20 @@ def build_service(owner: Owner) -> dict[str, Any]:
     }
 
 
+def model_volume(spec: LLMServerSpec) -> bool:
+    """Whether the pods mount a model volume at MODELS_DIR (a pvc or a url download)."""
+    return spec.model.pvc is not None or spec.model.url is not None
+
+
+def probe_hosts(spec: LLMServerSpec) -> list[str]:
+    """The hosts pods may fetch ``http(s)://`` probes from: ``scheduler.probeHosts`` and the
+    host of ``scheduler.probe.url`` (empty: ``trail serve`` then accepts any host)."""
+    hosts = set(spec.scheduler.probe_hosts)
+    if spec.scheduler.probe is not None and spec.scheduler.probe.url is not None:
+        hosts.add(urlsplit(spec.scheduler.probe.url).hostname or "")
+    return sorted(hosts - {""})
+
+
 def server_args(spec: LLMServerSpec) -> list[str]:
     """The ``trail serve`` command line (policy, c and the probe come from the ConfigMap)."""
     args = [
@@ -230,9 +272,18 @@ def server_args(spec: LLMServerSpec) -> list[str]:
         str(HTTP_PORT),
         "--admin-port",
         str(ADMIN_PORT),
+        "--admin-token-file",
+        f"{TOKEN_DIR}/{TOKEN_KEY}",
         "--scheduler-config",
         f"{SCHEDULER_DIR}/{SCHEDULER_FILE}",
+        # file:// probes only from where the operator puts them (the ConfigMap, the model volume).
+        "--probe-dir",
+        SCHEDULER_DIR,
     ]
+    if model_volume(spec):
+        args += ["--probe-dir", MODELS_DIR]
+    for host in probe_hosts(spec):
+        args += ["--probe-host", host]
     model = spec.model
     if model.hugging_face is not None:
         args += ["--model", model.hugging_face.id]
@@ -271,13 +322,31 @@ def image(spec: LLMServerSpec, images: Images) -> str:
     return spec.engine.image or (images.gpu if spec.resources.gpus > 0 else images.cpu)
 
 
+def container_security() -> dict[str, Any]:
+    """Every container's securityContext: Pod Security "restricted" (with the pod's)."""
+    return {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_security() -> dict[str, Any]:
+    """The pod's securityContext: the images' user; fsGroup makes the token file group-readable."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 def build_deployment(owner: Owner, spec: LLMServerSpec, images: Images) -> dict[str, Any]:
     n = names(owner)
     health = {"httpGet": {"path": "/health", "port": HTTP_PORT_NAME}}
-    env = [
-        {"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": n["secret"], "key": TOKEN_KEY}}},
-        {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
-    ]
+    env = [{"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"}]
     hf = spec.model.hugging_face
     if hf is not None and hf.token_secret_ref is not None:
         env.append(
@@ -286,14 +355,18 @@ def build_deployment(owner: Owner, spec: LLMServerSpec, images: Images) -> dict[
                 "valueFrom": {"secretKeyRef": {"name": hf.token_secret_ref.name, "key": hf.token_secret_ref.key}},
             }
         )
-    env += [{"name": var.name, "value": var.value} for var in spec.engine.env]
+    # An empty value is left out, as the API server stores it (else every pass would see a hand edit).
+    env += [{"name": var.name, **({"value": var.value} if var.value else {})} for var in spec.engine.env]
 
     mounts = [
         {"name": "scheduler", "mountPath": SCHEDULER_DIR, "readOnly": True},
+        # The whole Secret, no subPath: the kubelet then updates the file when the token changes.
+        {"name": "admin-token", "mountPath": TOKEN_DIR, "readOnly": True},
         {"name": "cache", "mountPath": CACHE_DIR},
     ]
     volumes: list[dict[str, Any]] = [
         {"name": "scheduler", "configMap": {"name": n["configmap"]}},
+        {"name": "admin-token", "secret": {"secretName": n["secret"], "defaultMode": TOKEN_MODE}},
         {"name": "cache", "emptyDir": {}},
     ]
     init_containers: list[dict[str, Any]] = []
@@ -303,17 +376,21 @@ def build_deployment(owner: Owner, spec: LLMServerSpec, images: Images) -> dict[
             {"name": "model", "persistentVolumeClaim": {"claimName": spec.model.pvc.claim_name, "readOnly": True}}
         )
     elif spec.model.url is not None:
+        source = spec.model.url
         mounts.append({"name": "model", "mountPath": MODELS_DIR, "readOnly": True})
-        volumes.append({"name": "model", "emptyDir": {}})
-        fetch = ["python", "-m", "trail_operator.fetch_model", "--url", spec.model.url.url, "--dest", MODELS_DIR]
-        if spec.model.url.sha256:
-            fetch += ["--sha256", spec.model.url.sha256]
+        # Room for the archive and its unpacked copy at once; the kubelet evicts a pod past it.
+        volumes.append({"name": "model", "emptyDir": {"sizeLimit": str(2 * source.max_bytes)}})
+        fetch = ["python", "-m", "trail_operator.fetch_model", "--url", source.url, "--dest", MODELS_DIR]
+        fetch += ["--max-bytes", str(source.max_bytes), "--deadline", str(FETCH_DEADLINE_SECONDS)]
+        if source.sha256:
+            fetch += ["--sha256", source.sha256]
         init_containers.append(
             {
                 "name": "fetch-model",
                 "image": image(spec, images),
                 "command": fetch,
                 "volumeMounts": [{"name": "model", "mountPath": MODELS_DIR}],
+                "securityContext": container_security(),
                 "terminationMessagePolicy": "FallbackToLogsOnError",  # the reason shows in the pod's status
             }
         )
@@ -333,6 +410,7 @@ def build_deployment(owner: Owner, spec: LLMServerSpec, images: Images) -> dict[
         ],
         "env": env,
         "volumeMounts": mounts,
+        "securityContext": container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",  # why a crash-looping server exits
         # Model loading (and downloads) can take many minutes: the startup probe allows 30.
         "startupProbe": {**health, "periodSeconds": 10, "failureThreshold": 180},
@@ -343,7 +421,13 @@ def build_deployment(owner: Owner, spec: LLMServerSpec, images: Images) -> dict[
     if resources:
         container["resources"] = resources
 
-    pod_spec: dict[str, Any] = {"containers": [container], "volumes": volumes, "terminationGracePeriodSeconds": 60}
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        "securityContext": pod_security(),
+        "automountServiceAccountToken": False,  # the server never talks to the Kubernetes API
+        "terminationGracePeriodSeconds": 60,
+    }
     if init_containers:
         pod_spec["initContainers"] = init_containers
     if spec.node_selector:
@@ -368,13 +452,45 @@ def build_deployment(owner: Owner, spec: LLMServerSpec, images: Images) -> dict[
     }
 
 
+def build_network_policy(owner: Owner, peer: Peer) -> dict[str, Any]:
+    """Ingress to the server pods: the OpenAI port from anywhere, the admin port from the
+    operator's pods only (every other port: nobody)."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(owner, names(owner)["networkpolicy"]),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(owner)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"ports": [{"protocol": "TCP", "port": HTTP_PORT}]},
+                {
+                    "from": [
+                        {
+                            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": peer.namespace}},
+                            "podSelector": {"matchLabels": dict(peer.labels)},
+                        }
+                    ],
+                    "ports": [{"protocol": "TCP", "port": ADMIN_PORT}],
+                },
+            ],
+        },
+    }
+
+
 def build_all(
-    owner: Owner, spec: LLMServerSpec, images: Images, *, token: str, generation: int, probe_data: bytes | None
+    owner: Owner,
+    spec: LLMServerSpec,
+    images: Images,
+    *,
+    token: str,
+    generation: int,
+    probe_data: bytes | None,
+    peer: Peer | None = None,
 ) -> list[dict[str, Any]]:
-    """Everything one LLMServer owns, in the order to apply it (what pods mount first)."""
-    return [
-        build_secret(owner, token),
-        build_configmap(owner, spec, generation, probe_data),
-        build_service(owner),
-        build_deployment(owner, spec, images),
-    ]
+    """Everything one LLMServer owns, in the order to apply it (what pods mount first; the
+    NetworkPolicy, when ``peer`` is given, before the pods it guards)."""
+    objects = [build_secret(owner, token), build_configmap(owner, spec, generation, probe_data), build_service(owner)]
+    if peer is not None:
+        objects.append(build_network_policy(owner, peer))
+    return [*objects, build_deployment(owner, spec, images)]

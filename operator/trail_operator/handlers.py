@@ -5,13 +5,19 @@
   ``scheduler.c`` edit is the fast path of the same pass: the planner finds only the
   ConfigMap changed, and the ready pods are retuned right after that one write. kopf
   retries a pass that could not apply the owned objects, with its TemporaryError's delay.
-- ``@kopf.timer`` resyncs every ``TRAIL_RESYNC_SECONDS``; while some ready pods have not
-  taken the settings, it retries with exponential backoff instead. (The spec handlers
-  only report such pods: a pending kopf retry would hold back the next edit until due.)
+- A resync loop (one task, started with the operator) runs a pass of every LLMServer
+  the handlers have seen every ``TRAIL_RESYNC_SECONDS``; while some ready pods have not
+  taken the settings, or the owned objects could not be applied, it retries with
+  exponential backoff instead. (The spec handlers only report such pods: a pending kopf
+  retry would hold back the next edit until due.) It is not a ``@kopf.timer``: kopf puts
+  a finalizer on every object with a timer, and then deleting an LLMServer hangs while
+  the operator is down. With no finalizer, the API server deletes an LLMServer at once
+  and its garbage collector the objects it owns (owner references), operator or not.
 - ``@kopf.on.event`` on the owned Deployments and Pods (by label) runs a pass when what
-  the status shows of them changes: replica counts, a pod's readiness or address.
+  the status shows of them changes: replica counts, a pod's readiness or address, and a
+  Deployment's generation (a hand edit, which the pass then undoes).
 
-kopf serialises the handlers of one object's events, but its timers and the handlers
+kopf serialises the handlers of one object's events, but the resync loop and the handlers
 of other resources (Pods, Deployments) run as tasks of their own. So every pass holds
 its LLMServer's ``asyncio.Lock`` from its reads to its status write: passes, and the
 status writes they end with, never interleave. Each pass reads the LLMServer afresh
@@ -28,11 +34,13 @@ from typing import Any
 import kopf
 
 from trail_operator import builders, crd, kube, webhook
-from trail_operator.builders import Images
+from trail_operator.builders import Images, Peer
 from trail_operator.reconcile import Context, backoff, reconcile
 from trail_operator.retune import RetuneClient, ready_targets
 
 RESYNC_SECONDS = float(os.environ.get("TRAIL_RESYNC_SECONDS", "30"))
+TICK_SECONDS = min(1.0, RESYNC_SECONDS / 2)  # how often the resync loop looks for passes due
+# The finalizer older versions put on LLMServers: named so that kopf, needing none now, removes it.
 FINALIZER = "trail.dev/operator"
 LLMSERVERS = (crd.GROUP, crd.VERSION, crd.PLURAL)
 OWNED_LABELS = {builders.LABEL_SERVER: kopf.PRESENT}
@@ -42,52 +50,91 @@ OWNED_LABELS = {builders.LABEL_SERVER: kopf.PRESENT}
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     crd.load_crd()  # fail at start, not at the first resource, if the CRD file is missing
     settings.peering.standalone = True  # one operator replica; no peering resources needed
-    settings.persistence.finalizer = FINALIZER  # timers need one: kopf stops them before deletion
+    settings.persistence.finalizer = FINALIZER
     # kopf's own bookkeeping (retry state, the last handled spec) in annotations, not in the status.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=crd.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=crd.GROUP)
     settings.posting.level = logging.WARNING  # Kubernetes Events for warnings and errors
     webhook.configure(settings)  # the admission webhook (trail_operator.webhook), when the chart enables it
-    memo.ctx = Context(kube.connect(), RetuneClient(), Images.from_env())
+    memo.ctx = Context(kube.connect(), RetuneClient(), Images.from_env(), Peer.from_env())
     memo.locks = {}  # (namespace, name) -> asyncio.Lock; every object's memo shares this dict
-    logger.info(f"trail operator: CRD {crd.crd_path()}, images {memo.ctx.images}, resync {RESYNC_SECONDS}s")
+    memo.due = {}  # (namespace, name) -> (loop time of its next resync, retries so far)
+    memo.resyncs = set()  # the resync passes running
+    memo.resync_loop = asyncio.create_task(_resync_loop(memo, logger))
+    network = f"NetworkPolicies for {memo.ctx.peer}" if memo.ctx.peer else "no NetworkPolicies"
+    logger.info(f"trail operator: CRD {crd.crd_path()}, images {memo.ctx.images}, {network}, resync {RESYNC_SECONDS}s")
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    for lock in list(memo.locks.values()):  # let passes still running (a stopping timer's) end
+    memo.resync_loop.cancel()
+    await asyncio.gather(memo.resync_loop, *memo.resyncs, return_exceptions=True)  # let running passes end
+    for lock in list(memo.locks.values()):
         async with lock:
             pass
     await memo.ctx.client.close()
     await memo.ctx.retune.aclose()
 
 
-async def _pass(memo: kopf.Memo, namespace: str, name: str, retry: int, logger: Any) -> list[str]:
-    """A pass under the LLMServer's lock; the ready pods left without the settings."""
-    async with memo.locks.setdefault((namespace, name), asyncio.Lock()):
+async def _pass(memo: kopf.Memo, namespace: str, name: str, retry: int, logger: Any) -> list[str] | None:
+    """A pass under the LLMServer's lock; the ready pods left without the settings (None:
+    the LLMServer is gone, and forgotten here)."""
+    key = (namespace, name)
+    async with memo.locks.setdefault(key, asyncio.Lock()):
         try:
-            return await reconcile(memo.ctx, namespace, name, retry, logger)
+            pending = await reconcile(memo.ctx, namespace, name, retry, logger)
         except kube.KubeError as error:
             raise kopf.TemporaryError(f"reconcile failed, will retry: {error}", delay=backoff(retry)) from None
+    if pending is None:
+        memo.locks.pop(key, None)
+        memo.due.pop(key, None)
+    return pending
+
+
+def _schedule(memo: kopf.Memo, key: tuple[str, str], delay: float, retry: int) -> None:
+    memo.due[key] = (asyncio.get_running_loop().time() + delay, retry)
 
 
 @kopf.on.resume(*LLMSERVERS)
 @kopf.on.create(*LLMSERVERS)
 @kopf.on.update(*LLMSERVERS, field="spec")
 async def spec_changed(name: str, namespace: str, retry: int, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    _schedule(memo, (namespace, name), RESYNC_SECONDS, 0)  # resynced from now on, whatever this pass does
     await _pass(memo, namespace, name, retry, logger)
 
 
-@kopf.timer(*LLMSERVERS, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS)
-async def resync(name: str, namespace: str, retry: int, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-    pending = await _pass(memo, namespace, name, retry, logger)
+async def _resync(memo: kopf.Memo, key: tuple[str, str], retry: int, logger: Any) -> None:
+    """One resync pass; the next one in RESYNC_SECONDS, or sooner (backoff) when it left
+    work undone."""
+    namespace, name = key
+    try:
+        pending = await _pass(memo, namespace, name, retry, logger)
+    except kopf.PermanentError as error:  # an invalid spec: the status says so; looked at again later
+        logger.warning(f"LLMServer {namespace}/{name}: {error}")
+        pending = []
+    except Exception as error:  # noqa: BLE001  (the loop must outlive any one pass)
+        logger.warning(f"LLMServer {namespace}/{name}: {error}")
+        _schedule(memo, key, backoff(retry), retry + 1)
+        return
     if pending:
-        raise kopf.TemporaryError(f"pods not on the settings yet: {', '.join(pending)}", delay=backoff(retry))
+        logger.info(f"LLMServer {namespace}/{name}: pods not on the settings yet: {', '.join(pending)}")
+        _schedule(memo, key, backoff(retry), retry + 1)
+    elif pending is not None:
+        _schedule(memo, key, RESYNC_SECONDS, 0)
 
 
-@kopf.on.delete(*LLMSERVERS, optional=True)
-async def deleted(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    memo.locks.pop((namespace, name), None)  # owner references take the owned objects away
+async def _resync_loop(memo: kopf.Memo, logger: Any) -> None:
+    """Start the resync passes that are due, each as a task of its own (a slow pod must not
+    hold back the other LLMServers)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(TICK_SECONDS)
+        for key, (when, retry) in list(memo.due.items()):
+            if when <= loop.time():
+                memo.due[key] = (float("inf"), retry)  # until this pass schedules the next
+                task = asyncio.create_task(_resync(memo, key, retry, logger))
+                memo.resyncs.add(task)
+                task.add_done_callback(memo.resyncs.discard)
 
 
 async def _owned_changed(memo: kopf.Memo, namespace: str, server: str, seen: Any, logger: Any) -> None:

@@ -19,6 +19,7 @@ from lightkube import ApiError, AsyncClient, KubeConfig, codecs
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import ConfigMap, Pod, Secret, Service
+from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.types import PatchType
 
 from trail_operator import crd
@@ -30,6 +31,7 @@ RESOURCES = {
     "Service": Service,
     "Pod": Pod,
     "Deployment": Deployment,
+    "NetworkPolicy": NetworkPolicy,
     "LLMServer": LLMServer,
 }
 
@@ -90,3 +92,13 @@ async def patch(
     with _errors(f"patch {kind} {namespace}/{name}{'/status' if status else ''}"):
         reply = await client.patch(resource, name, body, namespace=namespace, patch_type=PatchType.MERGE)
     return reply.to_dict()
+
+
+async def delete(client: AsyncClient, kind: str, namespace: str, name: str) -> None:
+    """Delete the object; one already gone is fine."""
+    try:
+        with _errors(f"delete {kind} {namespace}/{name}"):
+            await client.delete(RESOURCES[kind], name, namespace=namespace)
+    except KubeError as error:
+        if error.status != 404:
+            raise

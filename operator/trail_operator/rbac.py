@@ -2,14 +2,17 @@
 from exactly this list (tests/operator/test_operator.py checks the code paths use no more).
 
 Why each rule:
-- llmservers get/list/watch/patch: kopf watches them and patches its finalizer and its
-  annotations (the last handled spec, retry state); each reconcile pass reads the
-  LLMServer afresh. /status patch: the status. /finalizers update: owner references
-  with blockOwnerDeletion on the objects we create.
-- deployments, services, configmaps, secrets get/create/patch: the owned objects
+- llmservers get/list/watch/patch: kopf watches them and patches its annotations (the
+  last handled spec, retry state; and removes an older version's finalizer); each
+  reconcile pass reads the LLMServer afresh. /status patch: the status. /finalizers
+  update: owner references with blockOwnerDeletion on the objects we create.
+- deployments, services, configmaps, networkpolicies get/create/patch: the owned objects
   (created, then merge-patched; deleted by owner-reference garbage collection).
-  deployments list/watch: kopf runs a pass when a Deployment's status changes.
-  configmaps get also reads a probe ConfigMap.
+  deployments list/watch: kopf runs a pass when a Deployment changes (its status, or a
+  hand edit to undo). configmaps get also reads a probe ConfigMap.
+- secrets get/create/delete, never list, watch, patch or update: the admin-token Secret
+  is read by name, created, and replaced (deleted, created) when it is not as written;
+  the operator can read no Secret whose name it does not know.
 - pods list/watch: each pass lists the pods to retune the ready ones; kopf watches them.
 - events create: kopf reports warnings as Kubernetes Events.
 - customresourcedefinitions list/watch: kopf observes CRDs to discover resources.
@@ -24,7 +27,9 @@ PERMISSIONS: list[dict[str, list[str]]] = [
     {"apiGroups": ["trail.dev"], "resources": ["llmservers/status"], "verbs": ["get", "patch"]},
     {"apiGroups": ["trail.dev"], "resources": ["llmservers/finalizers"], "verbs": ["update"]},
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "create", "patch"]},
-    {"apiGroups": [""], "resources": ["services", "configmaps", "secrets"], "verbs": ["get", "create", "patch"]},
+    {"apiGroups": [""], "resources": ["services", "configmaps"], "verbs": ["get", "create", "patch"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "delete"]},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "create", "patch"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},

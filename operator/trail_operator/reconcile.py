@@ -9,8 +9,11 @@ patch, and the admin API's GET and PUT on every ready pod at once. A pass that c
 kopf's errors, after the status says why: ``kopf.PermanentError`` for an invalid spec
 (nothing to retry until the spec changes), ``kopf.TemporaryError`` with exponential
 backoff when an API call or a probe source fails. Pods that did not take the settings
-are only reported: the caller decides whether to retry (see handlers). Callers hold the
-LLMServer's lock, so passes never interleave.
+are only reported: the caller decides whether to retry (see handlers). Settings the pods
+refused are remembered in ``status.refusedSettings`` (by settings generation and probe
+sha256) and not sent again until the spec changes them: a refused probe URL is not
+downloaded by every pod at every resync. Callers hold the LLMServer's lock, so passes
+never interleave.
 """
 
 from __future__ import annotations
@@ -28,14 +31,20 @@ import kopf
 from lightkube import AsyncClient
 
 from trail_operator import builders, kube
-from trail_operator.apply import OwnershipError, canonical, execute, plan
-from trail_operator.builders import Images, Owner
-from trail_operator.retune import RetuneClient, ready_targets
+from trail_operator.apply import OwnershipError, canonical, execute, needs_write, plan
+from trail_operator.builders import Images, Owner, Peer
+from trail_operator.retune import PodReport, RetuneClient, ready_targets
 from trail_operator.spec import LLMServerSpec, SecretKeyRef, SpecError, parse_spec
 from trail_operator.status import Observation, compute_status
 
 MAX_BACKOFF_SECONDS = 30.0
-OWNED = (("Secret", "secret"), ("ConfigMap", "configmap"), ("Service", "service"), ("Deployment", "deployment"))
+OWNED = (
+    ("Secret", "secret"),
+    ("ConfigMap", "configmap"),
+    ("Service", "service"),
+    ("NetworkPolicy", "networkpolicy"),
+    ("Deployment", "deployment"),
+)
 
 
 class ProbeSourceError(Exception):
@@ -49,6 +58,12 @@ class Context:
     client: AsyncClient
     retune: RetuneClient
     images: Images
+    peer: Peer | None = None  # NetworkPolicies on: who may reach the admin port
+
+    def owned_kinds(self) -> list[tuple[str, str]]:
+        """What each LLMServer owns (NetworkPolicies only when they are on: the operator
+        then neither reads nor writes them)."""
+        return [(kind, key) for kind, key in OWNED if kind != "NetworkPolicy" or self.peer is not None]
 
 
 @dataclass(frozen=True)
@@ -56,13 +71,13 @@ class Live:
     """The cluster state one pass starts from, read at once."""
 
     server: dict[str, Any] | None  # the LLMServer itself
-    owned: list[dict[str, Any] | None]  # in OWNED's order
+    owned: dict[str, dict[str, Any] | None]  # by kind
     pods: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class Desired:
-    objects: list[dict[str, Any]]  # in OWNED's order
+    objects: list[dict[str, Any]]  # in the order to apply them
     token: str
     scheduler_generation: int
     settings: dict[str, Any]  # the admin API body the ready pods should run
@@ -93,25 +108,37 @@ def probe_ref(spec: LLMServerSpec) -> SecretKeyRef | None:
     return spec.scheduler.probe.config_map_key_ref if spec.scheduler.probe is not None else None
 
 
+def kept_token(owner: Owner, secret: dict[str, Any] | None) -> str | None:
+    """The live Secret's token while the Secret is exactly what we wrote: a deleted,
+    hand-edited or emptied Secret, or one whose token an older operator recorded in clear
+    in an annotation, gets a new token (and the Secret is created afresh)."""
+    token = builders.secret_token(secret)
+    if token is None or needs_write(secret, builders.build_secret(owner, token)):
+        return None
+    return token
+
+
 def desire(
     owner: Owner,
     spec: LLMServerSpec,
     images: Images,
     generation: int | None,
-    owned: list[dict[str, Any] | None],
+    owned: dict[str, dict[str, Any] | None],
     probe_data: bytes | None,
+    peer: Peer | None = None,
 ) -> Desired:
     """What the LLMServer should own and its pods run, given what it owns now: the admin
     token is kept, and so is the settings generation while the settings are unchanged."""
-    live_secret, live_configmap = owned[0], owned[1]
     expected_sha = builders.probe_sha256(spec, probe_data)
     start_settings = builders.scheduler_update(spec, 0, probe_data, live=False)
     sched_gen = builders.scheduler_generation(
-        builders.stored_settings(live_configmap), start_settings, generation, expected_sha
+        builders.stored_settings(owned.get("ConfigMap")), start_settings, generation, expected_sha
     )
-    token = builders.secret_token(live_secret) or secrets.token_urlsafe(32)
+    token = kept_token(owner, owned.get("Secret")) or secrets.token_urlsafe(32)
     return Desired(
-        objects=builders.build_all(owner, spec, images, token=token, generation=sched_gen, probe_data=probe_data),
+        objects=builders.build_all(
+            owner, spec, images, token=token, generation=sched_gen, probe_data=probe_data, peer=peer
+        ),
         token=token,
         scheduler_generation=sched_gen,
         settings=builders.scheduler_update(spec, sched_gen, probe_data, live=True),
@@ -119,16 +146,17 @@ def desire(
     )
 
 
-async def read_live(client: AsyncClient, namespace: str, name: str) -> Live:
+async def read_live(ctx: Context, namespace: str, name: str) -> Live:
     """The LLMServer, what it owns and its pods, in one concurrent round-trip (all of it is
     found by the LLMServer's name)."""
     named = Owner(name, namespace, uid="")  # names and labels derive from the name alone
+    kinds = ctx.owned_kinds()
     server, *owned, pods = await asyncio.gather(
-        kube.get(client, "LLMServer", namespace, name),
-        *(kube.get(client, kind, namespace, builders.names(named)[key]) for kind, key in OWNED),
-        kube.list_labelled(client, "Pod", namespace, builders.selector_labels(named)),
+        kube.get(ctx.client, "LLMServer", namespace, name),
+        *(kube.get(ctx.client, kind, namespace, builders.names(named)[key]) for kind, key in kinds),
+        kube.list_labelled(ctx.client, "Pod", namespace, builders.selector_labels(named)),
     )
-    return Live(server=server, owned=owned, pods=pods)
+    return Live(server=server, owned={kind: obj for (kind, _), obj in zip(kinds, owned, strict=True)}, pods=pods)
 
 
 async def read_probe(client: AsyncClient, namespace: str, spec: LLMServerSpec) -> bytes | None:
@@ -146,23 +174,44 @@ async def write_status(client: AsyncClient, server: dict[str, Any], obs: Observa
         await kube.patch(client, "LLMServer", meta["namespace"], meta["name"], {"status": status}, status=True)
 
 
+def held_back(server: dict[str, Any], desired: Desired) -> str | None:
+    """The pods' reason, when they already refused exactly these settings."""
+    refused = (server.get("status") or {}).get("refusedSettings") or {}
+    same = refused.get("generation") == desired.scheduler_generation
+    return refused.get("message") if same and refused.get("probeSha256") == desired.probe_sha else None
+
+
+def refusal(desired: Desired, reports: list[PodReport], previous: str | None) -> dict[str, Any] | None:
+    """What ``status.refusedSettings`` should say after this pass: the first pod's refusal;
+    an earlier one while no pod could be asked; else nothing."""
+    message = next((r.error for r in reports if r.rejected), None if reports else previous)
+    if message is None:
+        return None
+    entry: dict[str, Any] = {"generation": desired.scheduler_generation, "message": message}
+    if desired.probe_sha is not None:
+        entry["probeSha256"] = desired.probe_sha
+    return entry
+
+
 async def reconcile(
     ctx: Context, namespace: str, name: str, retry: int, logger: logging.Logger | logging.LoggerAdapter
-) -> list[str]:
-    """One pass; the names of the ready pods not (yet) running the settings.
+) -> list[str] | None:
+    """One pass; the names of the ready pods not (yet) running the settings (None: the
+    LLMServer is gone).
 
     The LLMServer is read afresh rather than taken from the event that started the pass:
     an event can be older than what an earlier pass already applied."""
-    live = await read_live(ctx.client, namespace, name)
+    live = await read_live(ctx, namespace, name)
     if live.server is None or live.server["metadata"].get("deletionTimestamp"):
-        return []  # deleted: the owner references take the rest away
+        return None  # deleted: the owner references take the rest away
     server, meta = live.server, live.server["metadata"]
     owner = Owner(name, namespace, meta["uid"])
     context = {
         "generation": meta.get("generation"),
         "endpoint": builders.endpoint(owner),
         "selector": builders.selector_string(owner),
-        "deployment": live.owned[3],
+        "deployment": live.owned["Deployment"],
+        "refused": (server.get("status") or {}).get("refusedSettings"),  # kept when this pass stops early
     }
     try:
         spec = parse_spec(server.get("spec"))
@@ -173,8 +222,8 @@ async def reconcile(
 
     try:
         probe_data = await read_probe(ctx.client, namespace, spec)
-        desired = desire(owner, spec, ctx.images, meta.get("generation"), live.owned, probe_data)
-        writes = plan(owner.uid, desired.objects, live.owned)
+        desired = desire(owner, spec, ctx.images, meta.get("generation"), live.owned, probe_data, ctx.peer)
+        writes = plan(owner.uid, desired.objects, [live.owned[obj["kind"]] for obj in desired.objects])
         written = await execute(ctx.client, namespace, writes)
     except (kube.KubeError, OwnershipError, ProbeSourceError) as error:
         await write_status(ctx.client, server, Observation(apply_error=str(error), **context))
@@ -182,11 +231,15 @@ async def reconcile(
     for write in writes:
         logger.info(f"{write.verb} {write.kind} {write.name}")
 
-    reports = await ctx.retune.sync_all(ready_targets(live.pods), desired.token, desired.settings, desired.probe_sha)
+    refused = held_back(server, desired)
+    reports = await ctx.retune.sync_all(
+        ready_targets(live.pods), desired.token, desired.settings, desired.probe_sha, refused=refused
+    )
     for report in reports:
         if report.error:
             logger.warning(f"pod {report.name}: {report.error}")
-    context["deployment"] = written.get("Deployment", live.owned[3])
+    context["deployment"] = written.get("Deployment", live.owned["Deployment"])
+    context["refused"] = refusal(desired, reports, refused)
     obs = Observation(reports=reports, scheduler_generation=desired.scheduler_generation, **context)
     await write_status(ctx.client, server, obs)
     return [report.name for report in reports if not (report.synced or report.rejected)]

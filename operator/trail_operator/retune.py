@@ -3,7 +3,8 @@
 Each pod is read first (``GET /trail/v1/config``) and written only if it differs, so a
 resync that finds everything applied sends no PUTs. Network errors and 5xx replies are
 retried with exponential backoff; a 4xx reply is the pod refusing the settings (it
-keeps its old ones) and is reported, not retried.
+keeps its old ones) and is reported, not retried; settings already refused (``refused``,
+the remembered reason) are not sent again.
 """
 
 from __future__ import annotations
@@ -96,7 +97,12 @@ class RetuneClient:
         await self._client.aclose()
 
     async def sync_pod(
-        self, target: PodTarget, token: str, desired: dict[str, Any], expected_sha: str | None
+        self,
+        target: PodTarget,
+        token: str,
+        desired: dict[str, Any],
+        expected_sha: str | None,
+        refused: str | None = None,
     ) -> PodReport:
         admin = AdminClient(
             f"http://{target.ip}:{target.admin_port}",
@@ -113,6 +119,8 @@ class RetuneClient:
                 return PodReport(**report, synced=False, error=f"GET config: {error}" if error.refused else str(error))
             if in_sync(view, desired, expected_sha):
                 return PodReport(**report, synced=True, view=view)
+            if refused is not None:
+                return PodReport(**report, synced=False, view=view, rejected=True, error=refused)
             body = dict(desired)
             if expected_sha is not None and (view.get("probe") or {}).get("sha256") == expected_sha:
                 body.pop("probe", None)  # the pod already runs this probe: do not send it again
@@ -140,6 +148,12 @@ class RetuneClient:
             return PodReport(**report, synced=False, error=f"unexpected admin API reply: {error}")
 
     async def sync_all(
-        self, targets: list[PodTarget], token: str, desired: dict[str, Any], expected_sha: str | None
+        self,
+        targets: list[PodTarget],
+        token: str,
+        desired: dict[str, Any],
+        expected_sha: str | None,
+        refused: str | None = None,
     ) -> list[PodReport]:
-        return list(await asyncio.gather(*(self.sync_pod(t, token, desired, expected_sha) for t in targets)))
+        pods = (self.sync_pod(t, token, desired, expected_sha, refused) for t in targets)
+        return list(await asyncio.gather(*pods))

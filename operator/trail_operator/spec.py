@@ -10,6 +10,7 @@ manifest through both so they cannot drift apart. Defaults come from the CRD
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -20,6 +21,12 @@ from trail_operator.engine_flags import check_extra_args
 from trail_scheduler.api import SchedulerSettings, explain
 
 SHA256 = r"^[0-9a-f]{64}$"
+# Environment variables the operator sets in the server container (the builders), which
+# engine.env must not override: the admin token (pods read it from a file; `trail serve`
+# would fall back to the variable) and the Hugging Face cache. HF_TOKEN is reserved only
+# when model.huggingFace.tokenSecretRef sets it.
+RESERVED_ENV = ("TRAIL_ADMIN_TOKEN", "HF_HOME")
+HOSTNAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
 class SpecError(ValueError):
@@ -54,6 +61,7 @@ class PvcSource(_Model):
 class UrlSource(_Model):
     url: str = Field(pattern=r"^https?://")
     sha256: str | None = Field(default=None, pattern=SHA256)
+    max_bytes: int = Field(ge=1, le=1 << 40)
 
 
 class ModelSource(_Model):
@@ -94,6 +102,13 @@ class Engine(_Model):
             raise ValueError("; ".join(problems))
         return args
 
+    @model_validator(mode="after")
+    def _no_reserved_env(self) -> Engine:
+        for var in self.env:
+            if var.name in RESERVED_ENV:
+                raise ValueError(f"engine.env must not set {var.name}: the operator sets it")
+        return self
+
 
 class Resources(_Model):
     gpus: int = Field(ge=0, le=16)
@@ -133,6 +148,14 @@ class Scheduler(SchedulerSettings):
     """``spec.scheduler``: the scheduler settings (the shared model, ranges and all) and the probe."""
 
     probe: ProbeSpec | None = None
+    probe_hosts: tuple[str, ...] = Field(default=(), max_length=16)
+
+    @model_validator(mode="after")
+    def _hostnames(self) -> Scheduler:
+        for host in self.probe_hosts:
+            if not re.fullmatch(HOSTNAME, host) or len(host) > 253:
+                raise ValueError(f"scheduler.probeHosts: {host!r} is not a lower-case DNS name or IPv4 address")
+        return self
 
 
 class LLMServerSpec(_Model):
@@ -154,6 +177,9 @@ class LLMServerSpec(_Model):
                 f"engine.tensorParallelSize ({self.engine.tensor_parallel_size}) must not exceed "
                 f"resources.gpus ({self.resources.gpus}; 1 on CPU)"
             )
+        hf = self.model.hugging_face
+        if hf is not None and hf.token_secret_ref is not None and any(v.name == "HF_TOKEN" for v in self.engine.env):
+            raise ValueError("engine.env must not set HF_TOKEN: model.huggingFace.tokenSecretRef sets it")
         probe = self.scheduler.probe
         if probe is not None and probe.path is not None and self.model.pvc is None and self.model.url is None:
             raise ValueError("scheduler.probe.path needs a model volume: use model.pvc or model.url")

@@ -22,6 +22,7 @@ class Observation:
     deployment: dict[str, Any] | None = None
     reports: list[PodReport] = field(default_factory=list)
     scheduler_generation: int | None = None
+    refused: dict[str, Any] | None = None  # status.refusedSettings: what the pods refused
     endpoint: str | None = None
     selector: str | None = None
 
@@ -121,6 +122,7 @@ def compute_status(obs: Observation, previous: dict[str, Any] | None, now: datet
         "replicas": int(dstatus.get("replicas") or 0),
         "readyReplicas": int(dstatus.get("readyReplicas") or 0),
         "pods": [r.status_entry() for r in obs.reports],
+        "refusedSettings": obs.refused,  # None removes it (a merge patch)
     }
     optional = {
         "observedGeneration": obs.generation,

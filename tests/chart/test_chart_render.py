@@ -116,10 +116,13 @@ def test_operator_command_and_default_images(default_manifests):
     container = operator_container(default_manifests)
     assert container["command"] == ["trail", "operator", "run"]
     assert not any(a.startswith("--namespace") for a in container["args"])
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert env == {
         "TRAIL_DEFAULT_GPU_IMAGE": "ghcr.io/trail-k8s/trail-server-gpu:0.1.0",
         "TRAIL_DEFAULT_CPU_IMAGE": "ghcr.io/trail-k8s/trail-server-cpu:0.1.0",
+        "TRAIL_NETWORK_POLICY": "true",
+        "TRAIL_OPERATOR_NAMESPACE": None,  # from the pod (fieldRef)
+        "TRAIL_OPERATOR_POD_LABELS": '{"app.kubernetes.io/instance":"trail","app.kubernetes.io/name":"trail-operator"}',
     }
     assert container["image"] == "ghcr.io/trail-k8s/trail-operator:0.1.0"
 
@@ -134,7 +137,8 @@ def test_values_reach_the_deployment(helm):
     assert pod["imagePullSecrets"] == [{"name": "registry-credentials"}]
     assert "--namespace=llm-serving" in container["args"]
     assert "--liveness=http://0.0.0.0:9090/healthz" in container["args"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TRAIL_NETWORK_POLICY"] == "false"
     assert env["TRAIL_DEFAULT_GPU_IMAGE"] == "registry.example.com/trail/trail-server-gpu:0.1.0"
     assert env["TRAIL_DEFAULT_CPU_IMAGE"] == "registry.example.com/trail/trail-server-cpu:0.1.0"
     assert container["resources"]["limits"]["cpu"] == "1"

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from chart_helpers import CHART, REPO
 
+from trail_operator.builders import RUN_AS
+
 IMAGES = REPO / "images"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
@@ -114,6 +116,8 @@ def test_runs_as_a_non_root_user_it_creates(name):
     ), f"{name}: no useradd --uid {uid}"
     chart_uid = re.search(r"runAsUser: (\d+)", (CHART / "values.yaml").read_text()).group(1)
     assert uid == chart_uid, "the chart's default runAsUser should be the images' user"
+    if name.startswith("server"):  # the operator runs server pods as this user
+        assert user == f"{RUN_AS}:{RUN_AS}", f"{name}: server pods run as {RUN_AS}:{RUN_AS}, the image as {user}"
 
 
 @pytest.mark.parametrize("name", ALL)

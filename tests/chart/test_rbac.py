@@ -21,7 +21,7 @@ CLUSTER_SCOPED = {
     "clusterrolebindings",
     "storageclasses",
 }
-NAMESPACED_SCOPED = {"deployments", "services", "configmaps", "secrets", "pods", "events", "leases"}
+NAMESPACED_SCOPED = {"deployments", "services", "configmaps", "secrets", "pods", "events", "leases", "networkpolicies"}
 
 
 def is_cluster_scoped(resource: str) -> bool:
@@ -78,7 +78,15 @@ def test_bindings_give_the_roles_to_the_operators_service_account(helm, values):
         assert (ref["kind"], ref["name"], binding["metadata"].get("namespace")) in roles
 
 
-def test_no_wildcards_and_no_deletes():
+def test_no_wildcards_and_no_deletes_but_the_admin_secrets():
+    """The one delete: replacing an admin-token Secret that is not as written (rotation)."""
     for group, resource, verb in triples(PERMISSIONS):
         assert "*" not in (group, resource, verb)
-        assert verb not in {"delete", "deletecollection", "escalate", "bind", "impersonate"}, (resource, verb)
+        assert verb not in {"deletecollection", "escalate", "bind", "impersonate"}, (resource, verb)
+        assert verb != "delete" or (group, resource) == ("", "secrets"), (resource, verb)
+
+
+def test_secrets_cannot_be_listed_watched_or_changed():
+    """The operator reads Secrets by name only: it cannot enumerate the cluster's Secrets."""
+    verbs = {verb for group, resource, verb in triples(PERMISSIONS) if resource == "secrets"}
+    assert verbs == {"get", "create", "delete"}

@@ -59,6 +59,7 @@ OWNED_KINDS = {  # what the garbage collector looks at: kind -> API path under a
     "ConfigMap": "/api/v1/namespaces/{ns}/configmaps",
     "Secret": "/api/v1/namespaces/{ns}/secrets",
     "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
+    "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
 }
 OWNER_KINDS = {"LLMServer": "/apis/trail.dev/v1alpha1/llmservers", "Deployment": "/apis/apps/v1/deployments"}
 

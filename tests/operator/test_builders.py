@@ -55,7 +55,29 @@ def test_gpu_example_requests_gpus_and_targets_the_pool() -> None:
     assert container(deployment)["image"] == "gpu-image:1"
     env = {e["name"]: e for e in container(deployment)["env"]}
     assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "token"}
-    assert env["TRAIL_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "demo-admin", "key": "token"}
+
+
+def test_the_admin_token_is_a_mounted_file_never_in_the_pod_template(cpu_example) -> None:
+    """Pods read the token from the whole Secret mounted (no subPath: the kubelet updates the
+    file when the Secret changes), so a new token needs no new pod template."""
+    _, (_, _, _, deployment) = build(cpu_example["spec"])
+    pod, c = deployment["spec"]["template"]["spec"], container(deployment)
+    args = c["args"]
+    assert args[args.index("--admin-token-file") + 1] == f"{builders.TOKEN_DIR}/{builders.TOKEN_KEY}"
+    volume = next(v for v in pod["volumes"] if v["name"] == "admin-token")
+    assert volume == {"name": "admin-token", "secret": {"secretName": "demo-admin", "defaultMode": 0o440}}
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "admin-token")
+    assert mount == {"name": "admin-token", "mountPath": builders.TOKEN_DIR, "readOnly": True}
+    assert pod["securityContext"]["fsGroup"] == builders.RUN_AS  # group-readable for uid 10001
+    assert "TRAIL_ADMIN_TOKEN" not in json.dumps(deployment)
+    spec = parse_spec(cpu_example["spec"])
+    first, second = (
+        builders.build_all(OWNER, spec, IMAGES, token=token, generation=1, probe_data=None)
+        for token in ("first-token-value", "second-token-value")
+    )
+    assert builders.secret_token(first[0]) == "first-token-value"
+    assert first[1:] == second[1:]  # a new token changes the Secret alone
+    assert "first-token-value" not in json.dumps(first[1:])
 
 
 def test_tensor_parallel_example_gets_two_gpus_shm_affinity_and_runtime_class() -> None:
@@ -80,14 +102,19 @@ def test_cpu_example_uses_cpu_image_no_gpu_and_bundled_model(cpu_example) -> Non
     assert "--model" not in c["args"]
     assert "nvidia.com/gpu" not in json.dumps(c["resources"])
     assert c["command"] == ["trail", "serve"]
-    assert c["args"][:6] == [
+    assert c["args"][:10] == [
         "--port",
         "8000",
         "--admin-port",
         "8001",
+        "--admin-token-file",
+        "/var/run/secrets/trail/token",
         "--scheduler-config",
         "/etc/trail/scheduler/scheduler.json",
+        "--probe-dir",
+        "/etc/trail/scheduler",
     ]
+    assert "--probe-host" not in c["args"]
     assert c["args"][-1] == "--enforce-eager"  # extraArgs last
     assert {"--dtype", "float32", "--max-model-len", "2048"} <= set(c["args"])
 
@@ -118,12 +145,52 @@ def test_scheduler_settings_are_in_the_configmap_not_in_the_pod(cpu_example) -> 
     ],
 )
 def test_scheduler_only_change_leaves_pod_template_identical(cpu_example, change) -> None:
-    before = build(cpu_example["spec"], generation=3)[1]
-    edited = copy.deepcopy(cpu_example["spec"])
+    spec = copy.deepcopy(cpu_example["spec"])
+    spec["scheduler"]["probeHosts"] = ["example.com"]  # a probe.url there needs no new flag
+    before = build(spec, generation=3)[1]
+    edited = copy.deepcopy(spec)
     edited["scheduler"].update(change)
     after = build(edited, generation=4)[1]
     assert json.dumps(before[3], sort_keys=True) == json.dumps(after[3], sort_keys=True)  # Deployment
     assert before[1]["data"] != after[1]["data"]  # only the ConfigMap changed
+
+
+def test_probe_sources_the_pods_accept(cpu_example) -> None:
+    """file:// probes only from the folders the operator mounts; http(s) probes only from the
+    hosts the spec names (probeHosts and probe.url's): a new host is a start-up flag."""
+    spec = copy.deepcopy(cpu_example["spec"])
+    spec["scheduler"]["probeHosts"] = ["probes.example.com", "10.0.0.9"]
+    spec["scheduler"]["probe"] = {"url": "https://cdn.example.org:8443/p.bin", "sha256": "a" * 64}
+    args = container(build(spec)[1][3])["args"]
+    pairs = list(zip(args, args[1:], strict=False))
+    assert [value for flag, value in pairs if flag == "--probe-host"] == [
+        "10.0.0.9",
+        "cdn.example.org",
+        "probes.example.com",
+    ]
+    assert [value for flag, value in pairs if flag == "--probe-dir"] == ["/etc/trail/scheduler"]
+    pvc = {"pvc": {"claimName": "weights", "path": "llama"}}
+    args = container(build({**cpu_example["spec"], "model": pvc})[1][3])["args"]
+    assert [v for f, v in zip(args, args[1:], strict=False) if f == "--probe-dir"] == [
+        "/etc/trail/scheduler",
+        "/models",
+    ]
+    # The file:// URLs the operator sends are under those folders.
+    probe = {"configMapKeyRef": {"name": "probes", "key": "p.bin"}}
+    cm_spec = parse_spec({**cpu_example["spec"], "scheduler": {"probe": probe}})
+    assert builders.scheduler_update(cm_spec, 1, PROBE, live=False)["probe"]["url"].startswith(
+        f"file://{builders.SCHEDULER_DIR}/"
+    )
+    path_spec = parse_spec(
+        {**cpu_example["spec"], "model": pvc, "scheduler": {"probe": {"path": "p.bin", "sha256": "a" * 64}}}
+    )
+    assert builders.scheduler_update(path_spec, 1, None, live=False)["probe"]["url"] == "file:///models/p.bin"
+
+
+def test_a_probe_url_on_a_new_host_rolls_the_pods(cpu_example) -> None:
+    edited = copy.deepcopy(cpu_example["spec"])
+    edited["scheduler"]["probe"] = {"url": "https://example.com/p.bin", "sha256": "a" * 64}
+    assert build(edited)[1][3]["spec"]["template"] != build(cpu_example["spec"])[1][3]["spec"]["template"]
 
 
 def test_engine_change_changes_pod_template(cpu_example) -> None:
@@ -146,9 +213,14 @@ def test_configmap_probe_is_copied_and_referenced_by_sha(cpu_example) -> None:
 
 def test_url_model_gets_fetch_init_container() -> None:
     _, (_, _, _, deployment) = build({"model": {"url": {"url": "https://x.example/m.tar.gz", "sha256": "b" * 64}}})
-    init = deployment["spec"]["template"]["spec"]["initContainers"][0]
+    pod = deployment["spec"]["template"]["spec"]
+    init = pod["initContainers"][0]
     assert init["command"][:3] == ["python", "-m", "trail_operator.fetch_model"]
     assert init["command"][-2:] == ["--sha256", "b" * 64]
+    cap = 64 << 30  # the CRD's default model.url.maxBytes
+    assert init["command"][init["command"].index("--max-bytes") + 1] == str(cap)
+    assert init["command"][init["command"].index("--deadline") + 1] == str(builders.FETCH_DEADLINE_SECONDS)
+    assert {"name": "model", "emptyDir": {"sizeLimit": str(2 * cap)}} in pod["volumes"]
 
 
 def test_default_images_from_environment(monkeypatch) -> None:
@@ -201,3 +273,50 @@ def test_trail_serve_reads_the_settings_file_the_operator_writes(path, tmp_path)
         spec.scheduler.predict_every,
     )
     assert settings.max_wait_seconds == spec.scheduler.max_wait_seconds
+
+
+def test_network_policy_opens_the_openai_port_and_the_admin_port_to_the_operator_only(cpu_example) -> None:
+    peer = builders.Peer(
+        "trail-system", {"app.kubernetes.io/name": "trail-operator", "app.kubernetes.io/instance": "t"}
+    )
+    spec = parse_spec(cpu_example["spec"])
+    objects = builders.build_all(OWNER, spec, IMAGES, token="tok", generation=1, probe_data=None, peer=peer)
+    assert [o["kind"] for o in objects] == ["Secret", "ConfigMap", "Service", "NetworkPolicy", "Deployment"]
+    policy, deployment = objects[3], objects[4]
+    kubernetes_validate.validate(policy, "1.30", strict=True)
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
+    assert policy["spec"]["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    open_port, admin = policy["spec"]["ingress"]
+    assert open_port == {"ports": [{"protocol": "TCP", "port": builders.HTTP_PORT}]}  # from anywhere
+    assert admin["ports"] == [{"protocol": "TCP", "port": builders.ADMIN_PORT}]
+    assert admin["from"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "trail-system"}},
+            "podSelector": {"matchLabels": peer.labels},
+        }
+    ]
+    assert "NetworkPolicy" not in [o["kind"] for o in build(cpu_example["spec"])[1]]  # off: none
+
+
+def test_network_policy_settings_come_from_the_charts_env(monkeypatch) -> None:
+    monkeypatch.delenv("TRAIL_NETWORK_POLICY", raising=False)
+    assert builders.Peer.from_env() is None
+    monkeypatch.setenv("TRAIL_NETWORK_POLICY", "true")
+    monkeypatch.setenv("TRAIL_OPERATOR_NAMESPACE", "ops")
+    monkeypatch.delenv("TRAIL_OPERATOR_POD_LABELS", raising=False)
+    with pytest.raises(ValueError, match="TRAIL_OPERATOR_POD_LABELS"):
+        builders.Peer.from_env()
+    monkeypatch.setenv("TRAIL_OPERATOR_POD_LABELS", '{"app": "op"}')
+    assert builders.Peer.from_env() == builders.Peer("ops", {"app": "op"})
+
+
+def test_env_names_the_operator_sets_are_reserved() -> None:
+    """Every variable the builders set is one engine.env may not set (spec.RESERVED_ENV)."""
+    from trail_operator.spec import RESERVED_ENV
+
+    hf = {"huggingFace": {"id": "org/model", "tokenSecretRef": {"name": "hf"}}}
+    for spec in [load(path)["spec"] for path in EXAMPLES] + [{"model": hf}]:
+        env = container(build(spec)[1][3])["env"]
+        user = {var["name"] for var in spec.get("engine", {}).get("env", [])}
+        assert {var["name"] for var in env} - user <= {*RESERVED_ENV, "HF_TOKEN"}

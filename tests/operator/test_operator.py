@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import socket
@@ -332,15 +333,25 @@ def _verb(request) -> str:
     return {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}[method]
 
 
-async def test_every_api_call_is_allowed_by_the_rbac_permissions(cluster):
-    """The chart's ClusterRole comes from PERMISSIONS: the operator must not need more."""
+async def test_every_api_call_is_allowed_by_the_rbac_permissions(cluster, monkeypatch):
+    """The chart's ClusterRole comes from PERMISSIONS: the operator must not need more
+    (NetworkPolicies on, a Secret replaced, a hand edit undone, every path that writes)."""
+    monkeypatch.setenv("TRAIL_NETWORK_POLICY", "true")
+    monkeypatch.setenv("TRAIL_OPERATOR_NAMESPACE", "trail-system")
+    monkeypatch.setenv("TRAIL_OPERATOR_POD_LABELS", '{"app.kubernetes.io/name": "trail-operator"}')
     async with running_operator():
         await create(cluster, "smollm2", CPU_SPEC)
         await eventually(lambda: condition(cluster, "smollm2", "SchedulerSynced"), what="status")
         await edit_spec(cluster, "smollm2", {"scheduler": {"c": 1.5}}, generation=2)
         await eventually(lambda: settings(cluster, "smollm2")["c"] == 1.5, what="edit")
+        secret = obj(cluster, "v1/secrets", "smollm2-admin")
+        secret["data"]["token"] = base64.b64encode(b"set-by-hand").decode()
+        await cluster.patch(f"/api/v1/namespaces/{NS}/secrets/smollm2-admin", json={"data": secret["data"]})
+        await eventually(
+            lambda: obj(cluster, "v1/secrets", "smollm2-admin")["data"] != secret["data"], what="Secret replaced"
+        )
         await cluster.delete(f"/apis/trail.dev/v1alpha1/namespaces/{NS}/llmservers/smollm2")
-        await eventually(lambda: obj(cluster, LLMS, "smollm2") is None, what="finalizer released")
+        await eventually(lambda: obj(cluster, LLMS, "smollm2") is None, what="deleted")
     allowed = {
         (group, resource, verb)
         for rule in PERMISSIONS
@@ -361,3 +372,125 @@ async def test_every_api_call_is_allowed_by_the_rbac_permissions(cluster):
     assert used, "no API calls recorded"
     assert used <= allowed, f"calls not covered by PERMISSIONS: {sorted(used - allowed)}"
     assert ("trail.dev", "llmservers", "watch") in used and ("apps", "deployments", "create") in used
+    assert {("", "secrets", "delete"), ("networking.k8s.io", "networkpolicies", "create")} <= used
+
+
+async def test_a_deleted_admin_secret_is_recreated_with_a_new_token_and_no_pod_roll(cluster):
+    """Rotation: delete the Secret. The next pass makes a new token; pods read it from the
+    mounted Secret (the kubelet refreshes the file), so the pod template does not change."""
+    async with running_operator():
+        await create(cluster, "smollm2", CPU_SPEC)
+        await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
+        old = obj(cluster, "v1/secrets", "smollm2-admin")
+        template = obj(cluster, "apps/v1/deployments", "smollm2")["spec"]["template"]
+        response = await cluster.delete(f"/api/v1/namespaces/{NS}/secrets/smollm2-admin")
+        assert response.status == 200, await response.text()
+        new = await eventually(lambda: obj(cluster, "v1/secrets", "smollm2-admin"), what="a new Secret")
+        await passes(cluster, "smollm2")
+    assert new["data"]["token"] != old["data"]["token"]
+    token = base64.b64decode(new["data"]["token"]).decode()
+    assert token not in json.dumps(new["metadata"]) and new["data"]["token"] not in json.dumps(new["metadata"])
+    assert obj(cluster, "apps/v1/deployments", "smollm2")["spec"]["template"] == template
+    assert requests_to(cluster, "deployments", "PATCH") == []
+    assert requests_to(cluster, "secrets", "PATCH") == []  # Secrets are created, never patched
+
+
+async def test_a_hand_edit_of_the_deployment_is_undone(cluster):
+    async with running_operator():
+        await create(cluster, "smollm2", CPU_SPEC)
+        await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
+        ours = obj(cluster, "apps/v1/deployments", "smollm2")
+        args = ours["spec"]["template"]["spec"]["containers"][0]["args"]
+        edited = {"name": "server", "args": [*args, "--enable-lora"], "securityContext": {"privileged": True}}
+        # As `kubectl edit` stores it: the API server bumps metadata.generation (kmock does not).
+        response = await cluster.patch(
+            f"/apis/apps/v1/namespaces/{NS}/deployments/smollm2",
+            json={
+                "metadata": {"generation": 2},
+                "spec": {"replicas": 7, "template": {"spec": {"containers": [edited]}}},
+            },
+        )
+        assert response.status == 200, await response.text()
+        await eventually(
+            lambda: obj(cluster, "apps/v1/deployments", "smollm2")["spec"]["replicas"] == 1, what="edit undone"
+        )
+    restored = obj(cluster, "apps/v1/deployments", "smollm2")["spec"]["template"]["spec"]["containers"]
+    assert restored == ours["spec"]["template"]["spec"]["containers"]
+
+
+async def test_no_finalizer_so_deleting_needs_no_running_operator(cluster):
+    """Without a finalizer the API server deletes an LLMServer at once, and its garbage
+    collector what it owns (owner references), whether the operator runs or not."""
+    async with running_operator():
+        await create(cluster, "smollm2", CPU_SPEC)
+        await eventually(lambda: condition(cluster, "smollm2", "SchedulerSynced"), what="status")
+        await passes(cluster, "smollm2", 3)  # resyncs included
+    assert obj(cluster, LLMS, "smollm2")["metadata"].get("finalizers") in (None, [])
+
+
+class RefusingAdmin(FakeAdmin):
+    """A pod that refuses every settings change (a probe it cannot load), counting the PUTs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.puts = 0
+
+    async def put(self, request: web.Request) -> web.Response:
+        self.puts += 1
+        return web.json_response({"detail": "probe rejected: hidden size 64, the model's is 576"}, status=422)
+
+
+@pytest.fixture
+async def refusing_admin():
+    admin = RefusingAdmin()
+    app = web.Application()
+    app.router.add_get(f"{ADMIN_PREFIX}/config", admin.get)
+    app.router.add_put(f"{ADMIN_PREFIX}/config", admin.put)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    admin.port = runner.addresses[0][1]
+    yield admin
+    await runner.cleanup()
+
+
+async def test_refused_settings_are_sent_once_per_spec_change(cluster, refusing_admin):
+    async with running_operator():
+        await create(cluster, "smollm2", CPU_SPEC)
+        await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
+        add_pod(cluster, "smollm2", "127.0.0.1", refusing_admin.port)
+        await cluster.patch(f"/api/v1/namespaces/{NS}/pods/pod-0", json={"metadata": {"annotations": {"x": "1"}}})
+        degraded = await eventually(
+            lambda: (
+                (condition(cluster, "smollm2", "Degraded") or {}).get("reason") == "SettingsRejected"
+                and condition(cluster, "smollm2", "Degraded")
+            ),
+            what="SettingsRejected",
+        )
+        await passes(cluster, "smollm2", 4)
+        assert refusing_admin.puts == 1  # resyncs do not send it again
+        refused = obj(cluster, LLMS, "smollm2")["status"]["refusedSettings"]
+        await edit_spec(cluster, "smollm2", {"scheduler": {"c": 3.0}}, generation=2)
+        await eventually(lambda: refusing_admin.puts == 2, what="the changed settings sent")
+        await passes(cluster, "smollm2", 4)
+    assert refusing_admin.puts == 2
+    assert "hidden size 64" in degraded["message"] and "pod-0" in degraded["message"]
+    assert refused["generation"] == 1 and "hidden size 64" in refused["message"]
+    assert obj(cluster, LLMS, "smollm2")["status"]["refusedSettings"]["generation"] == 2
+
+
+async def test_network_policies_when_the_chart_turns_them_on(cluster, monkeypatch):
+    monkeypatch.setenv("TRAIL_NETWORK_POLICY", "true")
+    monkeypatch.setenv("TRAIL_OPERATOR_NAMESPACE", "trail-system")
+    monkeypatch.setenv("TRAIL_OPERATOR_POD_LABELS", '{"app.kubernetes.io/name": "trail-operator"}')
+    async with running_operator():
+        server = await create(cluster, "smollm2", CPU_SPEC)
+        policy = await eventually(
+            lambda: obj(cluster, "networking.k8s.io/v1/networkpolicies", "smollm2"), what="NetworkPolicy"
+        )
+        await passes(cluster, "smollm2")
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == server["metadata"]["uid"]
+    assert policy["spec"]["ingress"][1]["from"][0]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "trail-operator"
+    }
+    assert len(requests_to(cluster, "networkpolicies", "POST")) == 1

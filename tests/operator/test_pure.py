@@ -5,13 +5,34 @@ from __future__ import annotations
 import base64
 import copy
 import datetime
+import hashlib
+import json
 
 import pytest
 
 from trail_operator import builders
-from trail_operator.apply import LAST_APPLIED, OwnershipError, Write, merge_patch, needs_write, plan, with_record
+from trail_operator.apply import (
+    LAST_APPLIED,
+    OwnershipError,
+    Write,
+    holds,
+    last_applied,
+    merge_patch,
+    needs_write,
+    plan,
+    with_record,
+)
 from trail_operator.builders import Images, Owner
-from trail_operator.reconcile import ProbeSourceError, backoff, desire, probe_bytes
+from trail_operator.reconcile import (
+    Desired,
+    ProbeSourceError,
+    backoff,
+    desire,
+    held_back,
+    kept_token,
+    probe_bytes,
+    refusal,
+)
 from trail_operator.retune import PodReport, PodTarget, in_sync, ready_targets
 from trail_operator.spec import SecretKeyRef, parse_spec
 from trail_operator.status import Observation, compute_status
@@ -69,17 +90,84 @@ def test_plan_refuses_everything_when_one_object_is_someone_elses():
         plan("uid-1", [{**mine, "data": {"k": "new"}}, mine], [live_mine, foreign])
 
 
+def test_no_secret_value_in_any_annotation():
+    """`kubectl describe secret` prints annotations: the record holds the token's hash only."""
+    secret = with_record(builders.build_secret(OWNER, "s3cret-token"))
+    annotations = json.dumps(secret["metadata"]["annotations"])
+    assert "s3cret-token" not in annotations
+    assert base64.b64encode(b"s3cret-token").decode() not in annotations
+    recorded = last_applied(secret)["data"]["token"]
+    assert recorded == "sha256:" + hashlib.sha256(secret["data"]["token"].encode()).hexdigest()
+    assert not needs_write(secret, builders.build_secret(OWNER, "s3cret-token"))
+    assert needs_write(secret, builders.build_secret(OWNER, "another"))
+
+
+def test_a_secret_is_replaced_never_patched():
+    live = with_record(builders.build_secret(OWNER, "old"))
+    writes = plan(OWNER.uid, [builders.build_secret(OWNER, "new")], [live])
+    assert [(w.verb, w.kind) for w in writes] == [("delete", "Secret"), ("create", "Secret")]
+    assert plan(OWNER.uid, [builders.build_secret(OWNER, "old")], [live]) == []
+
+
+def test_the_token_is_kept_only_while_the_secret_is_as_written():
+    written = with_record(builders.build_secret(OWNER, "tok"))
+    assert kept_token(OWNER, written) == "tok"
+    assert kept_token(OWNER, None) is None  # deleted
+    edited = copy.deepcopy(written)
+    edited["data"]["token"] = base64.b64encode(b"chosen-by-hand").decode()
+    assert kept_token(OWNER, edited) is None
+    legacy = copy.deepcopy(written)  # an older operator recorded the token in clear
+    legacy["metadata"]["annotations"][LAST_APPLIED] = json.dumps(builders.build_secret(OWNER, "tok"))
+    assert kept_token(OWNER, legacy) is None
+    emptied = {**copy.deepcopy(written), "data": {}}
+    assert kept_token(OWNER, emptied) is None
+
+
+def test_a_hand_edit_of_a_field_we_set_is_undone():
+    spec = parse_spec(
+        {
+            "model": {"bundled": True},
+            "resources": {"requests": {"cpu": "1000m", "memory": "4Gi"}},
+            "engine": {"env": [{"name": "EMPTY", "value": ""}]},
+        }
+    )
+    desired = builders.build_deployment(OWNER, spec, Images())
+    live = with_record(desired)
+    # What the API server adds or rewrites is not an edit: defaults, status, canonical
+    # quantities, empty strings left out (so the builders leave them out too).
+    assert {"name": "EMPTY"} in desired["spec"]["template"]["spec"]["containers"][0]["env"]
+    served = copy.deepcopy(live)
+    served["spec"]["template"]["spec"]["dnsPolicy"] = "ClusterFirst"
+    served["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] = "1"
+    served["status"] = {"replicas": 1}
+    assert not needs_write(served, desired)
+    for edit in (
+        lambda d: d["spec"].update(replicas=5),
+        lambda d: d["spec"]["template"]["spec"]["containers"][0]["args"].append("--enable-lora"),
+        lambda d: d["spec"]["template"]["spec"]["containers"][0]["securityContext"].update(
+            allowPrivilegeEscalation=True
+        ),
+        lambda d: d["spec"]["template"]["spec"]["volumes"].pop(),
+        lambda d: d["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"].update(cpu="2"),
+    ):
+        edited = copy.deepcopy(served)
+        edit(edited)
+        assert needs_write(edited, desired)
+        (write,) = plan(OWNER.uid, [desired], [edited])
+        assert write.verb == "patch" and holds(write.body["spec"], desired["spec"])
+
+
 # --- reconcile: desired state from the spec and what exists ----------------------------
 
 
 def test_desire_keeps_token_and_generation_until_the_settings_change(cpu_example):
     spec = parse_spec(cpu_example["spec"])
-    first = desire(OWNER, spec, Images(), 1, [None, None, None, None], None)
+    first = desire(OWNER, spec, Images(), 1, {}, None)
     assert first.scheduler_generation == 1 and first.settings["generation"] == 1
     secret, configmap_, service, deployment = first.objects
     assert builders.secret_token(secret) == first.token
-    owned = [secret, configmap_, service, deployment]
-    live = [with_record(o) for o in owned]  # as the pass wrote them
+    live = [with_record(o) for o in first.objects]  # as the pass wrote them
+    owned = {o["kind"]: o for o in live}
 
     again = desire(OWNER, spec, Images(), 5, owned, None)  # metadata.generation moved, settings did not
     assert (again.token, again.scheduler_generation) == (first.token, 1)
@@ -90,6 +178,20 @@ def test_desire_keeps_token_and_generation_until_the_settings_change(cpu_example
     assert bumped.scheduler_generation == 5 and bumped.settings["c"] == 2.5
     writes = plan(OWNER.uid, bumped.objects, live)
     assert [w.kind for w in writes] == ["ConfigMap"]  # a c edit never touches the Deployment
+
+
+def test_refused_settings_are_remembered_until_the_settings_change():
+    desired = Desired(objects=[], token="t", scheduler_generation=4, settings={}, probe_sha="ab")
+    no = PodReport("p", "ip", synced=False, view={}, error="pod refused the settings (HTTP 422): bad", rejected=True)
+    remembered = refusal(desired, [no], None)
+    assert remembered == {"generation": 4, "probeSha256": "ab", "message": no.error}
+    assert held_back({"status": {"refusedSettings": remembered}}, desired) == no.error
+    edited = Desired(objects=[], token="t", scheduler_generation=5, settings={}, probe_sha="ab")
+    assert held_back({"status": {"refusedSettings": remembered}}, edited) is None  # the spec changed
+    assert held_back({"status": {}}, desired) is None
+    yes = PodReport("p", "ip", synced=True, view={})
+    assert refusal(desired, [yes], no.error) is None  # a pod took them after all
+    assert refusal(desired, [], no.error) == remembered  # no pod to ask: still refused
 
 
 def test_probe_bytes_from_binary_data_then_data():

@@ -38,7 +38,8 @@ def bounds(prop: dict[str, Any]) -> dict[str, float]:
 
 
 def test_the_crd_has_exactly_the_models_settings_and_the_probe() -> None:
-    assert set(crd_scheduler()) == set(SETTING_KEYS) | {"probe"}
+    """Plus the probe and the hosts pods may fetch probes from (the operator's, not settings)."""
+    assert set(crd_scheduler()) == set(SETTING_KEYS) | {"probe", "probeHosts"}
 
 
 def test_types_defaults_and_ranges_agree() -> None:
