@@ -140,7 +140,7 @@ def test_everything_the_operator_writes_is_owned() -> None:
     )
     line = builders.server_args(spec)
     flags = [(flag, value) for flag, value in zip(line, line[1:]) if flag.startswith("--")]
-    assert len(flags) == 11
+    assert len(flags) == 13
     for flag, value in flags:
         assert "which the operator owns" in " ".join(check_extra_args([flag, value])), flag
 
