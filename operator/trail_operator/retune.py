@@ -44,6 +44,8 @@ class PodReport:
             probe = self.view.get("probe") or {}
             if probe.get("sha256"):
                 entry["probeSha256"] = probe["sha256"]
+            if self.view.get("probeFailure"):
+                entry["probeFailure"] = self.view["probeFailure"]
         if self.error:
             entry["message"] = self.error
         return entry

@@ -69,6 +69,9 @@ def _degraded(obs: Observation) -> dict[str, Any]:
     rejected = [r for r in obs.reports if r.rejected]
     if rejected:
         return _condition("Degraded", True, "SettingsRejected", "; ".join(f"pod {r.name}: {r.error}" for r in rejected))
+    failed = [(r.name, r.view["probeFailure"]) for r in obs.reports if r.view and r.view.get("probeFailure")]
+    if failed:  # the pods serve on, first come first served, until a new probe is applied
+        return _condition("Degraded", True, "ProbeFailed", "; ".join(f"pod {name}: {why}" for name, why in failed))
     return _condition("Degraded", False, "AsExpected", "no errors")
 
 

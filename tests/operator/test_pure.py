@@ -295,6 +295,17 @@ def test_status_explains_invalid_specs_apply_failures_and_rejections():
     assert "hidden size 64" in next(c for c in status["conditions"] if c["type"] == "Degraded")["message"]
 
 
+def test_a_pod_whose_probe_failed_is_reported_and_degrades_the_llmserver():
+    view = {"generation": 2, "policy": "trail", "c": 0.8, "probeFailure": "probe 0123 failed on the worker: OOM"}
+    failed = PodReport("p", "ip", synced=True, view=view)
+    obs = Observation(2, 1, deployment=deployment(1), reports=[failed], scheduler_generation=2)
+    status = compute_status(obs, None, T0)
+    assert conditions(status)["Degraded"] == ("True", "ProbeFailed")
+    assert conditions(status)["SchedulerSynced"] == ("True", "AllPodsSynced")  # the settings are in force
+    assert status["pods"][0]["probeFailure"] == view["probeFailure"]
+    assert "pod p: probe 0123 failed" in next(c for c in status["conditions"] if c["type"] == "Degraded")["message"]
+
+
 def test_last_transition_time_moves_only_when_a_condition_flips():
     rolling = compute_status(Observation(1, 1, deployment=deployment(0), scheduler_generation=1), None, T0)
     still = compute_status(Observation(1, 1, deployment=deployment(0), scheduler_generation=1), rolling, T1)
