@@ -1,6 +1,6 @@
 """``trail bench``: every policy on the same work, one engine at a time, then a report.
 
-Flow: pick prompts (seeded), profile their greedy output lengths on the served model
+Flow: pick prompts (seeded), profile their natural (sampled, seeded) output lengths on the served model
 (cached), then for each engine (stock vLLM for ``fcfs``, one ``trail serve`` for the
 TRAIL policies, switched live through its admin API) and each policy and rate, send
 the same requests open-loop and record them. Engines are started here unless running

@@ -1,10 +1,12 @@
 """Benchmark workloads: prompts, their profiled output lengths, and arrival times.
 
 Every policy must serve exactly the same work, so (as the reference's benchmark does)
-each prompt's natural output length is measured once with greedy decoding on the
-served model, cached, and every later request is sent with ``ignore_eos`` and
-``max_tokens`` equal to that length. A seed fixes the sample of prompts, their order
-and the arrival times.
+each prompt's natural output length is measured once on the served model, cached, and
+every later request is sent with ``ignore_eos`` and ``max_tokens`` equal to that length.
+Lengths are measured as chat clients sample (temperature 0.7, top-p 0.9, the sampling the
+predictors are trained with), with a seed fixed per prompt so the measurement repeats; the
+bundled model's greedy answers loop to the cap on most prompts, which no chat user sees.
+A seed fixes the sample of prompts, their order and the arrival times.
 """
 
 from __future__ import annotations
@@ -144,9 +146,17 @@ def build_requests(
 # -- natural output lengths -------------------------------------------------------------
 
 
+PROFILE_SAMPLING = {"temperature": 0.7, "top_p": 0.9}
+
+
 def _profile_key(model: str, cap: int, prompt: Prompt) -> str:
     digest = hashlib.sha256(prompt.prompt.encode()).hexdigest()[:16]
-    return f"{model}|{cap}|{prompt.id}|{digest}"
+    sampling = ",".join(f"{k}={v}" for k, v in PROFILE_SAMPLING.items())
+    return f"{model}|{cap}|{prompt.id}|{digest}|{sampling}"
+
+
+def _prompt_seed(prompt: Prompt) -> int:
+    return int(hashlib.sha256(prompt.id.encode()).hexdigest()[:8], 16)
 
 
 def _cached_caps(known: dict[str, int]) -> set[int]:
@@ -157,12 +167,13 @@ def length_cache_path() -> Path:
     return cache_dir() / "bench" / "lengths.json"
 
 
-async def _greedy_length(client: httpx.AsyncClient, base: str, model: str, prompt: Prompt, cap: int) -> int:
+async def _natural_length(client: httpx.AsyncClient, base: str, model: str, prompt: Prompt, cap: int) -> int:
     body = {
         "model": model,
         "messages": [{"role": "user", "content": prompt.prompt}],
         "max_tokens": cap,
-        "temperature": 0,
+        **PROFILE_SAMPLING,
+        "seed": _prompt_seed(prompt),
     }
     reply = await client.post(f"{base}/v1/chat/completions", json=body)
     if reply.status_code != 200:
@@ -179,14 +190,14 @@ def profile_lengths(
     concurrency: int = 16,
     progress=None,
 ) -> dict[str, int]:
-    """Natural (greedy) output length of each prompt on the served model, capped; cached on disk.
+    """Natural (sampled, seeded) output length of each prompt on the served model, capped; cached on disk.
 
     The cache key holds the model name, the cap and a hash of the prompt, so a
     different model, cap or prompt text is profiled afresh.
     """
     cache = cache or length_cache_path()
     known: dict[str, int] = json.loads(cache.read_text()) if cache.exists() else {}
-    # Greedy decoding is deterministic and causal: the answer under a smaller cap is a
+    # Seeded sampling is deterministic and causal: the answer under a smaller cap is a
     # prefix of the answer under a larger one, so a larger-cap profile gives min(L, cap).
     for prompt in prompts:
         key = _profile_key(model, cap, prompt)
@@ -206,7 +217,7 @@ def profile_lengths(
 
             async def one(prompt: Prompt) -> None:
                 async with limit:
-                    known[_profile_key(model, cap, prompt)] = await _greedy_length(client, base, model, prompt, cap)
+                    known[_profile_key(model, cap, prompt)] = await _natural_length(client, base, model, prompt, cap)
                 if progress is not None:
                     progress()
 
