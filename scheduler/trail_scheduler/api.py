@@ -33,6 +33,11 @@ MAX_WAIT_SECONDS = 604_800.0  # one week
 MAX_PREEMPTION_MARGIN = 1_000_000.0  # tokens
 MAX_PREEMPTIONS = 1_000_000
 MAX_GENERATION = 2**63 - 1  # an int64, as Kubernetes' metadata.generation
+# The shipped starvation guard (measured in docs/benchmarks.md, "The starvation guard"): a
+# request is preempted at most once, so shortest-first cannot make it recompute again and
+# again, and one waiting longer than this is served in arrival order and not preempted.
+DEFAULT_MAX_WAIT_SECONDS = 300.0
+DEFAULT_MAX_PREEMPTIONS = 1
 MAX_URL_LENGTH = 2048
 MAX_INLINE_PROBE_CHARS = 8 * 1024 * 1024  # base64 of a 6 MiB probe; larger probes go by URL
 
@@ -81,7 +86,11 @@ class SchedulerSettings(_Wire):
     )
     predict_every: int = Field(default=1, ge=1, le=MAX_PREDICT_EVERY, description="run the probe every k tokens")
     max_wait_seconds: float | None = Field(
-        default=None, gt=0, le=MAX_WAIT_SECONDS, description="starvation bound (promote requests waiting longer)"
+        default=DEFAULT_MAX_WAIT_SECONDS,
+        gt=0,
+        le=MAX_WAIT_SECONDS,
+        description="starvation bound: a request waiting longer is admitted first and no longer preempted "
+        "(null turns the guard off)",
     )
     preemption_margin: float = Field(
         default=0.0,
@@ -90,7 +99,10 @@ class SchedulerSettings(_Wire):
         description="preempt only for a request shorter by more than this many tokens",
     )
     max_preemptions: int | None = Field(
-        default=None, ge=0, le=MAX_PREEMPTIONS, description="preemptions one request can suffer at most"
+        default=DEFAULT_MAX_PREEMPTIONS,
+        ge=0,
+        le=MAX_PREEMPTIONS,
+        description="preemptions one request can suffer at most (null: no cap)",
     )
 
     @field_validator("policy", mode="before")

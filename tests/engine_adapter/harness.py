@@ -46,8 +46,11 @@ def build_scheduler(
     """One scheduler of ``cls`` with TRAIL ``settings`` as ``trail serve`` hands them over.
 
     ``num_blocks`` counts the null block vLLM keeps back; prefix caching is off, so a
-    request holds exactly the blocks of its own tokens.
+    request holds exactly the blocks of its own tokens. Tests give requests synthetic
+    arrival times (seconds since 0), which the shipped starvation guard would count as
+    hours of waiting: it is off unless a test sets ``max_wait_seconds``.
     """
+    settings.setdefault("max_wait_seconds", None)
     scheduler_config = SchedulerConfig(
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens,
