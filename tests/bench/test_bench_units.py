@@ -12,7 +12,7 @@ import pytest
 from trail_scheduler.assets import PromptFileError
 from trail_scheduler.bench import policies as P
 from trail_scheduler.bench.loadgen import RequestRecord
-from trail_scheduler.bench.report import summarise, write_report
+from trail_scheduler.bench.report import headroom, headroom_message, summarise, write_report
 from trail_scheduler.bench.servers import EndpointError, check_loopback, free_port, metric_sum, parse_metrics
 from trail_scheduler.bench.workload import (
     Prompt,
@@ -20,6 +20,7 @@ from trail_scheduler.bench.workload import (
     _profile_key,
     arrival_times,
     build_requests,
+    is_short_request,
     length_summary,
     load_prompts,
     profile_lengths,
@@ -93,7 +94,7 @@ def test_the_default_pool_is_the_benchmark_split_the_shipped_predictors_never_sa
 
 
 def test_a_larger_cap_profile_answers_a_smaller_cap_without_any_request(tmp_path):
-    """Greedy answers are prefixes of each other: min(length at cap 512, 256) needs no engine."""
+    """Seeded answers are prefixes of each other: min(length at cap 512, 256) needs no engine."""
     prompts = [Prompt("a", "short one"), Prompt("b", "long one")]
     cache = tmp_path / "lengths.json"
     cache.write_text(json.dumps({_profile_key("m", 512, prompts[0]): 40, _profile_key("m", 512, prompts[1]): 512}))
@@ -119,13 +120,37 @@ def test_length_summary_counts_answers_at_the_cap():
     assert (summary["p25"], summary["median"], summary["p75"]) == (17.5, 266.0, 512.0)  # as the run summaries
 
 
+def test_short_requests_are_one_line_instructions_or_questions_chosen_by_form():
+    assert is_short_request("Give three tips for staying healthy.")
+    assert is_short_request("what is stable diffusion")
+    assert not is_short_request("I have this code:\nfoo()")  # two lines
+    assert not is_short_request("Give " + "very " * 60 + "long tips")  # over 200 characters
+    assert not is_short_request("My dog barks at night.")  # neither an instruction nor a question word
+    short = load_prompts(None, short_requests=True)
+    assert 100 < len(short) < len(load_prompts(None)) and all(is_short_request(p.prompt) for p in short)
+
+
+def test_the_oracles_headroom_is_reported_and_too_little_is_a_warning():
+    summary = [
+        {"policy": "fcfs", "rate": "burst", "mean_latency_s": 200.0},
+        {"policy": "trail+", "rate": "burst", "mean_latency_s": 192.0},
+        {"policy": "fcfs", "rate": "0.2", "mean_latency_s": 100.0},
+        {"policy": "trail+", "rate": "0.2", "mean_latency_s": 55.0},
+    ]
+    assert headroom(summary, "burst") == pytest.approx(0.96) and headroom(summary, "1.0") is None
+    line, warn = headroom_message(headroom(summary, "burst"), "burst")
+    assert warn and "0.96x" in line and "little to reorder" in line
+    line, warn = headroom_message(headroom(summary, "0.2"), "0.2")
+    assert not warn and line == "oracle headroom @ 0.2: TRAIL+ mean latency 0.55x FCFS's"
+
+
 # -- policies ---------------------------------------------------------------------------
 
 
 def test_policy_order_puts_probe_entries_after_probe_free_ones():
     entries, notes = P.resolve(["trail", "fcfs", "trail+", "sjf"], [0.0, 0.8], have_probe=True, explicit=True)
     names = [e.name for e in entries]
-    assert names[0] == "fcfs"
+    assert names[:3] == ["fcfs", "trail+", "sjf"]  # the oracle's headroom is known before any TRAIL number
     first_probe = next(i for i, e in enumerate(entries) if e.probe)
     assert all(e.probe for e in entries[first_probe:]) and not any(e.probe for e in entries[:first_probe])
     assert "trail@c=0" in names and "trail@c=0.8" not in names  # 0.8 is 'trail' itself

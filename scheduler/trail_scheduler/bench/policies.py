@@ -67,7 +67,9 @@ def sweep_entry(c: float, refined: bool) -> PolicyEntry:
 def resolve(
     names: Sequence[str], c_sweep: Sequence[float], have_probe: bool, explicit: bool
 ) -> tuple[list[PolicyEntry], list[str]]:
-    """The entries to run (stock first, then probe-free TRAIL ones, then probe ones) and notes.
+    """The entries to run (stock first, then probe-free TRAIL ones, the oracle leading them,
+    then probe ones) and notes. The oracle runs right after FCFS so the workload's headroom
+    is known before any TRAIL number.
 
     Without a probe the refinement entries cannot run: asked for explicitly that is an
     error; in the default list they are dropped with a note. The c sweep runs with
@@ -95,5 +97,6 @@ def resolve(
     if not entries:
         raise PolicyError("no policies to run")
     order = {(STOCK, False): 0, (TRAIL, False): 1, (TRAIL, True): 2}
-    entries.sort(key=lambda e: order[(e.engine, e.probe)])  # stable: keeps the given order within a group
+    # Stable: keeps the given order within a group.
+    entries.sort(key=lambda e: (order[(e.engine, e.probe)], not e.oracle))
     return entries, notes

@@ -191,3 +191,28 @@ def print_table(report: dict, console=None) -> None:
     console.print(table)
     for note in report.get("notes", []):
         console.print(f"note: {note}")
+
+
+MIN_HEADROOM = 0.1  # the oracle must beat FCFS's mean latency by this much for a comparison to mean much
+
+
+def headroom(summary: list[dict], rate: str) -> float | None:
+    """TRAIL+'s mean latency over FCFS's at ``rate``: how much any length-aware order can gain
+    on this workload (None until both have run)."""
+    means = {row["policy"]: row["mean_latency_s"] for row in summary if row["rate"] == rate}
+    if "fcfs" not in means or "trail+" not in means or not means["fcfs"]:
+        return None
+    return means["trail+"] / means["fcfs"]
+
+
+def headroom_message(ratio: float, rate: str) -> tuple[str, bool]:
+    """The line to print, and whether it is a warning (too little headroom)."""
+    line = f"oracle headroom @ {rate}: TRAIL+ mean latency {ratio:.2f}x FCFS's"
+    if ratio > 1 - MIN_HEADROOM:
+        return (
+            f"{line}. Warning: even the true lengths gain less than {MIN_HEADROOM:.0%} over FCFS here, so this "
+            "workload leaves a length-aware scheduler little to reorder and policy differences mean little "
+            "(see the length distribution; try --short-requests, a higher load, or prompts whose answers vary more)",
+            True,
+        )
+    return line, False

@@ -26,7 +26,15 @@ from trail_scheduler.admin_client import AdminError
 from trail_scheduler.api import SchedulerSettings
 from trail_scheduler.bench import policies as P
 from trail_scheduler.bench.loadgen import RequestRecord, run_load
-from trail_scheduler.bench.report import print_table, rate_label, summarise, write_partial, write_report
+from trail_scheduler.bench.report import (
+    headroom,
+    headroom_message,
+    print_table,
+    rate_label,
+    summarise,
+    write_partial,
+    write_report,
+)
 from trail_scheduler.bench.servers import (
     Server,
     check_loopback,
@@ -39,6 +47,7 @@ from trail_scheduler.bench.workload import (
     MAX_PROMPT_TOKENS,
     build_requests,
     chat_token_counter,
+    describe_lengths,
     length_summary,
     load_prompts,
     profile_lengths,
@@ -453,6 +462,7 @@ def run_bench(config: BenchConfig) -> dict:
                 )
                 progress.remove_task(task)
                 report["lengths"] = length_summary(list(lengths.values()), config.output_cap)
+                progress.console.print(describe_lengths(report["lengths"]))
             probe_loaded = False
             for entry in engine_entries:
                 if entry.probe and not probe_loaded:
@@ -493,6 +503,13 @@ def run_bench(config: BenchConfig) -> dict:
                             f"{entry.name} @ {rate_label(rate)}: {row['failed']} requests failed: "
                             f"{'; '.join(sorted(errors))[:300]}"
                         )
+                    ratio = headroom(report["summary"], rate_label(rate)) if entry.oracle else None
+                    if ratio is not None:
+                        line, warn = headroom_message(ratio, rate_label(rate))
+                        progress.console.print(f"[yellow]{line}[/yellow]" if warn else line)
+                        report.setdefault("headroom", {})[rate_label(rate)] = ratio
+                        if warn:
+                            report["notes"].append(line)
                     write_partial(config.output, report)  # a long run that dies keeps what it measured
             engine_scope.close()
     report["files"] = {k: str(v) for k, v in write_report(config.output, report).items()}

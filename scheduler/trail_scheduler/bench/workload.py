@@ -251,3 +251,12 @@ def length_summary(lengths: Sequence[int], cap: int) -> dict:
         "at_cap": int((values >= cap).sum()),
         "cap": cap,
     }
+
+
+def describe_lengths(summary: dict) -> str:
+    """One line on the answer lengths every policy will serve."""
+    return (
+        f"answer lengths ({summary['count']} requests, cap {summary['cap']}): mean {summary['mean']:.0f}, "
+        f"min {summary['min']}, p25 {summary['p25']:.0f}, median {summary['median']:.0f}, p75 {summary['p75']:.0f}, "
+        f"max {summary['max']}; {summary['at_cap']} at the cap"
+    )
