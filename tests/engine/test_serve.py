@@ -322,3 +322,84 @@ def test_a_probe_reaches_the_workers_when_a_settings_change_follows_it_on_an_idl
     trail_server.configure(c=0.7)  # before any step could carry the probe to the workers
     chat(trail_server, "Say hi.", max_tokens=4)
     assert trail_server.stats().worker_probe_sha256 == sha
+
+
+# -- hostile input, on the real engine ------------------------------------------------
+
+
+def _safetensors(header: bytes) -> str:
+    """A probe file of only a (hostile) header, base64 for ``probe.data``."""
+    return base64.b64encode(len(header).to_bytes(8, "little") + header).decode()
+
+
+HOSTILE_ADMIN = [  # (what, body or raw bytes, with the token?)
+    ("malformed JSON, no token", b"{not json", False),
+    ("10 MB body, no token", b"[" + b"1," * 5_000_000 + b"1]", False),
+    ("deeply nested JSON", b"[" * 100_000 + b"]" * 100_000, True),
+    ("a body over the 8 MiB cap", b'{"c": 0.5, "x": "' + b"a" * (9 << 20) + b'"}', True),
+    ("predictEvery 2**64", {"predictEvery": 2**64}, True),
+    ("generation 2**64", {"generation": 2**64}, True),
+    ("c as a string", {"c": "0.5"}, True),
+    ("generation as a boolean", {"generation": True}, True),
+    ("an unknown field", {"cc": 1}, True),
+    ("a list, not an object", [1, 2], True),
+    ("metadata address", {"probe": {"url": "http://169.254.169.254/latest/meta-data", "sha256": "0" * 64}}, True),
+    ("a NUL byte in the URL", {"probe": {"url": "http://exa\x00mple.com/p", "sha256": "0" * 64}}, True),
+    ("a local file outside the probe dirs", {"probe": {"url": "file:///etc/passwd", "sha256": "0" * 64}}, True),
+    (
+        "a probe header nested 10,000 deep",
+        {"probe": {"data": _safetensors(b'{"a":' * 10_000 + b"1" + b"}" * 10_000)}},
+        True,
+    ),
+    (
+        "a probe header with 2**64 offsets",
+        {"probe": {"data": _safetensors(b'{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,18446744073709551616]}}')}},
+        True,
+    ),
+    ("a probe with a truncated header", {"probe": {"data": base64.b64encode(b"\xff" * 8 + b"{").decode()}}, True),
+]
+
+
+def test_hostile_admin_and_api_input_gets_4xx_and_loses_no_request(trail_server):
+    """Hostile input on both ports while requests stream: every answer a 4xx, every stream
+    complete, the settings untouched, the engine still serving."""
+    generation = trail_server.config().generation + 10
+    before = trail_server.configure(policy="trail", c=0.8, generation=generation)
+    url = f"{trail_server.admin}/trail/v1/config"
+    auth = {"Authorization": f"Bearer {trail_server.token}"}
+
+    def stream(i: int) -> int:
+        body = {"model": MODEL, "prompt": f"Count: {i},", "max_tokens": 30, "stream": True, "ignore_eos": True}
+        with httpx.stream("POST", f"{trail_server.base}/v1/completions", json=body, timeout=300) as reply:
+            assert reply.status_code == 200
+            return sum(1 for line in reply.iter_lines() if line.startswith("data: ") and line != "data: [DONE]")
+
+    statuses: dict[str, int] = {}
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        streams = [pool.submit(stream, i) for i in range(4)]
+        for what, body, with_token in HOSTILE_ADMIN:
+            headers = {"Content-Type": "application/json", **(auth if with_token else {})}
+            content = body if isinstance(body, bytes) else json.dumps(body).encode()
+            statuses[what] = httpx.put(url, content=content, headers=headers, timeout=120).status_code
+        statuses["an older generation"] = httpx.put(
+            url, json={"c": 0.1, "generation": generation - 1}, headers=auth
+        ).status_code
+        statuses["a form, not JSON"] = httpx.put(url, data={"c": "0.1"}, headers=auth).status_code
+        api = f"{trail_server.base}/v1/chat/completions"
+        statuses["API: negative max_tokens"] = httpx.post(
+            api, json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1}, timeout=60
+        ).status_code
+        statuses["API: malformed JSON"] = httpx.post(
+            api, content=b"{nope", headers={"Content-Type": "application/json"}, timeout=60
+        ).status_code
+        statuses["API: unknown model"] = httpx.post(
+            api, json={"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, timeout=60
+        ).status_code
+        counts = [f.result() for f in streams]
+    not_4xx = {what: status for what, status in statuses.items() if not 400 <= status < 500}
+    assert not not_4xx, not_4xx
+    assert statuses["malformed JSON, no token"] == 401 and statuses["10 MB body, no token"] == 401
+    assert statuses["a body over the 8 MiB cap"] == 413 and statuses["an older generation"] == 409
+    assert counts == [30] * 4  # no request lost or cut short
+    assert trail_server.config() == before
+    assert chat(trail_server, "Say hi.", max_tokens=4).status_code == 200
