@@ -32,10 +32,14 @@ def _probe_for_hidden_size(hidden_size: int) -> bytes:
 
 @pytest.fixture
 def trail_serve(tmp_path):
-    token = "engine-test-token"
-    server = start_trail_serve(tmp_path, "--probe", "none", "--prompt-predictor", "none", token=token)
+    """The process reads its admin token from a file, as a pod reads its mounted Secret."""
+    token_file = tmp_path / "token"
+    token_file.write_text("not-yet-the-operators")
+    server = start_trail_serve(
+        tmp_path, "--probe", "none", "--prompt-predictor", "none", "--admin-token-file", str(token_file)
+    )
     try:
-        yield int(server.admin.rsplit(":", 1)[1]), token
+        yield int(server.admin.rsplit(":", 1)[1]), token_file
     finally:
         server.stop()
 
@@ -43,18 +47,17 @@ def trail_serve(tmp_path):
 @pytest.mark.engine
 @pytest.mark.timeout(600)
 async def test_edit_c_reaches_a_real_trail_serve(cluster, trail_serve):  # noqa: F811
-    admin_port, token = trail_serve
+    admin_port, token_file = trail_serve
     async with running_operator():
         await create(cluster, "smollm2", CPU_SPEC)
         await eventually(lambda: obj(cluster, "v1/secrets", "smollm2-admin"), what="admin Secret")
-        # The pod's token comes from the operator's Secret in a cluster; here the process
-        # already runs with its own, so make the Secret hold that one (as the pod would see).
+        # What the kubelet does with the mounted Secret: the file now holds the operator's
+        # token, and trail serve reads it again (no restart).
         import base64
 
-        await cluster.patch(
-            f"/api/v1/namespaces/{NS}/secrets/smollm2-admin",
-            json={"data": {"token": base64.b64encode(token.encode()).decode()}},
-        )
+        secret = obj(cluster, "v1/secrets", "smollm2-admin")
+        token = base64.b64decode(secret["data"]["token"]).decode()
+        token_file.write_text(token)
         add_pod(cluster, "smollm2", "127.0.0.1", admin_port)
         await cluster.patch(f"/api/v1/namespaces/{NS}/pods/pod-0", json={"metadata": {"labels": {"x": "1"}}})
         await eventually(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import threading
 import time
@@ -47,10 +48,11 @@ class Handler(BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Length", str(len(PAYLOAD)))
             self.end_headers()
-            for byte in PAYLOAD[:40]:
-                self.wfile.write(bytes([byte]))
-                self.wfile.flush()
-                time.sleep(0.05)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up: expected
+                for byte in PAYLOAD[:40]:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.05)
         elif path.startswith("/redirect/"):
             hops = int(path.rsplit("/", 1)[1])
             self._send(302, b"", {"Location": "/probe" if hops == 0 else f"/redirect/{hops - 1}"})
