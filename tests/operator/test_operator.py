@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import json
 import socket
@@ -162,27 +163,39 @@ class FakeAdmin:
         return web.json_response(self.view)
 
 
-@pytest.fixture
-async def fake_admin():
-    admin = FakeAdmin()
+@contextlib.asynccontextmanager
+async def serving(admin: FakeAdmin):
+    """``admin`` on a loopback port (``admin.port``) while the block runs."""
     app = web.Application()
     app.router.add_get(f"{ADMIN_PREFIX}/config", admin.get)
     app.router.add_put(f"{ADMIN_PREFIX}/config", admin.put)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
     admin.port = runner.addresses[0][1]
-    yield admin
-    await runner.cleanup()
+    try:
+        yield admin
+    finally:
+        await runner.cleanup()
+
+
+async def with_a_ready_pod(cluster, port: int) -> None:
+    """Create the LLMServer and, once its Deployment exists, a ready pod on ``port``."""
+    await create(cluster, "smollm2", CPU_SPEC)
+    await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
+    add_pod(cluster, "smollm2", "127.0.0.1", port)
+    await cluster.patch(f"/api/v1/namespaces/{NS}/pods/pod-0", json={"metadata": {"annotations": {"x": "1"}}})
+
+
+@pytest.fixture
+async def fake_admin():
+    async with serving(FakeAdmin()) as admin:
+        yield admin
 
 
 async def test_editing_c_reaches_ready_pods_within_two_seconds(cluster, fake_admin):
     async with running_operator():
-        await create(cluster, "smollm2", CPU_SPEC)
-        await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
-        add_pod(cluster, "smollm2", "127.0.0.1", fake_admin.port)
-        await cluster.patch(f"/api/v1/namespaces/{NS}/pods/pod-0", json={"metadata": {"annotations": {"x": "1"}}})
+        await with_a_ready_pod(cluster, fake_admin.port)
         await eventually(
             lambda: condition(cluster, "smollm2", "SchedulerSynced")["reason"] == "AllPodsSynced", what="first sync"
         )
@@ -442,24 +455,13 @@ class RefusingAdmin(FakeAdmin):
 
 @pytest.fixture
 async def refusing_admin():
-    admin = RefusingAdmin()
-    app = web.Application()
-    app.router.add_get(f"{ADMIN_PREFIX}/config", admin.get)
-    app.router.add_put(f"{ADMIN_PREFIX}/config", admin.put)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    admin.port = runner.addresses[0][1]
-    yield admin
-    await runner.cleanup()
+    async with serving(RefusingAdmin()) as admin:
+        yield admin
 
 
 async def test_refused_settings_are_sent_once_per_spec_change(cluster, refusing_admin):
     async with running_operator():
-        await create(cluster, "smollm2", CPU_SPEC)
-        await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
-        add_pod(cluster, "smollm2", "127.0.0.1", refusing_admin.port)
-        await cluster.patch(f"/api/v1/namespaces/{NS}/pods/pod-0", json={"metadata": {"annotations": {"x": "1"}}})
+        await with_a_ready_pod(cluster, refusing_admin.port)
         degraded = await eventually(
             lambda: (
                 (condition(cluster, "smollm2", "Degraded") or {}).get("reason") == "SettingsRejected"
