@@ -165,7 +165,7 @@ def attach_request_hints(engine, predictor, accept_client_hints: bool = False) -
 
     from trail_scheduler.vllm.scheduler import HINT_PREFIX, PROMPT_ESTIMATE_ARG
 
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trail-prompt-predictor")
+    executor = None if predictor is None else ThreadPoolExecutor(1, thread_name_prefix="trail-prompt-predictor")
     original = engine.generate
 
     def prompt_text(prompt) -> str | None:
