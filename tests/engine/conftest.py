@@ -18,12 +18,15 @@ __all__ = ["Server", "TOKEN", "start_trail_serve"]
 
 @pytest.fixture(scope="session")
 def trail_server(tmp_path_factory) -> Server:
-    # Two sequences at a time, so a handful of requests already queue and preempt. No
-    # shipped predictors: each test installs the probe it relies on (layer 10).
+    # Two sequences at a time, so a handful of requests already queue and preempt; prompts
+    # over 1,024 tokens are prefilled in chunks. No shipped predictors: each test installs
+    # the probe it relies on (layer 10).
     server = start_trail_serve(
         tmp_path_factory.mktemp("engine"),
         "--max-num-seqs",
         "2",
+        "--max-num-batched-tokens",
+        "1024",
         "--probe",
         "none",
         "--prompt-predictor",

@@ -403,3 +403,16 @@ def test_hostile_admin_and_api_input_gets_4xx_and_loses_no_request(trail_server)
     assert counts == [30] * 4  # no request lost or cut short
     assert trail_server.config() == before
     assert chat(trail_server, "Say hi.", max_tokens=4).status_code == 200
+
+
+def test_a_seeded_request_with_a_prompt_prefilled_in_chunks_is_served_and_repeats(trail_server):
+    """vLLM 0.32 on CPU died here (its rewind of the request's generator after a chunk): a
+    client's ``seed`` and a long prompt must not take the engine and its requests down."""
+    long_prompt = "Summarise in one line: " + "the quick brown fox jumps over the lazy dog. " * 150  # ~1,500 tokens
+    seeded = {"temperature": 0.8, "top_p": 0.9, "seed": 7}
+    first = chat(trail_server, long_prompt, max_tokens=8, **seeded)
+    assert first.status_code == 200, first.text
+    assert first.json()["usage"]["prompt_tokens"] > 1024  # more than one step's token budget
+    again = chat(trail_server, long_prompt, max_tokens=8, **seeded)
+    assert again.json()["choices"][0]["message"] == first.json()["choices"][0]["message"]  # the seed still holds
+    assert chat(trail_server, "Say hi.", max_tokens=4).status_code == 200

@@ -33,7 +33,10 @@ class StandInRunner:
 
     def execute_model(self, scheduler_output, *args, **kwargs):
         ids = list(scheduler_output.scheduled_cached_reqs.req_ids)
-        self.input_batch = SimpleNamespace(req_ids=ids, num_reqs=len(ids))
+        generators = getattr(scheduler_output, "generators", {})
+        self.input_batch = SimpleNamespace(req_ids=ids, num_reqs=len(ids), generators=generators)
+        discarded = getattr(scheduler_output, "discarded", set())
+        self.discard_request_mask = SimpleNamespace(np=np.array([i in discarded for i in range(len(ids))]))
         self.query_start_loc = SimpleNamespace(np=np.arange(len(ids) + 1))
         self.execute_model_state = SimpleNamespace(
             scheduler_output=scheduler_output, aux_hidden_states=[torch.randn(len(ids), HIDDEN)]
@@ -41,6 +44,15 @@ class StandInRunner:
 
     def sample_tokens(self, *args, **kwargs):
         ids = self.input_batch.req_ids
+        # As vLLM's sampler and _bookkeeping_sync: seeded rows draw from their own generator,
+        # then the generator of a row whose token is dropped (a prompt still being prefilled
+        # in chunks) is rewound, which only CUDA generators support.
+        for generator in self.input_batch.generators.values():
+            torch.randint(0, 2**31, (1,), generator=generator)
+        for i in np.nonzero(self.discard_request_mask.np[: len(ids)])[0]:
+            generator = self.input_batch.generators.get(int(i))
+            if generator is not None:
+                generator.set_offset(generator.get_offset() - 4)
         return ModelRunnerOutput(
             req_ids=list(ids), req_id_to_index={r: i for i, r in enumerate(ids)}, sampled_token_ids=[[1] for _ in ids]
         )
@@ -65,7 +77,7 @@ def runner(tmp_path):
     return runner
 
 
-def step(runner, request_ids: list[str], prompt_len: int = 4, generated: int = 2, update=None):
+def step(runner, request_ids: list[str], prompt_len: int = 4, generated: int = 2, update=None, **batch):
     for request_id in request_ids:
         runner.requests[request_id] = SimpleNamespace(num_prompt_tokens=prompt_len)
     scheduler_output = SimpleNamespace(
@@ -75,6 +87,7 @@ def step(runner, request_ids: list[str], prompt_len: int = 4, generated: int = 2
             req_ids=request_ids, num_computed_tokens=[prompt_len + generated - 1] * len(request_ids)
         ),
         trail_update=update,
+        **batch,
     )
     runner.execute_model(scheduler_output)
     return runner.sample_tokens()
@@ -106,3 +119,17 @@ def test_a_new_probe_that_fails_is_dropped_and_the_next_good_one_is_used(runner,
     good = load_probe(probe_file(tmp_path, HIDDEN))
     evidence = step(runner, ["a"], update=RunnerUpdate(predict_every=1, probe=good)).trail_evidence
     assert evidence.failure is None and evidence.probe_sha256 == good.sha256
+
+
+def test_a_seeded_request_still_prefilling_in_chunks_does_not_crash_the_step(runner):
+    """vLLM rewinds the generator of a row whose sampled token it drops; a CPU generator has no
+    offset and raised there, killing the engine. The row's generator now sits the step out."""
+    seeded = {0: torch.Generator().manual_seed(1), 1: torch.Generator().manual_seed(2)}
+    untouched = seeded[1].get_state()
+    output = step(runner, ["a", "b"], generators=seeded, discarded={1})
+    assert output.sampled_token_ids == [[1], [1]]
+    assert set(seeded) == {0, 1}  # back in the batch for the next step
+    assert torch.equal(seeded[1].get_state(), untouched)  # as if its dropped token was never drawn
+    assert not torch.equal(seeded[0].get_state(), torch.Generator().manual_seed(1).get_state())  # a sampled row draws
+    with pytest.raises(RuntimeError, match="offset"):  # what the stand-in (as vLLM) does without the guard
+        StandInRunner.sample_tokens(runner)

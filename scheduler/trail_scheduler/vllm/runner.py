@@ -16,6 +16,7 @@ objects vLLM already sends between its processes, whatever the executor.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 
@@ -165,7 +166,9 @@ class TrailCaptureMixin:
             if self.trail_collector is not None:
                 self._trail_collect()
             evidence = self._trail_evidence()
-        output = super().sample_tokens(*args, **kwargs)
+        discarded = self.discard_request_mask.np[: self.input_batch.num_reqs]
+        with _no_cpu_generator_rewind(self.input_batch.generators, discarded):
+            output = super().sample_tokens(*args, **kwargs)
         if evidence is None:
             return output
         if isinstance(output, AsyncModelRunnerOutput):
@@ -332,6 +335,30 @@ def capture_layer(config: TrailEngineConfig, probe: LoadedProbe | None, model_co
     if not 0 <= layer < num_layers:
         raise ValueError(f"probe layer {layer} is outside this model's layers 0..{num_layers - 1}")
     return layer
+
+
+@contextmanager
+def _no_cpu_generator_rewind(generators: dict[int, torch.Generator], discarded: np.ndarray):
+    """Keep a seeded request whose prompt is still being prefilled in chunks from crashing the engine.
+
+    vLLM samples a token for such a request and drops it, then rewinds the request's generator
+    with ``set_offset``, which only CUDA generators have: on a CPU generator it raises, the
+    engine core dies and every request in flight fails (any client that sends ``seed`` with a
+    prompt longer than the step's token budget can do it). A CPU generator is taken out of the
+    batch for that step instead, so the dropped token is drawn from the global generator and the
+    request's own stream stays exactly where it was, as the rewind intends.
+    """
+    held = {
+        index: generator
+        for index, generator in generators.items()
+        if generator.device.type == "cpu" and index < len(discarded) and discarded[index]
+    }
+    for index in held:
+        del generators[index]
+    try:
+        yield
+    finally:
+        generators.update(held)
 
 
 @cache
