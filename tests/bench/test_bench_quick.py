@@ -38,8 +38,18 @@ def test_quick_preset_runs_every_policy_and_writes_a_well_formed_report(tmp_path
 
     report = json.loads((out / "report.json").read_text())
     preset = PRESETS["quick"]
-    rates = {"burst" if r is None else f"{r:g}" for r in preset.rates}
+    rates = {load.label for load in preset.loads}
     rows = {(row["policy"], row["rate"]): row for row in report["summary"]}
+    # The capacity was measured on stock vLLM's burst, and the relative load offered a share of it.
+    capacity = report["capacity"]["output_tok_s"]
+    assert capacity > 0 and report["capacity"]["batch_slots"] == preset.max_num_seqs
+    mean_tokens = report["lengths"]["mean"]
+    for (name, rate), row in rows.items():
+        if rate != "burst":
+            share = float(rate.removesuffix("x"))
+            assert row["arrival_rate_per_s"] == pytest.approx(share * capacity / mean_tokens), name
+    comparison = {(row["policy"], row["rate"]) for row in report["comparison"]}
+    assert comparison == set(rows) - {("fcfs", rate) for rate in rates}
     expected = {(name, rate) for name in ("fcfs", "sjf", "trail-prompt", "trail", "trail+") for rate in rates}
     highest = "burst"  # the sweep runs at the highest rate only; a burst is the highest
     expected |= {(f"trail@c={c:g}", highest) for c in preset.c_sweep}
@@ -63,4 +73,4 @@ def test_quick_preset_runs_every_policy_and_writes_a_well_formed_report(tmp_path
     assert tuple(table[0]) == SUMMARY_FIELDS and len(table) == len(expected)
     for name in ("latency_ttft_vs_rate.png", "latency_cdf.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "mean lat" in result.stdout  # the terminal table
+    assert "mean lat" in result.stdout and "against FCFS" in result.stdout  # the terminal tables

@@ -12,9 +12,18 @@ import pytest
 from trail_scheduler.assets import PromptFileError
 from trail_scheduler.bench import policies as P
 from trail_scheduler.bench.loadgen import RequestRecord
-from trail_scheduler.bench.report import headroom, headroom_message, summarise, write_report
+from trail_scheduler.bench.report import (
+    compare,
+    headroom,
+    headroom_message,
+    saturated_throughput,
+    summarise,
+    write_report,
+)
 from trail_scheduler.bench.servers import EndpointError, check_loopback, free_port, metric_sum, parse_metrics
 from trail_scheduler.bench.workload import (
+    BURST,
+    Load,
     Prompt,
     WorkloadError,
     _profile_key,
@@ -23,6 +32,7 @@ from trail_scheduler.bench.workload import (
     is_short_request,
     length_summary,
     load_prompts,
+    parse_loads,
     profile_lengths,
     sample_prompts,
 )
@@ -196,7 +206,7 @@ def test_summary_numbers_and_files(tmp_path):
     row["load_avg_1m"] = 1.0
     paths = write_report(tmp_path, report)
     assert json.loads(paths["json"].read_text())["summary"][0]["policy"] == "fcfs"
-    assert paths["csv"].read_text().splitlines()[0].startswith("policy,rate,requests")
+    assert paths["csv"].read_text().splitlines()[0].startswith("policy,rate,seed,arrival_rate_per_s,requests")
     for key in ("latency_png", "cdf_png"):
         assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -258,3 +268,81 @@ def test_cli_remote_endpoint_refused():
 @pytest.mark.parametrize(("rates", "message"), [("1,-2", "positive"), ("0", "positive"), ("fast", "numbers")])
 def test_cli_bad_rate(rates, message):
     assert message in bench_error("--quick", "--rates", rates)
+
+
+# -- loads relative to capacity, seeds --------------------------------------------------
+
+
+def test_capacity_is_the_burst_throughput_while_every_batch_slot_was_busy():
+    # Two slots, four requests of 10 tokens, each decoding 1 token/s after a 0 s prefill:
+    # 0 and 1 run 0–10 s, 2 and 3 run 10–20 s. The slots stay full until the third finish (20 s):
+    # 40 tokens in 20 s. The first request alone finishing early would not change that.
+    records = [_record(i, 0.0, 10.0 * (i // 2), 10.0 * (i // 2 + 1), 10) for i in range(4)]
+    assert saturated_throughput(records, slots=2) == pytest.approx(40 / 20)
+    # A long drain does not dilute it: a fifth request running alone 20–120 s (100 tokens).
+    drained = records + [_record(4, 0.0, 20.0, 120.0, 100)]
+    # Unfinished < 2 from the fourth finish on (20 s); request 4 had produced 0 tokens by then.
+    assert saturated_throughput(drained, slots=2) == pytest.approx(40 / 20)
+    assert saturated_throughput(records[:2], slots=2) is None  # never more requests than slots
+
+
+def test_a_share_of_capacity_offers_that_many_output_tokens_per_second():
+    assert Load(share=1.2).requests_per_second(capacity_tok_s=100.0, mean_output_tokens=250.0) == pytest.approx(0.48)
+    assert Load(rate=0.3).requests_per_second(None, 250.0) == 0.3
+    assert BURST.requests_per_second(None, 250.0) is None
+    with pytest.raises(WorkloadError, match="capacity"):
+        Load(share=0.7).requests_per_second(None, 250.0)
+    assert [load.label for load in parse_loads("burst,1.2,0.7x,1.2", relative=True)] == ["0.7x", "1.2x", "burst"]
+    assert [load.label for load in parse_loads("0.2,burst", relative=False)] == ["0.2", "burst"]
+    for bad in ("0", "-1", "fast", "nan"):
+        with pytest.raises(WorkloadError):
+            parse_loads(bad, relative=True)
+
+
+def _row(policy, rate, seed, mean, ttft=1.0, p99=10.0, tok_s=50.0, preemptions=0):
+    return {
+        "policy": policy,
+        "rate": rate,
+        "seed": seed,
+        "mean_latency_s": mean,
+        "mean_ttft_s": ttft,
+        "p99_latency_s": p99,
+        "output_throughput_tok_s": tok_s,
+        "preemptions": preemptions,
+        "recomputed_tokens": 10 * preemptions,
+    }
+
+
+def test_comparison_is_against_fcfs_on_the_same_seed_with_the_oracles_share():
+    summary = [
+        _row("fcfs", "burst", 0, 10.0),
+        _row("trail+", "burst", 0, 5.0),
+        _row("trail", "burst", 0, 6.0, ttft=0.2, preemptions=4),
+        _row("fcfs", "burst", 1, 20.0),
+        _row("trail+", "burst", 1, 10.0),
+        _row("trail", "burst", 1, 15.0, ttft=0.4, preemptions=2),
+        _row("fcfs", "0.7x", 0, 4.0),
+        _row("trail", "0.7x", 0, 4.0),
+    ]
+    rows = {(r["policy"], r["rate"]): r for r in compare(summary)}
+    trail = rows[("trail", "burst")]
+    assert trail["seeds"] == 2
+    assert trail["mean_latency"] == pytest.approx([(0.6 + 0.75) / 2, 0.6, 0.75])
+    assert trail["mean_ttft"] == pytest.approx([0.3, 0.2, 0.4])
+    # Seed 0: 4 of the oracle's 5 s gained; seed 1: 5 of 10.
+    assert trail["oracle_gain_share"] == pytest.approx([(0.8 + 0.5) / 2, 0.5, 0.8])
+    assert trail["preemptions"] == 3
+    assert rows[("trail", "0.7x")]["oracle_gain_share"] is None  # no oracle run at that load
+    assert ("fcfs", "burst") not in rows
+
+
+def test_cli_relative_loads_need_fcfs_or_a_capacity():
+    assert "need the 'fcfs' policy" in bench_error("--quick", "--policies", "trail+", "--c-sweep", "")
+    assert "more requests than batch slots" in bench_error("--quick", "--requests", "2")
+    assert "not run" in bench_error("--quick", "--seeded-loads", "0.5")
+    assert "positive" in bench_error("--quick", "--loads", "0.7,-1")
+    assert "whole numbers" in bench_error("--quick", "--seeds", "a")
+    with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()):  # argparse's own refusal
+        from trail_scheduler.cli import main
+
+        main(["bench", "--quick", "--loads", "1", "--rates", "1"])

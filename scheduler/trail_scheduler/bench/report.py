@@ -13,6 +13,8 @@ from trail_scheduler.bench.loadgen import RequestRecord
 SUMMARY_FIELDS = (
     "policy",
     "rate",
+    "seed",
+    "arrival_rate_per_s",
     "requests",
     "completed",
     "failed",
@@ -35,6 +37,25 @@ def rate_label(rate: float | None) -> str:
     return "burst" if rate is None else f"{rate:g}"
 
 
+def saturated_throughput(records: Sequence[RequestRecord], slots: int) -> float | None:
+    """Output tokens/s while the engine had at least ``slots`` requests to run: the sustained
+    rate of a burst, its drain (fewer requests left than batch slots) left out. Requests still
+    running at that moment count pro rata between their first token and their finish (decoding
+    is about linear in time). None when the burst never filled the slots."""
+    done = [r for r in records if r.ok]
+    if len(done) <= slots:
+        return None
+    cut = sorted(r.finished for r in done)[len(done) - slots]  # from here on fewer than `slots` remain
+    start = min(r.sent for r in done)
+    tokens = 0.0
+    for r in done:
+        if r.finished <= cut:
+            tokens += r.output_tokens
+        elif r.first_token < cut:
+            tokens += r.output_tokens * (cut - r.first_token) / (r.finished - r.first_token)
+    return tokens / (cut - start) if cut > start else None
+
+
 def summarise(
     policy: str,
     rate: float | None,
@@ -42,7 +63,10 @@ def summarise(
     duration: float,
     preemptions: float,
     recomputed_tokens: float,
+    label: str | None = None,
+    seed: int = 0,
 ) -> dict:
+    """One run's row; ``label`` names its load (default: the rate's own label)."""
     import numpy as np  # here: `trail operator run` builds this command's parser without the engine stack
 
     done = [r for r in records if r.ok]
@@ -54,7 +78,9 @@ def summarise(
     span = (max(r.finished for r in done) - min(r.sent for r in done)) if done else math.nan
     return {
         "policy": policy,
-        "rate": rate_label(rate),
+        "rate": label or rate_label(rate),
+        "seed": seed,
+        "arrival_rate_per_s": rate,
         "requests": len(records),
         "completed": len(done),
         "failed": len(records) - len(done),
@@ -107,7 +133,19 @@ def write_report(out: Path, report: dict) -> dict[str, Path]:
 
 
 def _rate_value(label: str) -> float:
-    return math.inf if label == "burst" else float(label)
+    return math.inf if label == "burst" else float(label.removesuffix("x"))
+
+
+def _mean_over_seeds(summary: list[dict]) -> list[dict]:
+    """One row per (policy, load): the numeric fields averaged over the seeds run."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in summary:
+        groups.setdefault((row["policy"], row["rate"]), []).append(row)
+    merged = []
+    for (policy, rate), rows in groups.items():
+        keys = ("mean_latency_s", "mean_ttft_s")
+        merged.append({"policy": policy, "rate": rate, **{k: sum(r[k] for r in rows) / len(rows) for k in keys}})
+    return merged
 
 
 def plot(out: Path, report: dict) -> dict[str, Path]:
@@ -116,9 +154,10 @@ def plot(out: Path, report: dict) -> dict[str, Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summary = report["summary"]
+    summary = _mean_over_seeds(report["summary"])
     policies = list(dict.fromkeys(r["policy"] for r in summary))
     labels = sorted({r["rate"] for r in summary}, key=_rate_value)
+    relative = any(label.endswith("x") for label in labels)
     positions = {label: i for i, label in enumerate(labels)}
     paths: dict[str, Path] = {}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -130,30 +169,35 @@ def plot(out: Path, report: dict) -> dict[str, Path]:
         axes[1].plot(xs, [r["mean_ttft_s"] for r in rows], label=policy, **style)
     for axis, title in zip(axes, ("mean latency (s)", "mean TTFT (s)")):
         axis.set_xticks(range(len(labels)), labels)
-        axis.set_xlabel("arrival rate (requests/s)")
+        axis.set_xlabel("load (share of capacity)" if relative else "arrival rate (requests/s)")
         axis.set_title(title)
         axis.grid(alpha=0.3)
     axes[1].set_yscale("log")  # TTFT spans orders of magnitude between policies
     axes[0].legend(fontsize=8)
-    fig.suptitle(report["title"], fontsize=9)
+    seeds = sorted({r["seed"] for r in report["summary"]})
+    fig.suptitle(report["title"] + (f" (mean of seeds {seeds} where run)" if len(seeds) > 1 else ""), fontsize=9)
     fig.tight_layout()
     paths["latency_png"] = out / "latency_ttft_vs_rate.png"
     fig.savefig(paths["latency_png"], dpi=90)
     plt.close(fig)
 
     highest = labels[-1]
+    first_seed = min(r["seed"] for r in report["summary"])
     fig, axis = plt.subplots(figsize=(6.5, 4.2))
     for policy in policies:
         latencies = sorted(
             r["finished"] - r["sent"]
             for r in report["requests"]
-            if r["policy"] == policy and r["rate"] == highest and r["error"] is None
+            if r["policy"] == policy
+            and r["rate"] == highest
+            and r.get("seed", first_seed) == first_seed
+            and r["error"] is None
         )
         if latencies:
             axis.step(latencies, [(i + 1) / len(latencies) for i in range(len(latencies))], where="post", label=policy)
     axis.set_xlabel("latency (s)")
     axis.set_ylabel("fraction of requests")
-    axis.set_title(f"latency CDF at rate {highest}")
+    axis.set_title(f"latency CDF at {highest}, seed {first_seed}")
     axis.grid(alpha=0.3)
     if axis.get_legend_handles_labels()[0]:
         axis.legend(fontsize=8)
@@ -172,7 +216,8 @@ def print_table(report: dict, console=None) -> None:
     table = Table(title=report["title"], show_lines=False)
     columns = [
         ("policy", "policy", str),
-        ("rate", "rate", str),
+        ("load", "rate", str),
+        ("seed", "seed", str),
         ("done", "completed", str),
         ("mean lat s", "mean_latency_s", "{:.2f}".format),
         ("p50", "median_latency_s", "{:.2f}".format),
@@ -187,8 +232,10 @@ def print_table(report: dict, console=None) -> None:
     for header, _, _ in columns:
         table.add_column(header, justify="left" if header in ("policy", "rate") else "right")
     for row in report["summary"]:
-        table.add_row(*(("-" if row[key] is None else fmt(row[key])) for _, key, fmt in columns))
+        table.add_row(*(("-" if row.get(key) is None else fmt(row[key])) for _, key, fmt in columns))
     console.print(table)
+    if report.get("comparison"):
+        console.print(comparison_table(report["comparison"]))
     for note in report.get("notes", []):
         console.print(f"note: {note}")
 
@@ -196,10 +243,12 @@ def print_table(report: dict, console=None) -> None:
 MIN_HEADROOM = 0.1  # the oracle must beat FCFS's mean latency by this much for a comparison to mean much
 
 
-def headroom(summary: list[dict], rate: str) -> float | None:
+def headroom(summary: list[dict], rate: str, seed: int = 0) -> float | None:
     """TRAIL+'s mean latency over FCFS's at ``rate``: how much any length-aware order can gain
     on this workload (None until both have run)."""
-    means = {row["policy"]: row["mean_latency_s"] for row in summary if row["rate"] == rate}
+    means = {
+        row["policy"]: row["mean_latency_s"] for row in summary if row["rate"] == rate and row.get("seed", 0) == seed
+    }
     if "fcfs" not in means or "trail+" not in means or not means["fcfs"]:
         return None
     return means["trail+"] / means["fcfs"]
@@ -216,3 +265,81 @@ def headroom_message(ratio: float, rate: str) -> tuple[str, bool]:
             True,
         )
     return line, False
+
+
+# What the headline is judged by: each policy against FCFS on the same requests (same load and
+# seed), then the mean and range over the seeds.
+COMPARED = {
+    "mean_latency": "mean_latency_s",
+    "mean_ttft": "mean_ttft_s",
+    "p99_latency": "p99_latency_s",
+    "throughput": "output_throughput_tok_s",
+}
+
+
+def compare(summary: list[dict]) -> list[dict]:
+    """Per policy and load: ratios to FCFS (mean, min, max over seeds), the share of the oracle's
+    gain over FCFS that the policy reached, and preemptions and recomputed tokens per run."""
+    import numpy as np
+
+    by_run = {(row["policy"], row["rate"], row.get("seed", 0)): row for row in summary}
+    rows = []
+    for (policy, rate), seeds in _group_seeds(by_run).items():
+        if policy == "fcfs":
+            continue
+        ratios: dict[str, list[float]] = {name: [] for name in COMPARED}
+        gains: list[float] = []
+        for seed in seeds:
+            fcfs, mine = by_run.get(("fcfs", rate, seed)), by_run[(policy, rate, seed)]
+            if fcfs is None:
+                continue
+            for name, key in COMPARED.items():
+                if fcfs[key] and math.isfinite(fcfs[key]) and math.isfinite(mine[key]):
+                    ratios[name].append(mine[key] / fcfs[key])
+            oracle = by_run.get(("trail+", rate, seed))
+            if oracle is not None and fcfs["mean_latency_s"] > oracle["mean_latency_s"]:
+                gain = fcfs["mean_latency_s"] - oracle["mean_latency_s"]
+                gains.append((fcfs["mean_latency_s"] - mine["mean_latency_s"]) / gain)
+        if not any(ratios.values()):
+            continue
+        row = {"policy": policy, "rate": rate, "seeds": len(seeds)}
+        for name, values in ratios.items():
+            row[name] = [float(np.mean(values)), min(values), max(values)] if values else None
+        row["oracle_gain_share"] = [float(np.mean(gains)), min(gains), max(gains)] if gains else None
+        row["preemptions"] = float(np.mean([by_run[(policy, rate, s)]["preemptions"] for s in seeds]))
+        row["recomputed_tokens"] = float(np.mean([by_run[(policy, rate, s)]["recomputed_tokens"] for s in seeds]))
+        rows.append(row)
+    return sorted(rows, key=lambda r: (_rate_value(r["rate"]), r["policy"]))
+
+
+def _group_seeds(by_run: dict) -> dict[tuple[str, str], list[int]]:
+    groups: dict[tuple[str, str], list[int]] = {}
+    for policy, rate, seed in by_run:
+        groups.setdefault((policy, rate), []).append(seed)
+    return groups
+
+
+def _spread(value: list[float] | None, fmt: str = "{:.2f}") -> str:
+    if value is None:
+        return "-"
+    mean, low, high = value
+    return fmt.format(mean) if low == high else f"{fmt.format(mean)} ({fmt.format(low)}–{fmt.format(high)})"
+
+
+def comparison_table(comparison: list[dict]):
+    from rich.table import Table
+
+    table = Table(title="against FCFS on the same requests: mean over seeds (min–max)")
+    for header in ("policy", "load", "seeds", "mean lat", "TTFT", "p99", "tok/s", "oracle gain", "preempt", "recomp"):
+        table.add_column(header, justify="left" if header in ("policy", "load") else "right")
+    for row in comparison:
+        table.add_row(
+            row["policy"],
+            row["rate"],
+            str(row["seeds"]),
+            *(_spread(row[name]) for name in COMPARED),
+            _spread(row["oracle_gain_share"], "{:.0%}"),
+            f"{row['preemptions']:.0f}",
+            f"{row['recomputed_tokens']:.0f}",
+        )
+    return table

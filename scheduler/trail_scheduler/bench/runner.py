@@ -24,13 +24,15 @@ from pathlib import Path
 
 from trail_scheduler.admin_client import AdminError
 from trail_scheduler.api import SchedulerSettings
+from trail_scheduler.assets import BUNDLED_MODEL_NAME
 from trail_scheduler.bench import policies as P
 from trail_scheduler.bench.loadgen import RequestRecord, run_load
 from trail_scheduler.bench.report import (
+    compare,
     headroom,
     headroom_message,
     print_table,
-    rate_label,
+    saturated_throughput,
     summarise,
     write_partial,
     write_report,
@@ -43,15 +45,20 @@ from trail_scheduler.bench.servers import (
     start_trail_serve,
 )
 from trail_scheduler.bench.workload import (
+    BURST,
     DEFAULT_OUTPUT_CAP,
     MAX_PROMPT_TOKENS,
+    Load,
+    WorkloadError,
     build_requests,
     chat_token_counter,
     describe_lengths,
     length_summary,
     load_prompts,
+    parse_loads,
     profile_lengths,
     sample_prompts,
+    unprofiled,
 )
 from trail_scheduler.errors import TrailError
 from trail_scheduler.predictors import SHIPPED_PROBE
@@ -66,34 +73,44 @@ class BenchError(TrailError):
 @dataclass(frozen=True)
 class Preset:
     requests: int
-    rates: tuple[float | None, ...]  # None: burst
+    loads: tuple[Load, ...]
     output_cap: int
     c_sweep: tuple[float, ...]
-    sweep_rates: str  # "highest" or "all": the rates the c sweep runs at
+    sweep_rates: str  # "highest" or "all": the loads the c sweep runs at
     time_limit: float  # per run, seconds
+    max_num_seqs: int
+    policies: tuple[str, ...] = P.DEFAULT_POLICIES
+    seeds: tuple[int, ...] = (0,)
+    seeded_loads: tuple[str, ...] = ()  # labels of the loads run with every seed (the rest: the first seed)
     max_prompt_tokens: int = MAX_PROMPT_TOKENS
 
 
 PRESETS = {
-    # A smoke run: every policy once, tiny answers; minutes on the 2-core CPU machine.
+    # A smoke run: every policy once, tiny answers, the capacity measured on 2 batch slots;
+    # minutes on the 2-core CPU machine.
     "quick": Preset(
         requests=6,
-        rates=(None, 4.0),
+        loads=(Load(share=1.0), BURST),
         output_cap=32,
         c_sweep=(2.0,),
         sweep_rates="highest",
         time_limit=120,
+        max_num_seqs=2,
         max_prompt_tokens=256,
     ),
-    # The run recorded in docs/benchmarks.md: light queueing (0.2 requests/s) and the
-    # highest load (a burst), the c sweep in the burst; 49 min on the 2-core CPU machine.
+    # The run recorded in docs/benchmarks.md: loads relative to the measured capacity, the
+    # heaviest two with three seeds each; FCFS, the oracle and TRAIL.
     "full": Preset(
         requests=32,
-        rates=(0.2, None),
+        loads=(Load(share=0.7), Load(share=0.9), Load(share=1.2), BURST),
         output_cap=DEFAULT_OUTPUT_CAP,
-        c_sweep=P.DEFAULT_C_SWEEP,
+        c_sweep=(),
         sweep_rates="highest",
         time_limit=1200,
+        max_num_seqs=8,
+        policies=("fcfs", "trail+", "trail"),
+        seeds=(0, 1, 2),
+        seeded_loads=("1.2x", "burst"),
     ),
 }
 
@@ -124,7 +141,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="only the prompts that are one short line, an instruction or a question (chat's common case)",
     )
     parser.add_argument("--requests", type=int, help="requests per run")
-    parser.add_argument("--rates", help="comma-separated arrival rates in requests/s; 'burst' sends all at once")
+    arrivals = parser.add_mutually_exclusive_group()
+    arrivals.add_argument(
+        "--loads",
+        help="comma-separated loads as shares of the engine's capacity (measured first, from stock vLLM's burst), "
+        "e.g. 0.7,1.2,burst",
+    )
+    arrivals.add_argument("--rates", help="comma-separated arrival rates in requests/s; 'burst' sends all at once")
+    parser.add_argument(
+        "--capacity", type=float, help="the engine's capacity in output tokens/s, instead of measuring it"
+    )
     parser.add_argument("--output-cap", type=int, help="cap on profiled output lengths (default 512)")
     parser.add_argument(
         "--policies",
@@ -141,8 +167,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=SchedulerSettings().max_wait_seconds,
         help="starvation bound for the TRAIL-engine policies, or 'off' (default: the shipped default)",
     )
-    parser.add_argument("--max-num-seqs", type=int, default=8, help="engine batch size (small: queueing comes early)")
-    parser.add_argument("--seed", type=int, default=0, help="fixes the prompt sample and arrival times")
+    parser.add_argument(
+        "--max-num-seqs", type=int, help="engine batch size (small: queueing comes early; preset's default)"
+    )
+    parser.add_argument(
+        "--seeds", help="comma-separated; each fixes a prompt sample and its arrival times (default: the preset's)"
+    )
+    parser.add_argument(
+        "--seeded-loads",
+        help="loads run with every seed, e.g. 1.2,burst (the others run with the first seed; default: the preset's)",
+    )
     parser.add_argument("--time-limit", type=float, help="seconds per run before open requests are cancelled")
     parser.add_argument("--output", type=Path, help="report folder (default: bench-results/<time>)")
     parser.add_argument("--trail-endpoint", help="a running trail serve (OpenAI port) to use instead of starting one")
@@ -169,27 +203,29 @@ def _floats(text: str) -> tuple[float, ...]:
         raise BenchError(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def _rates(text: str) -> tuple[float | None, ...]:
-    rates = []
-    for item in (x.strip() for x in text.split(",")):
-        if item == "burst":
-            rates.append(None)
-        elif item:
-            rates.append(_floats(item)[0])
-    return tuple(rates)
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(dict.fromkeys(int(x) for x in text.split(",") if x.strip()))
+    except ValueError:
+        raise BenchError(f"expected comma-separated whole numbers for --seeds, got {text!r}") from None
+    if not seeds:
+        raise BenchError("no seeds given")
+    return seeds
 
 
 @dataclass
 class BenchConfig:
     preset: str
     requests: int
-    rates: tuple[float | None, ...]
+    loads: tuple[Load, ...]
     output_cap: int
     entries: list[P.PolicyEntry]
     sweep_rates: str
     time_limit: float
     max_prompt_tokens: int
-    seed: int
+    seeds: tuple[int, ...]
+    seeded_loads: frozenset[str]
+    capacity: float | None
     max_num_seqs: int
     max_wait_seconds: float | None
     probe: Path | None
@@ -200,22 +236,53 @@ class BenchConfig:
     trail_endpoint: Server | None = None
     stock_endpoint: Server | None = None
 
-    def rates_for(self, entry: P.PolicyEntry) -> tuple[float | None, ...]:
+    @property
+    def relative(self) -> bool:
+        return any(load.share is not None for load in self.loads)
+
+    def runs_for(self, entry: P.PolicyEntry) -> list[tuple[Load, int]]:
+        """(load, seed) pairs this entry runs, in order; the c sweep runs at the heaviest load and
+        first seed only (or at every load with ``sweep_rates='all'``). Stock vLLM starts with the
+        burst that measures the capacity when the loads need it."""
         base = entry.name in P.BASE_ENTRIES
-        return self.rates if base or self.sweep_rates == "all" else self.rates[-1:]
+        loads = self.loads if base or self.sweep_rates == "all" else self.loads[-1:]
+        runs = [
+            (load, seed)
+            for load in loads
+            for seed in (self.seeds if base and load.label in self.seeded_loads else self.seeds[:1])
+        ]
+        if entry.name == "fcfs" and self.relative and self.capacity is None:
+            runs.sort(key=lambda run: run != (BURST, self.seeds[0]))
+        return runs
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """Validate everything before any engine starts; bad inputs are clear errors."""
     preset = PRESETS[args.preset or "full"]
-    rates = _rates(args.rates) if args.rates else preset.rates
-    if not rates:
-        raise BenchError("no arrival rates given")
-    for rate in rates:
-        if rate is not None and not (math.isfinite(rate) and rate > 0):
-            raise BenchError(f"arrival rates must be positive (or 'burst'), got {rate}")
-    # Lowest load first; burst is the highest.
-    rates = tuple(sorted(rates, key=lambda r: math.inf if r is None else r))
+    try:
+        if args.rates:
+            loads = parse_loads(args.rates, relative=False)
+        else:
+            loads = parse_loads(args.loads, relative=True) if args.loads else preset.loads
+        relative = any(load.share is not None for load in loads)
+        seeded = (
+            {load.label for load in parse_loads(args.seeded_loads, relative)}
+            if args.seeded_loads
+            else set(preset.seeded_loads)
+        )
+    except WorkloadError as error:
+        raise BenchError(str(error)) from None
+    unknown = seeded - {load.label for load in loads}
+    if unknown:
+        raise BenchError(f"--seeded-loads names loads that are not run: {', '.join(sorted(unknown))}")
+    if args.capacity is not None and not (math.isfinite(args.capacity) and args.capacity > 0):
+        raise BenchError(f"--capacity must be a positive number of output tokens/s, got {args.capacity}")
+    if relative and args.capacity is None and BURST not in loads:
+        loads = (*loads, BURST)  # the capacity is measured on stock vLLM's burst
+    seeds = _seeds(args.seeds) if args.seeds else preset.seeds
+    max_num_seqs = args.max_num_seqs or preset.max_num_seqs
+    if max_num_seqs < 1:
+        raise BenchError("--max-num-seqs must be at least 1")
     requests = args.requests or preset.requests
     output_cap = args.output_cap or preset.output_cap
     if requests < 1 or output_cap < 1:
@@ -226,9 +293,20 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         raise BenchError(f"probe file {args.probe} not found")
     if args.prompts is not None and not args.prompts.is_file():
         raise BenchError(f"prompts file {args.prompts} not found")
-    names = [n.strip() for n in args.policies.split(",") if n.strip()] if args.policies else list(P.DEFAULT_POLICIES)
+    names = [n.strip() for n in args.policies.split(",") if n.strip()] if args.policies else list(preset.policies)
     c_sweep = _floats(args.c_sweep) if args.c_sweep is not None else preset.c_sweep
     entries, notes = P.resolve(names, c_sweep, have_probe=args.probe is not None, explicit=bool(args.policies))
+    if relative and args.capacity is None:
+        if not any(e.name == "fcfs" for e in entries):
+            raise BenchError(
+                "loads relative to capacity need the 'fcfs' policy (the capacity is measured on stock vLLM's burst) "
+                "or --capacity TOKENS_PER_S"
+            )
+        if requests <= max_num_seqs:
+            raise BenchError(
+                f"measuring the capacity needs more requests than batch slots ({requests} ≤ --max-num-seqs "
+                f"{max_num_seqs}): raise --requests or give --capacity"
+            )
     trail_endpoint = stock_endpoint = None
     if args.trail_endpoint:
         if not args.admin_endpoint:
@@ -250,14 +328,16 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig(
         preset=args.preset or "full",
         requests=requests,
-        rates=rates,
+        loads=loads,
         output_cap=output_cap,
         entries=entries,
         sweep_rates=args.sweep_rates or preset.sweep_rates,
         time_limit=args.time_limit or preset.time_limit,
         max_prompt_tokens=preset.max_prompt_tokens,
-        seed=args.seed,
-        max_num_seqs=args.max_num_seqs,
+        seeds=seeds,
+        seeded_loads=frozenset(seeded),
+        capacity=args.capacity,
+        max_num_seqs=max_num_seqs,
         max_wait_seconds=args.max_wait_seconds,
         probe=args.probe,
         prompts=args.prompts,
@@ -377,6 +457,32 @@ def _run_one(
     return records, duration, preemptions, recomputed, (watcher.observed if watcher else 0)
 
 
+def _natural_lengths(config: BenchConfig, prompts, logs: Path, engine_args, progress) -> dict[str, int]:
+    """Each prompt's natural length, profiled on ``trail serve`` (started for it unless every
+    length is cached). Not on stock vLLM: version 0.32 on CPU dies on a seeded request whose
+    prompt is prefilled in chunks, and the profile seeds every request; trail serve's worker
+    keeps that from happening."""
+    with ExitStack() as scope:
+        server = config.trail_endpoint
+        if server is None:
+            if not unprofiled(BUNDLED_MODEL_NAME, prompts, config.output_cap):
+                return profile_lengths("", BUNDLED_MODEL_NAME, prompts, config.output_cap)  # all cached
+            starting = progress.add_task("starting trail serve to profile output lengths", total=None)
+            server = start_trail_serve(logs, "--probe", "none", *engine_args)
+            scope.callback(server.stop)
+            progress.remove_task(starting)
+        task = progress.add_task("profiling output lengths", total=len(prompts))
+        lengths = profile_lengths(
+            server.base,
+            server.served_model(),
+            prompts,
+            config.output_cap,
+            progress=lambda: progress.advance(task),
+        )
+        progress.remove_task(task)
+        return lengths
+
+
 def run_bench(config: BenchConfig) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -388,20 +494,25 @@ def run_bench(config: BenchConfig) -> dict:
     logs = Path(tempfile.mkdtemp(prefix="trail-bench-logs-", dir=config.output))
     model_path = prepare_bundled_model()
     pool = load_prompts(config.prompts, config.short_requests)
-    prompts = sample_prompts(
-        pool, config.requests, config.seed, config.max_prompt_tokens, count_tokens=chat_token_counter(model_path)
-    )
+    count_tokens = chat_token_counter(model_path)
+    samples = {
+        seed: sample_prompts(pool, config.requests, seed, config.max_prompt_tokens, count_tokens=count_tokens)
+        for seed in config.seeds
+    }
+    prompts = list({p.id: p for sample in samples.values() for p in sample}.values())
     engine_args = ("--max-num-seqs", str(config.max_num_seqs))
-    runs = [(e, r) for e in config.entries for r in config.rates_for(e)]
+    runs = [(e, run) for e in config.entries for run in config.runs_for(e)]
+    capacity = config.capacity
     report: dict = {
         "title": f"trail bench ({config.preset}): {config.requests} requests per run, cap {config.output_cap}, "
-        f"max-num-seqs {config.max_num_seqs}, seed {config.seed}",
+        f"max-num-seqs {config.max_num_seqs}, seeds {','.join(map(str, config.seeds))}",
         "config": {
             "preset": config.preset,
             "requests": config.requests,
-            "rates": [rate_label(r) for r in config.rates],
+            "loads": [load.label for load in config.loads],
             "output_cap": config.output_cap,
-            "seed": config.seed,
+            "seeds": list(config.seeds),
+            "seeded_loads": sorted(config.seeded_loads),
             "max_num_seqs": config.max_num_seqs,
             "max_wait_seconds": config.max_wait_seconds,
             "probe": str(config.probe) if config.probe else None,
@@ -414,7 +525,6 @@ def run_bench(config: BenchConfig) -> dict:
         "summary": [],
         "requests": [],
     }
-    lengths: dict[str, int] | None = None
     with (
         ExitStack() as stack,
         Progress(
@@ -425,6 +535,12 @@ def run_bench(config: BenchConfig) -> dict:
             console=console,
         ) as progress,
     ):
+        lengths = _natural_lengths(config, prompts, logs, engine_args, progress)
+        first = [lengths[p.id] for p in samples[config.seeds[0]]]
+        report["lengths"] = length_summary(first, config.output_cap)
+        progress.console.print(describe_lengths(report["lengths"]))
+        if len(config.seeds) > 1:
+            report["lengths_all_seeds"] = length_summary(list(lengths.values()), config.output_cap)
         overall = progress.add_task("runs", total=len(runs))
         run_index = 0
         for engine in (P.STOCK, P.TRAIL):
@@ -455,14 +571,6 @@ def run_bench(config: BenchConfig) -> dict:
                         "the trail endpoint already has a probe loaded; prompt-only policies "
                         "need an engine without one (start trail serve without --probe)"
                     )
-            if lengths is None:  # profile once, on the first engine
-                task = progress.add_task("profiling output lengths", total=len(prompts))
-                lengths = profile_lengths(
-                    server.base, model, prompts, config.output_cap, progress=lambda: progress.advance(task)
-                )
-                progress.remove_task(task)
-                report["lengths"] = length_summary(list(lengths.values()), config.output_cap)
-                progress.console.print(describe_lengths(report["lengths"]))
             probe_loaded = False
             for entry in engine_entries:
                 if entry.probe and not probe_loaded:
@@ -470,9 +578,12 @@ def run_bench(config: BenchConfig) -> dict:
                     probe_loaded = True
                 if engine == P.TRAIL:
                     server.configure(**entry.settings(config.max_wait_seconds))
-                for rate in config.rates_for(entry):
-                    requests = build_requests(prompts, lengths, rate, config.seed)
-                    task = progress.add_task(f"{entry.name} @ {rate_label(rate)}", total=len(requests))
+                for load, seed in config.runs_for(entry):
+                    sample = samples[seed]
+                    rate = load.requests_per_second(capacity, sum(lengths[p.id] for p in sample) / len(sample))
+                    requests = build_requests(sample, lengths, rate, seed)
+                    where = load.label if len(config.seeds) == 1 else f"{load.label}, seed {seed}"
+                    task = progress.add_task(f"{entry.name} @ {where}", total=len(requests))
                     records, duration, preemptions, recomputed, observed = _run_one(
                         server,
                         model,
@@ -486,32 +597,52 @@ def run_bench(config: BenchConfig) -> dict:
                     run_index += 1
                     progress.remove_task(task)
                     progress.advance(overall)
-                    row = summarise(entry.name, rate, records, duration, preemptions, recomputed)
+                    row = summarise(entry.name, rate, records, duration, preemptions, recomputed, load.label, seed)
                     # Other work on the machine skews timings: keep the evidence with the numbers.
                     row["load_avg_1m"] = os.getloadavg()[0]
                     row["preemptions_observed_by_poll"] = observed
                     progress.console.print(
-                        f"{entry.name} @ {rate_label(rate)}: mean latency "
+                        f"{entry.name} @ {where}: mean latency "
                         f"{row['mean_latency_s']:.2f} s, TTFT {row['mean_ttft_s']:.2f} s, "
                         f"{row['output_throughput_tok_s']:.1f} tok/s"
                     )
                     report["summary"].append(row)
-                    report["requests"] += [{"policy": entry.name, "rate": rate_label(rate), **vars(r)} for r in records]
+                    report["requests"] += [
+                        {"policy": entry.name, "rate": load.label, "seed": seed, **vars(r)} for r in records
+                    ]
                     if row["failed"]:
                         errors = {r.error for r in records if r.error}
                         report["notes"].append(
-                            f"{entry.name} @ {rate_label(rate)}: {row['failed']} requests failed: "
+                            f"{entry.name} @ {where}: {row['failed']} requests failed: "
                             f"{'; '.join(sorted(errors))[:300]}"
                         )
-                    ratio = headroom(report["summary"], rate_label(rate)) if entry.oracle else None
+                    if capacity is None and entry.name == "fcfs" and load == BURST and config.relative:
+                        capacity = saturated_throughput(records, config.max_num_seqs)
+                        if capacity is None:
+                            raise BenchError(
+                                "the burst never filled the batch slots (failed requests?): cannot measure capacity"
+                            )
+                        report["capacity"] = {
+                            "output_tok_s": capacity,
+                            "measured_on": f"fcfs @ burst, seed {seed}",
+                            "batch_slots": config.max_num_seqs,
+                        }
+                        progress.console.print(
+                            f"capacity: {capacity:.1f} output tokens/s while all {config.max_num_seqs} batch slots "
+                            "were busy (stock vLLM, FCFS, the burst); loads are shares of it"
+                        )
+                    ratio = headroom(report["summary"], load.label, seed) if entry.oracle else None
                     if ratio is not None:
-                        line, warn = headroom_message(ratio, rate_label(rate))
+                        line, warn = headroom_message(ratio, where)
                         progress.console.print(f"[yellow]{line}[/yellow]" if warn else line)
-                        report.setdefault("headroom", {})[rate_label(rate)] = ratio
+                        report.setdefault("headroom", {})[where] = ratio
                         if warn:
                             report["notes"].append(line)
                     write_partial(config.output, report)  # a long run that dies keeps what it measured
             engine_scope.close()
+    if config.capacity is not None:
+        report["capacity"] = {"output_tok_s": config.capacity, "measured_on": "given (--capacity)"}
+    report["comparison"] = compare(report["summary"])
     report["files"] = {k: str(v) for k, v in write_report(config.output, report).items()}
     print_table(report, Console(width=max(Console().width, 150)))
     console.print(f"report: {config.output}")

@@ -122,6 +122,66 @@ def chat_token_counter(model_path: Path):
     return count
 
 
+@dataclass(frozen=True)
+class Load:
+    """How requests arrive: all at once (a burst), at ``rate`` requests/s, or at ``share``
+    times the engine's capacity (measured on the same workload, see ``report.saturated_throughput``)."""
+
+    rate: float | None = None
+    share: float | None = None
+
+    def __post_init__(self) -> None:
+        for name, value in (("arrival rate", self.rate), ("share of capacity", self.share)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise WorkloadError(f"{name} must be a positive number, got {value:g}")
+        if self.rate is not None and self.share is not None:
+            raise WorkloadError("a load is a rate or a share of capacity, not both")
+
+    @property
+    def burst(self) -> bool:
+        return self.rate is None and self.share is None
+
+    @property
+    def label(self) -> str:
+        if self.burst:
+            return "burst"
+        return f"{self.share:g}x" if self.share is not None else f"{self.rate:g}"
+
+    @property
+    def order(self) -> float:
+        """Lightest first; a burst is the heaviest."""
+        return math.inf if self.burst else (self.share if self.share is not None else self.rate)
+
+    def requests_per_second(self, capacity_tok_s: float | None, mean_output_tokens: float) -> float | None:
+        """The Poisson rate (None: a burst). A share of capacity offers ``share × capacity``
+        output tokens/s: requests/s = that over the mean answer length of the requests sent."""
+        if self.share is None:
+            return self.rate
+        if capacity_tok_s is None:
+            raise WorkloadError(f"load {self.label} needs the engine's capacity, which was not measured")
+        return self.share * capacity_tok_s / mean_output_tokens
+
+
+BURST = Load()
+
+
+def parse_loads(text: str, relative: bool) -> tuple[Load, ...]:
+    """``"0.7,1.2,burst"``: shares of capacity (``relative``) or requests/s; lightest first."""
+    loads = []
+    for item in (x.strip() for x in text.split(",")):
+        if item == "burst":
+            loads.append(BURST)
+        elif item:
+            try:
+                value = float(item.removesuffix("x") if relative else item)
+            except ValueError:
+                raise WorkloadError(f"expected comma-separated numbers or 'burst', got {item!r}") from None
+            loads.append(Load(share=value) if relative else Load(rate=value))
+    if not loads:
+        raise WorkloadError("no loads given")
+    return tuple(sorted(dict.fromkeys(loads), key=lambda load: load.order))
+
+
 def arrival_times(count: int, rate: float | None, seed: int) -> list[float]:
     """Poisson arrivals at ``rate`` requests/s (exponential gaps), or all at 0 (burst: None)."""
     if rate is None:
@@ -181,6 +241,30 @@ async def _natural_length(client: httpx.AsyncClient, base: str, model: str, prom
     return int(reply.json()["usage"]["completion_tokens"])
 
 
+def _known_lengths(model: str, prompts: Sequence[Prompt], cap: int, cache: Path) -> dict[str, int]:
+    """The cache, with answers under a larger cap filled in for this cap."""
+    known: dict[str, int] = json.loads(cache.read_text()) if cache.exists() else {}
+    # Seeded sampling is deterministic and causal: the answer under a smaller cap is a
+    # prefix of the answer under a larger one, so a larger-cap profile gives min(L, cap).
+    for prompt in prompts:
+        key = _profile_key(model, cap, prompt)
+        if key not in known:
+            larger = [
+                known[k]
+                for k in (_profile_key(model, c, prompt) for c in _cached_caps(known))
+                if k in known and int(k.split("|")[1]) >= cap
+            ]
+            if larger:
+                known[key] = min(larger[0], cap)
+    return known
+
+
+def unprofiled(model: str, prompts: Sequence[Prompt], cap: int, cache: Path | None = None) -> list[Prompt]:
+    """The prompts whose natural length is not cached yet (profiling them needs an engine)."""
+    known = _known_lengths(model, prompts, cap, cache or length_cache_path())
+    return [p for p in prompts if _profile_key(model, cap, p) not in known]
+
+
 def profile_lengths(
     base: str,
     model: str,
@@ -196,19 +280,7 @@ def profile_lengths(
     different model, cap or prompt text is profiled afresh.
     """
     cache = cache or length_cache_path()
-    known: dict[str, int] = json.loads(cache.read_text()) if cache.exists() else {}
-    # Seeded sampling is deterministic and causal: the answer under a smaller cap is a
-    # prefix of the answer under a larger one, so a larger-cap profile gives min(L, cap).
-    for prompt in prompts:
-        key = _profile_key(model, cap, prompt)
-        if key not in known:
-            larger = [
-                known[k]
-                for k in (_profile_key(model, c, prompt) for c in _cached_caps(known))
-                if k in known and int(k.split("|")[1]) >= cap
-            ]
-            if larger:
-                known[key] = min(larger[0], cap)
+    known = _known_lengths(model, prompts, cap, cache)
     missing = [p for p in prompts if _profile_key(model, cap, p) not in known]
 
     async def run() -> None:
