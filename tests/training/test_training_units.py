@@ -48,6 +48,7 @@ def test_collector_handles_chunked_prefill_decode_and_recompute(tmp_path):
     assert shard["prompt_mean"].shape == (2, 1, 4)
     assert shard["prompt_mean"][0, 0, 0].item() == pytest.approx(2.0)  # mean of 0..4
     assert shard["prompt_mean"][1, 0, 0].item() == pytest.approx(102.0)  # the second layer
+    assert shard["prompt_last"][:, 0, 0].tolist() == [4.0, 104.0]  # the last prompt row, per layer
     assert shard["tokens"][0, :, 0].tolist() == [5.0, 6.0, 60.0]  # recomputed outputs, then decode
     assert shard["offsets"].tolist() == [0, 3]
 

@@ -3,6 +3,9 @@
 One shard is one ``.safetensors`` file holding finished requests, written atomically:
 
 - ``prompt_mean`` ``[layers, R, H]`` fp16: each request's prompt-averaged state;
+- ``prompt_last`` ``[layers, R, H]`` fp16 (format 2): the state at the last prompt position,
+  the one that produces the first output token (a prompt mean is dominated by a few
+  dimensions in which the first tokens' states are huge, unlike any output token's state);
 - ``tokens`` ``[layers, T, H]`` fp16: the state of each output token fed back as input
   (output token j, for j = 0 .. L-2; the last token is never fed back);
 - ``offsets`` ``[R+1]`` int64: request r's tokens are rows ``offsets[r]:offsets[r+1]``;
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-SHARD_FORMAT_VERSION = 1
+SHARD_FORMAT_VERSION = 2  # 2 added prompt_last
 SHARD_METADATA_KEY = "trail_shard"
 SHARD_GLOB = "shard-*.safetensors"
 
@@ -35,6 +38,7 @@ class _Request:
     prompt_sum: torch.Tensor  # [layers, H] float32
     prompt_count: int = 0
     prompt_len: int = 0
+    prompt_last: torch.Tensor | None = None  # [layers, H] fp16
     outputs: list[torch.Tensor] = field(default_factory=list)  # [layers, H] fp16 each
 
     @property
@@ -70,6 +74,8 @@ class RequestCollector:
         if prompt_rows:
             state.prompt_sum += hidden[:prompt_rows].float().sum(dim=0).cpu()
             state.prompt_count += prompt_rows
+            if start + prompt_rows == prompt_len:
+                state.prompt_last = hidden[prompt_rows - 1].to(torch.float16).cpu()
         for row in range(prompt_rows, hidden.shape[0]):
             j = start + row - prompt_len
             value = hidden[row].to(torch.float16).cpu()
@@ -102,6 +108,7 @@ class RequestCollector:
         from safetensors.torch import save
 
         prompt_mean = torch.stack([(r.prompt_sum / r.prompt_count).to(torch.float16) for r in requests], dim=1)
+        prompt_last = torch.stack([r.prompt_last for r in requests], dim=1)
         outputs = [t for r in requests for t in r.outputs]
         tokens = (
             torch.stack(outputs, dim=1)
@@ -119,6 +126,7 @@ class RequestCollector:
         data = save(
             {
                 "prompt_mean": prompt_mean.contiguous(),
+                "prompt_last": prompt_last.contiguous(),
                 "tokens": tokens.contiguous(),
                 "offsets": offsets,
                 "lengths": counts + 1,
