@@ -48,6 +48,8 @@ def test_quick_preset_runs_every_policy_and_writes_a_well_formed_report(tmp_path
         if rate != "burst":
             share = float(rate.removesuffix("x"))
             assert row["arrival_rate_per_s"] == pytest.approx(share * capacity / mean_tokens), name
+    # What an ideal order could gain was simulated for every load before any run.
+    assert set(report["ideal_ratio"]) == rates and all(0 < r < 1.5 for r in report["ideal_ratio"].values())
     comparison = {(row["policy"], row["rate"]) for row in report["comparison"]}
     assert comparison == set(rows) - {("fcfs", rate) for rate in rates}
     expected = {(name, rate) for name in ("fcfs", "sjf", "trail-prompt", "trail", "trail+") for rate in rates}

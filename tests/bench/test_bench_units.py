@@ -8,6 +8,8 @@ import json
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trail_scheduler.assets import PromptFileError
 from trail_scheduler.bench import policies as P
@@ -346,3 +348,39 @@ def test_cli_relative_loads_need_fcfs_or_a_capacity():
         from trail_scheduler.cli import main
 
         main(["bench", "--quick", "--loads", "1", "--rates", "1"])
+
+
+# -- the ideal headroom, simulated ----------------------------------------------------------
+
+
+def test_the_fluid_engine_serves_first_come_or_shortest_remaining_first():
+    from trail_scheduler.bench.simulate import ideal_ratio, mean_latency
+
+    # One slot, both at once: FCFS 3 then 1 (latencies 3, 4); shortest first 1 then 3 (1, 4).
+    assert mean_latency([3, 1], [0, 0], slots=1, shortest_first=False) == pytest.approx(3.5)
+    assert mean_latency([3, 1], [0, 0], slots=1, shortest_first=True) == pytest.approx(2.5)
+    # A short arrival preempts a long one (free preemption): 11 and 1, against FCFS's 10 and 9.
+    assert mean_latency([10, 1], [0, 2], slots=1, shortest_first=True) == pytest.approx(6.0)
+    assert mean_latency([10, 1], [0, 2], slots=1, shortest_first=False) == pytest.approx(9.5)
+    # Nobody queues: each request takes length x slots (its slot's share of the capacity).
+    assert mean_latency([4, 8], [0, 100], slots=2, shortest_first=False) == pytest.approx(12.0)
+    assert ideal_ratio([4, 8], [0, 100], slots=2) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        mean_latency([1], [0, 1], slots=1, shortest_first=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(1, 50), min_size=1, max_size=12),
+    st.lists(st.floats(0, 200, allow_nan=False), min_size=12, max_size=12),
+    st.integers(1, 4),
+)
+def test_no_request_beats_its_own_decode_time_and_one_slot_shortest_first_is_optimal(lengths, times, slots):
+    from trail_scheduler.bench.simulate import mean_latency
+
+    arrivals = times[: len(lengths)]
+    floor = slots * sum(lengths) / len(lengths)
+    for shortest_first in (False, True):
+        assert mean_latency(lengths, arrivals, slots, shortest_first) >= floor - 1e-6
+    if slots == 1:
+        assert mean_latency(lengths, arrivals, 1, True) <= mean_latency(lengths, arrivals, 1, False) + 1e-6

@@ -28,6 +28,7 @@ from trail_scheduler.assets import BUNDLED_MODEL_NAME
 from trail_scheduler.bench import policies as P
 from trail_scheduler.bench.loadgen import RequestRecord, run_load
 from trail_scheduler.bench.report import (
+    MIN_HEADROOM,
     compare,
     headroom,
     headroom_message,
@@ -44,12 +45,14 @@ from trail_scheduler.bench.servers import (
     start_stock_vllm,
     start_trail_serve,
 )
+from trail_scheduler.bench.simulate import ideal_ratio
 from trail_scheduler.bench.workload import (
     BURST,
     DEFAULT_OUTPUT_CAP,
     MAX_PROMPT_TOKENS,
     Load,
     WorkloadError,
+    arrival_times,
     build_requests,
     chat_token_counter,
     describe_lengths,
@@ -483,6 +486,34 @@ def _natural_lengths(config: BenchConfig, prompts, logs: Path, engine_args, prog
         return lengths
 
 
+def _ideal_ratios(config: BenchConfig, samples, lengths: dict[str, int], console) -> dict[str, float]:
+    """Print and return what shortest-remaining-first could gain over FCFS at each load on these
+    requests (:mod:`~trail_scheduler.bench.simulate`): known before any run, it says which
+    comparisons can show anything. Absolute rates need the capacity, so only relative loads
+    and the burst are simulated."""
+    ratios = {}
+    for load in config.loads:
+        if load.rate is not None:
+            continue
+        for seed in config.seeds if load.label in config.seeded_loads else config.seeds[:1]:
+            sample = [lengths[p.id] for p in samples[seed]]
+            rate = load.requests_per_second(1.0, sum(sample) / len(sample))  # capacity 1: the fluid model's unit
+            where = load.label if len(config.seeds) == 1 else f"{load.label}, seed {seed}"
+            ratios[where] = ideal_ratio(sample, arrival_times(len(sample), rate, seed), config.max_num_seqs)
+    if ratios:
+        shown = ", ".join(f"{where} {ratio:.2f}x" for where, ratio in ratios.items())
+        console.print(
+            f"ideal headroom (simulated shortest-remaining-first over FCFS, free preemption): {shown}"
+            + (
+                "; where it is near 1.0x, no order can gain much on these requests (few queue: more requests "
+                "per run, a higher load, or answers that vary more)"
+                if max(ratios.values()) > 1 - MIN_HEADROOM
+                else ""
+            )
+        )
+    return ratios
+
+
 def run_bench(config: BenchConfig) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -541,6 +572,7 @@ def run_bench(config: BenchConfig) -> dict:
         progress.console.print(describe_lengths(report["lengths"]))
         if len(config.seeds) > 1:
             report["lengths_all_seeds"] = length_summary(list(lengths.values()), config.output_cap)
+        report["ideal_ratio"] = _ideal_ratios(config, samples, lengths, progress.console)
         overall = progress.add_task("runs", total=len(runs))
         run_index = 0
         for engine in (P.STOCK, P.TRAIL):
