@@ -137,7 +137,7 @@ def _rate_value(label: str) -> float:
 
 
 def _mean_over_seeds(summary: list[dict]) -> list[dict]:
-    """One row per (policy, load): the numeric fields averaged over the seeds run."""
+    """One row per (policy, load): mean latency and TTFT averaged over the seeds run (for the plot)."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in summary:
         groups.setdefault((row["policy"], row["rate"]), []).append(row)
