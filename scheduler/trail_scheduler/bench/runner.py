@@ -271,7 +271,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         seeded = (
             {load.label for load in parse_loads(args.seeded_loads, relative)}
             if args.seeded_loads
-            else set(preset.seeded_loads)
+            else set(preset.seeded_loads) & {load.label for load in loads}  # the preset's, where they run
         )
     except WorkloadError as error:
         raise BenchError(str(error)) from None
