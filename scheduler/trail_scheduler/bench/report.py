@@ -136,16 +136,21 @@ def _rate_value(label: str) -> float:
     return math.inf if label == "burst" else float(label.removesuffix("x"))
 
 
-def _mean_over_seeds(summary: list[dict]) -> list[dict]:
-    """One row per (policy, load): mean latency and TTFT averaged over the seeds run (for the plot)."""
+def _by_policy_and_load(summary: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """The runs of each (policy, load), one per seed."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in summary:
         groups.setdefault((row["policy"], row["rate"]), []).append(row)
-    merged = []
-    for (policy, rate), rows in groups.items():
-        keys = ("mean_latency_s", "mean_ttft_s")
-        merged.append({"policy": policy, "rate": rate, **{k: sum(r[k] for r in rows) / len(rows) for k in keys}})
-    return merged
+    return groups
+
+
+def _mean_over_seeds(summary: list[dict]) -> list[dict]:
+    """One row per (policy, load): mean latency and TTFT averaged over the seeds run (for the plot)."""
+    keys = ("mean_latency_s", "mean_ttft_s")
+    return [
+        {"policy": policy, "rate": rate, **{k: sum(r[k] for r in rows) / len(rows) for k in keys}}
+        for (policy, rate), rows in _by_policy_and_load(summary).items()
+    ]
 
 
 def plot(out: Path, report: dict) -> dict[str, Path]:
@@ -284,9 +289,10 @@ def compare(summary: list[dict]) -> list[dict]:
 
     by_run = {(row["policy"], row["rate"], row.get("seed", 0)): row for row in summary}
     rows = []
-    for (policy, rate), seeds in _group_seeds(by_run).items():
+    for (policy, rate), runs in _by_policy_and_load(summary).items():
         if policy == "fcfs":
             continue
+        seeds = [run.get("seed", 0) for run in runs]
         ratios: dict[str, list[float]] = {name: [] for name in COMPARED}
         gains: list[float] = []
         for seed in seeds:
@@ -310,13 +316,6 @@ def compare(summary: list[dict]) -> list[dict]:
         row["recomputed_tokens"] = float(np.mean([by_run[(policy, rate, s)]["recomputed_tokens"] for s in seeds]))
         rows.append(row)
     return sorted(rows, key=lambda r: (_rate_value(r["rate"]), r["policy"]))
-
-
-def _group_seeds(by_run: dict) -> dict[tuple[str, str], list[int]]:
-    groups: dict[tuple[str, str], list[int]] = {}
-    for policy, rate, seed in by_run:
-        groups.setdefault((policy, rate), []).append(seed)
-    return groups
 
 
 def _spread(value: list[float] | None, fmt: str = "{:.2f}") -> str:
