@@ -8,6 +8,7 @@ import asyncio
 import pytest
 from vllm.sampling_params import SamplingParams
 
+from trail_scheduler.core.bins import LengthBins
 from trail_scheduler.server.serve import attach_request_hints
 
 CLIENT_HINTS = {"trail_prompt_estimate": 1.0, "trail_oracle_length": 1, "trail_collect_id": "x", "top_k_seed": 3}
@@ -27,8 +28,13 @@ class RecordingEngine:
 
 
 class Predictor:
-    def estimate_one(self, text: str) -> float:
-        return float(len(text))
+    bins = LengthBins.uniform(2, 100.0)
+
+    def predict_one(self, text: str) -> tuple[float, list[float]]:
+        return float(len(text)), [0.25, 0.75]
+
+
+SENT_DISTRIBUTION = {"edges": [0.0, 50.0, 100.0], "probabilities": [0.25, 0.75]}
 
 
 def served(engine, extra_args) -> dict | None:
@@ -46,7 +52,8 @@ def test_a_clients_hints_are_dropped_and_its_other_extra_args_kept(predictor):
     engine = RecordingEngine()
     attach_request_hints(engine, predictor)
     seen = served(engine, CLIENT_HINTS)
-    expected = {"top_k_seed": 3} | ({} if predictor is None else {"trail_prompt_estimate": len("Write a poem.")})
+    estimated = {"trail_prompt_estimate": len("Write a poem."), "trail_prompt_distribution": SENT_DISTRIBUTION}
+    expected = {"top_k_seed": 3} | ({} if predictor is None else estimated)
     assert seen == expected
 
 
@@ -59,8 +66,10 @@ def test_without_hints_or_a_predictor_nothing_is_added():
 def test_a_server_that_accepts_client_hints_keeps_them_over_its_own_estimate():
     engine = RecordingEngine()
     attach_request_hints(engine, Predictor(), accept_client_hints=True)
-    assert served(engine, CLIENT_HINTS) == CLIENT_HINTS
-    assert served(engine, {})["trail_prompt_estimate"] == len("Write a poem.")
+    assert served(engine, CLIENT_HINTS) == CLIENT_HINTS  # the client's estimate, and no distribution
+    own = served(engine, {})
+    assert own["trail_prompt_estimate"] == len("Write a poem.")
+    assert own["trail_prompt_distribution"] == SENT_DISTRIBUTION
 
 
 def test_trail_serve_refuses_client_hints_unless_asked():

@@ -53,6 +53,14 @@ class PolicyName(str, Enum):
         return self in (PolicyName.TRAIL, PolicyName.TRAIL_ORACLE)
 
 
+class RefinementPrior(str, Enum):
+    """Where a request's length belief starts before the probe refines it along the answer."""
+
+    PROBE = "probe"  # the probe's reading of the prompt (p⁰), as the paper does
+    PROMPT = "prompt"  # the prompt predictor's distribution; the probe's reading of the prompt is not used
+    BOTH = "both"  # the prompt predictor's distribution, updated by the probe's reading of the prompt
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -104,6 +112,11 @@ class SchedulerSettings(_Wire):
         le=MAX_PREEMPTIONS,
         description="preemptions one request can suffer at most (null: no cap)",
     )
+    refinement_prior: RefinementPrior = Field(
+        default=RefinementPrior.PROBE,
+        description="where a request's length belief starts: probe (the probe's reading of the prompt), "
+        "prompt (the prompt predictor's distribution) or both",
+    )
 
     @field_validator("policy", mode="before")
     @classmethod
@@ -113,6 +126,15 @@ class SchedulerSettings(_Wire):
         except ValueError:
             names = ", ".join(p.value for p in PolicyName)
             raise ValueError(f"unknown policy {_shown(value)}; expected one of: {names}") from None
+
+    @field_validator("refinement_prior", mode="before")
+    @classmethod
+    def _known_prior(cls, value: Any) -> RefinementPrior:
+        try:
+            return RefinementPrior(value)
+        except ValueError:
+            names = ", ".join(p.value for p in RefinementPrior)
+            raise ValueError(f"unknown refinement prior {_shown(value)}; expected one of: {names}") from None
 
     @field_validator("c", mode="before")
     @classmethod
@@ -163,6 +185,12 @@ class SchedulerSettings(_Wire):
 
 
 SETTING_KEYS = tuple(info.alias for info in SchedulerSettings.model_fields.values())  # camelCase, wire order
+# The settings that name one of a set of choices, with the choices (an Enum), by field name.
+CHOICE_SETTINGS = {
+    name: info.annotation
+    for name, info in SchedulerSettings.model_fields.items()
+    if isinstance(info.annotation, type) and issubclass(info.annotation, Enum)
+}
 
 
 class ProbeSource(_Wire):

@@ -99,3 +99,26 @@ def test_invalid_edges_are_rejected(edges, message):
     """Bad edges fail at construction with a message saying what is wrong."""
     with pytest.raises(ValueError, match=message):
         LengthBins(edges)
+
+
+def test_rebin_onto_the_same_bins_is_the_identity_and_onto_coarser_bins_sums_neighbours():
+    fine, coarse = LengthBins.uniform(10, 512.0), LengthBins.uniform(5, 512.0)
+    p = [0.05, 0.15, 0.1, 0.1, 0.2, 0.0, 0.1, 0.1, 0.15, 0.05]
+    assert fine.rebin(p, fine) == pytest.approx(p)
+    assert fine.rebin(p, coarse) == pytest.approx([0.2, 0.2, 0.2, 0.2, 0.2])
+    # Finer target: each bin's mass split evenly over the halves it covers.
+    assert coarse.rebin([1, 0, 0, 0, 0], fine) == pytest.approx([0.5, 0.5] + [0] * 8)
+
+
+def test_rebin_puts_mass_past_the_targets_last_edge_into_its_top_bin():
+    wide, narrow = LengthBins.uniform(4, 1024.0), LengthBins.uniform(4, 512.0)
+    assert wide.rebin([0, 0, 0.5, 0.5], narrow) == pytest.approx([0, 0, 0, 1])
+    with pytest.raises(ValueError, match="expected 4 probabilities"):
+        wide.rebin([1.0], narrow)
+
+
+@given(open_top_bins(), open_top_bins(), st.lists(st.floats(0, 1), min_size=13, max_size=13))
+def test_rebin_keeps_the_mass(source, target, weights):
+    p = weights[: source.count]
+    assert float(source.rebin(p, target).sum()) == pytest.approx(sum(p), abs=1e-9)
+    assert (source.rebin(p, target) >= 0).all()

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trail_scheduler.api import RefinementPrior
 from trail_scheduler.core.bins import LengthBins
 from trail_scheduler.core.tracker import PredictionTracker
 
@@ -101,3 +102,46 @@ def test_beliefs_stay_normalised_and_estimates_finite(steps):
         state = tracker.get("a")
         assert np.isclose(state.belief.sum(), 1.0) and np.all(state.belief >= 0)
         assert np.isfinite(state.predicted_remaining) and state.predicted_remaining >= 0
+
+
+PROMPT_BINS = LengthBins.uniform(5, 512)  # the prompt predictor's own, coarser bins
+PROMPT_DISTRIBUTION = (PROMPT_BINS, np.array([0.0, 0.0, 0.0, 0.0, 1.0]))  # "long": 410-512 tokens
+
+
+def started(prior: RefinementPrior, reading: np.ndarray, distribution=PROMPT_DISTRIBUTION):
+    tracker = PredictionTracker(BINS, prior)
+    tracker.add("a", prompt_estimate=460, prompt_distribution=distribution)
+    tracker.advance("a", 1)
+    tracker.observe(["a"], reading[None], [True])
+    return tracker, tracker.get("a")
+
+
+def test_the_prompt_prior_starts_from_the_prompt_predictors_distribution_and_skips_the_prompt_reading():
+    """A confident "short" reading of the prompt does not move a belief that starts from the
+    prompt predictor's "long" (rebinned onto the probe's bins); a token's reading then does."""
+    tracker, state = started(RefinementPrior.PROMPT, one_hot(0))
+    assert state.belief == pytest.approx([0] * 8 + [0.5, 0.5])
+    assert state.initial_prediction == pytest.approx(461.8)  # (435.2 + 486.4) / 2 + 1 generated
+    tracker.advance("a", 1)
+    tracker.observe(["a"], np.full(BINS.count, 0.1)[None], [False])  # an uninformative token reading
+    assert state.belief[8:].sum() == pytest.approx(1 - 0.5 / 51.2)  # one token's drift into bin 7
+    tracker.observe(["a"], (one_hot(8) * 0.9 + 0.01)[None], [False])
+    assert state.belief[8] > 0.8
+
+
+def test_both_folds_the_prompt_reading_into_the_prompt_prior():
+    _, state = started(RefinementPrior.BOTH, 0.5 * one_hot(8) + 0.1 * one_hot(9) + 0.04)
+    weights = np.array([0.54, 0.14])
+    assert state.belief[8:] == pytest.approx(weights / weights.sum(), rel=1e-4)
+    assert state.belief[:8].sum() == pytest.approx(0.0, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("prior", "distribution"),
+    [(RefinementPrior.PROBE, PROMPT_DISTRIBUTION), (RefinementPrior.PROMPT, None), (RefinementPrior.BOTH, None)],
+    ids=["probe-prior", "prompt-prior-without-distribution", "both-without-distribution"],
+)
+def test_the_probe_prior_and_a_request_without_a_distribution_start_from_the_prompt_reading(prior, distribution):
+    _, state = started(prior, one_hot(0), distribution)
+    assert state.belief[0] == pytest.approx(1.0, abs=1e-5)
+    assert state.initial_prediction == pytest.approx(BINS.representatives[0] + 1, rel=1e-3)

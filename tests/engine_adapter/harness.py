@@ -25,7 +25,7 @@ from trail_scheduler.core.bins import LengthBins
 from trail_scheduler.probe import LengthProbe, save_probe
 from trail_scheduler.vllm.engine_config import TrailEngineConfig
 from trail_scheduler.vllm.runner import StepEvidence
-from trail_scheduler.vllm.scheduler import PROMPT_ESTIMATE_ARG, TrailSchedulingMixin
+from trail_scheduler.vllm.scheduler import PROMPT_DISTRIBUTION_ARG, PROMPT_ESTIMATE_ARG, TrailSchedulingMixin
 
 BLOCK_SIZE = 16
 TOKEN = 100  # what the fake model samples: not the model's EOS (2)
@@ -89,13 +89,16 @@ def make_request(
     prompt_tokens: int = 16,
     max_tokens: int = 8,
     estimate: float | None = None,
+    distribution=None,
     arrival_time: float | None = None,
 ) -> Request:
-    """A request the API server would send: ``estimate`` is its prompt predictor's length."""
+    """A request the API server would send: ``estimate`` is its prompt predictor's length,
+    ``distribution`` the ``{"edges", "probabilities"}`` it is the mean of."""
+    extra = {PROMPT_ESTIMATE_ARG: estimate, PROMPT_DISTRIBUTION_ARG: distribution}
     params = SamplingParams(
         max_tokens=max_tokens,
         ignore_eos=True,
-        extra_args=None if estimate is None else {PROMPT_ESTIMATE_ARG: estimate},
+        extra_args={key: value for key, value in extra.items() if value is not None} or None,
     )
     return Request(
         request_id=request_id,

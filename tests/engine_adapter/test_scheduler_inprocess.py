@@ -160,6 +160,44 @@ def test_the_prompt_reading_after_a_chunked_prefill_sets_the_first_prediction(ma
     assert state.predicted_remaining > first + 50
 
 
+LONG = {"edges": [0, 256, 512], "probabilities": [0.0, 1.0]}  # the prompt predictor's "256 to 512 tokens"
+
+
+@pytest.mark.parametrize(
+    ("hint", "started_from_prior"),
+    [
+        (LONG, True),
+        ({"edges": [0, 256, 512], "probabilities": [0.0, "1"]}, False),
+        ({"edges": [0, 256, 512], "probabilities": [0.5]}, False),
+        ({"edges": [0, 512, 256], "probabilities": [0.5, 0.5]}, False),
+        ({"edges": [0, 256, 512], "probabilities": [-1.0, 2.0]}, False),
+        ({"edges": list(range(2000)), "probabilities": [1.0] * 1999}, False),
+        ("long", False),
+    ],
+    ids=["well-formed", "a-string", "too-few", "decreasing-edges", "negative", "too-many-bins", "not-a-mapping"],
+)
+def test_under_the_prompt_prior_a_belief_starts_from_the_prompt_distribution_a_malformed_one_is_ignored(
+    make_engine, probe_file, hint, started_from_prior
+):
+    """Set live, the prompt prior starts the belief from the API server's distribution (its
+    bins rebinned onto the probe's) and leaves out the probe's reading of the prompt; a hint
+    that is not a distribution counts as absent, so the belief starts from that reading."""
+    path, _ = probe_file
+    engine = make_engine(probe_path=path)
+    assert apply(engine.scheduler, {"refinementPrior": "prompt"}).error is None
+    engine.add(make_request("a", max_tokens=20, estimate=384, distribution=hint))
+    engine.readings["a"] = reading(0)  # the probe reads the prompt as "very short"
+    state = engine.scheduler.trail_tracker.get("a")
+    while state.generated == 0:
+        engine.step()
+    if started_from_prior:
+        assert state.belief[: BINS.count // 2].sum() == pytest.approx(0.0)
+        assert state.initial_prediction == pytest.approx(384 + 1, rel=1e-3)
+    else:
+        assert state.prompt_distribution is None
+        assert state.initial_prediction == pytest.approx(float(reading(0) @ BINS.representatives) + 1, rel=1e-3)
+
+
 def test_a_request_aborted_mid_prefill_leaves_nothing_behind(make_engine, probe_file):
     path, _ = probe_file
     engine = make_engine(probe_path=path, max_num_batched_tokens=64)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from trail_operator import crd
-from trail_scheduler.api import SETTING_KEYS, PolicyName, SchedulerSettings
+from trail_scheduler.api import SETTING_KEYS, SchedulerSettings
 
 
 def crd_scheduler() -> dict[str, Any]:
@@ -21,8 +21,8 @@ def model_properties() -> dict[str, dict[str, Any]]:
     properties = {}
     for key, prop in schema["properties"].items():
         branch = next((b for b in prop.get("anyOf", [prop]) if b.get("type") != "null"), prop)
-        if "$ref" in branch:
-            branch = {"type": "string", "enum": [p.value for p in PolicyName]}
+        if "$ref" in branch:  # a choice: the Enum's values
+            branch = schema["$defs"][branch["$ref"].rsplit("/", 1)[-1]]
         properties[key] = {**branch, "default": prop.get("default")}
     return properties
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from trail_scheduler.api import ConfigUpdate
+from trail_scheduler.api import ConfigUpdate, RefinementPrior, SchedulerSettings
 from trail_scheduler.errors import TrailError
 
 STOCK, TRAIL = "stock", "trail"
@@ -27,10 +27,16 @@ class PolicyEntry:
     c: float | None = None
     probe: bool = False  # True: needs the probe; False: runs with none loaded
     oracle: bool = False  # send trail_oracle_length
+    refinement_prior: RefinementPrior = SchedulerSettings().refinement_prior
 
     def settings(self, max_wait_seconds: float | None) -> dict:
-        """The admin-API body that puts a ``trail serve`` engine into this entry's policy."""
-        changes: dict = {"policy": self.policy, "max_wait_seconds": max_wait_seconds}
+        """The admin-API body that puts a ``trail serve`` engine into this entry's policy
+        (every entry sets the prior: the entries run one after another on one engine)."""
+        changes: dict = {
+            "policy": self.policy,
+            "max_wait_seconds": max_wait_seconds,
+            "refinement_prior": self.refinement_prior,
+        }
         if self.c is not None:
             changes["c"] = self.c
         return ConfigUpdate.model_validate(changes).model_dump(mode="json", by_alias=True, exclude_unset=True)
@@ -46,6 +52,18 @@ BASE_ENTRIES = {
         "trail-prompt", "TRAIL (c=0.8) on the prompt predictor alone, no probe", TRAIL, "trail", 0.8
     ),
     "trail": PolicyEntry("trail", "TRAIL (c=0.8) with embedding refinement (probe)", TRAIL, "trail", 0.8, probe=True),
+    **{
+        f"trail/prior={prior.value}": PolicyEntry(
+            f"trail/prior={prior.value}",
+            f"TRAIL (c=0.8) with embedding refinement, the belief starting from prior {prior.value!r}",
+            TRAIL,
+            "trail",
+            0.8,
+            probe=True,
+            refinement_prior=prior,
+        )
+        for prior in RefinementPrior
+    },
     "trail+": PolicyEntry(
         "trail+", "TRAIL+ (c=0.8) ranked by the true (profiled) lengths", TRAIL, "trail-oracle", 0.8, oracle=True
     ),

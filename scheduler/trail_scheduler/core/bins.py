@@ -97,6 +97,26 @@ class LengthBins:
                 lo = mid + 1
         return lo
 
+    def rebin(self, probabilities, target: LengthBins):
+        """A distribution over these bins as one over ``target``'s (mass spread evenly within
+        each bin; an open top bin spans its effective width). What lies past ``target``'s
+        last edge goes to its top bin, so the mass is kept."""
+        import numpy as np
+
+        source = np.asarray(probabilities, dtype=np.float64)
+        if source.shape[-1] != self.count:
+            raise ValueError(f"expected {self.count} probabilities, got {source.shape[-1]}")
+        if target == self:
+            return source.copy()
+        lows = np.asarray(self.edges[:-1])
+        highs = lows + np.asarray(self.widths)
+        target_lows = np.asarray(target.edges[:-1])
+        target_highs = np.asarray(target.edges[1:]).copy()
+        target_highs[-1] = np.inf
+        overlap = np.clip(np.minimum(highs[:, None], target_highs) - np.maximum(lows[:, None], target_lows), 0, None)
+        share = overlap / (highs - lows)[:, None]  # [source bin, target bin]; each row sums to 1
+        return source @ share
+
     def to_list(self) -> list[float | str]:
         """JSON-safe edges (``"inf"`` for an open top)."""
         return [("inf" if math.isinf(e) else e) for e in self.edges]

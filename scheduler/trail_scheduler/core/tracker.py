@@ -11,14 +11,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from trail_scheduler.api import RefinementPrior
 from trail_scheduler.core.bins import LengthBins
-from trail_scheduler.core.refine import expected_remaining, refine, update
+from trail_scheduler.core.refine import expected_remaining, normalise, refine, update
 
 
 @dataclass
 class RequestPrediction:
     prompt_estimate: float
     oracle_length: float | None = None
+    # The prompt predictor's distribution over its own bins, when it sent one.
+    prompt_distribution: tuple[LengthBins, np.ndarray] | None = None
     first_estimate: float | None = None  # expected remaining after prefill (p⁰)
     belief: np.ndarray | None = None
     generated: int = 0
@@ -56,8 +59,9 @@ class PredictionErrors:
 
 
 class PredictionTracker:
-    def __init__(self, bins: LengthBins) -> None:
+    def __init__(self, bins: LengthBins, prior: RefinementPrior = RefinementPrior.PROBE) -> None:
         self.bins = bins
+        self.prior = prior
         self.requests: dict[str, RequestPrediction] = {}
 
     @property
@@ -76,9 +80,34 @@ class PredictionTracker:
                 state.belief_estimate = state.predicted_remaining
                 state.tokens_since_evidence = 0
 
-    def add(self, request_id: str, prompt_estimate: float | None = None, oracle_length: float | None = None) -> None:
+    def add(
+        self,
+        request_id: str,
+        prompt_estimate: float | None = None,
+        oracle_length: float | None = None,
+        prompt_distribution: tuple[LengthBins, np.ndarray] | None = None,
+    ) -> None:
         estimate = self.unknown_estimate if prompt_estimate is None else float(prompt_estimate)
-        self.requests[request_id] = RequestPrediction(prompt_estimate=estimate, oracle_length=oracle_length)
+        self.requests[request_id] = RequestPrediction(
+            prompt_estimate=estimate, oracle_length=oracle_length, prompt_distribution=prompt_distribution
+        )
+
+    def _start(self, state: RequestPrediction, reading: np.ndarray, prefill: bool) -> np.ndarray:
+        """A request's first belief, from its first probe reading and the prior in force.
+
+        With a prompt prior the prompt predictor's distribution is the starting point: the
+        probe's reading of the prompt is then folded in (``both``) or left out (``prompt``),
+        while readings of generated tokens always count. Without a distribution from the
+        prompt predictor, every prior starts from the probe's reading alone.
+        """
+        uniform = np.full(self.bins.count, 1.0 / self.bins.count)
+        if self.prior is RefinementPrior.PROBE or state.prompt_distribution is None:
+            return update(uniform, reading)
+        source_bins, probabilities = state.prompt_distribution
+        prior = normalise(source_bins.rebin(probabilities, self.bins))
+        if prefill and self.prior is RefinementPrior.PROMPT:
+            return prior
+        return update(prior, reading)
 
     def get(self, request_id: str) -> RequestPrediction | None:
         return self.requests.get(request_id)
@@ -108,7 +137,7 @@ class PredictionTracker:
             if state is None:
                 continue
             if state.belief is None:
-                state.belief = update(np.full(self.bins.count, 1.0 / self.bins.count), evidence[row])
+                state.belief = self._start(state, evidence[row], prefill)
                 state.belief_estimate = float(expected_remaining(state.belief, self.bins))
                 state.tokens_since_evidence = 0
                 if state.first_estimate is None:

@@ -71,8 +71,13 @@ class PromptPredictor:
     def estimate(self, texts: list[str]) -> np.ndarray:
         return np.atleast_1d(expected_remaining(self.probabilities(texts), self.bins))
 
+    def predict_one(self, text: str) -> tuple[float, list[float]]:
+        """The expected length and the distribution over :attr:`bins` it is the mean of."""
+        probabilities = self.probabilities([text])[0]
+        return float(expected_remaining(probabilities, self.bins)), probabilities.tolist()
+
     def estimate_one(self, text: str) -> float:
-        return float(self.estimate([text])[0])
+        return self.predict_one(text)[0]
 
 
 def load_prompt_predictor(path: str | os.PathLike[str]) -> PromptPredictor:

@@ -12,7 +12,7 @@ import logging
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from trail_scheduler.api import ConfigView, PolicyName, SchedulerSettings
+from trail_scheduler.api import CHOICE_SETTINGS, ConfigView, SchedulerSettings
 from trail_scheduler.vllm.control import EngineControl, MetricsDrain
 
 logger = logging.getLogger("trail.metrics")
@@ -43,14 +43,18 @@ PROBE_FAILURES = Counter(
     "trail_probe_failures", "Probe failures on the workers (each drops the probe; ranking falls back to FCFS)"
 )
 PROBE_FAILED = Gauge("trail_probe_failed", "1 while the probe in force has failed (ranking: first come, first served)")
-# One gauge per numeric setting, named after the settings model's field (unset: 0).
+# One gauge per numeric setting, named after the settings model's field (unset: 0); a setting
+# that names a choice (the policy, the refinement prior) has one series per choice, 1 for the one in force.
 SETTINGS = {
     name: Gauge(f"trail_setting_{name}", f"Setting in force: {info.description} (unset: 0)")
     for name, info in SchedulerSettings.model_fields.items()
-    if name != "policy"
+    if name not in CHOICE_SETTINGS
+}
+SETTING_CHOICES = {
+    name: Gauge(f"trail_setting_{name}", f"1 for the {name.replace('_', ' ')} in force", [name])
+    for name in CHOICE_SETTINGS
 }
 SETTING_GENERATION = Gauge("trail_setting_generation", "Generation of the settings in force")
-SETTING_POLICY = Gauge("trail_setting_policy", "1 for the policy in force", ["policy"])
 
 
 def record(drained: MetricsDrain) -> None:
@@ -72,8 +76,9 @@ def record_config(config: ConfigView) -> None:
         gauge.set(getattr(config, name) or 0)
     SETTING_GENERATION.set(config.generation)
     PROBE_FAILED.set(1 if config.probe_failure is not None else 0)
-    for policy in PolicyName:
-        SETTING_POLICY.labels(policy.value).set(1 if policy == config.policy else 0)
+    for name, gauge in SETTING_CHOICES.items():
+        for choice in CHOICE_SETTINGS[name]:
+            gauge.labels(choice.value).set(1 if choice == getattr(config, name) else 0)
 
 
 async def poll_engine(engine, interval: float = 1.0) -> None:

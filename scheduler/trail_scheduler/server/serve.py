@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from trail_scheduler.api import PolicyName, SchedulerSettings, explain, read_settings_file
+from trail_scheduler.api import CHOICE_SETTINGS, SchedulerSettings, explain, read_settings_file
 from trail_scheduler.errors import TrailError
 from trail_scheduler.server.probe_source import DEFAULT_DEADLINE_SECONDS, ProbeFetchError, ProbeSources
 from trail_scheduler.vllm.engine_config import TRAIL_ENGINE_ARGS, TrailEngineConfig, engine_args
@@ -87,8 +87,8 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     for name, info in SchedulerSettings.model_fields.items():
         kind = next((t for t in typing.get_args(info.annotation) if t is not type(None)), info.annotation)
         flag = "--" + name.replace("_", "-")
-        if kind is PolicyName:
-            parser.add_argument(flag, choices=[p.value for p in PolicyName], help=info.description)
+        if name in CHOICE_SETTINGS:
+            parser.add_argument(flag, choices=[c.value for c in CHOICE_SETTINGS[name]], help=info.description)
         else:
             parser.add_argument(flag, type=kind, help=info.description)
 
@@ -159,13 +159,16 @@ def attach_request_hints(engine, predictor, accept_client_hints: bool = False) -
     A client's own ``trail_*`` values (``vllm_xargs``) are dropped unless the server accepts
     client hints (benchmarks), so no client can make its request look short and jump the
     queue. With a prompt predictor, each request's length is estimated on arrival, off the
-    event loop, and sent as ``trail_prompt_estimate`` (one a trusted client gave is kept).
+    event loop, and sent as ``trail_prompt_estimate`` with the distribution it is the mean of
+    (``trail_prompt_distribution``, the refinement's prior); an estimate a trusted client gave
+    is kept, without a distribution.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from trail_scheduler.vllm.scheduler import HINT_PREFIX, PROMPT_ESTIMATE_ARG
+    from trail_scheduler.vllm.scheduler import HINT_PREFIX, PROMPT_DISTRIBUTION_ARG, PROMPT_ESTIMATE_ARG
 
     executor = None if predictor is None else ThreadPoolExecutor(1, thread_name_prefix="trail-prompt-predictor")
+    edges = None if predictor is None else predictor.bins.to_list()
     original = engine.generate
 
     def prompt_text(prompt) -> str | None:
@@ -186,8 +189,10 @@ def attach_request_hints(engine, predictor, accept_client_hints: bool = False) -
             if predictor is not None and PROMPT_ESTIMATE_ARG not in extra:
                 text = prompt_text(prompt)
                 if text is not None:
-                    estimate = await asyncio.get_running_loop().run_in_executor(executor, predictor.estimate_one, text)
+                    loop = asyncio.get_running_loop()
+                    estimate, probabilities = await loop.run_in_executor(executor, predictor.predict_one, text)
                     extra[PROMPT_ESTIMATE_ARG] = estimate
+                    extra[PROMPT_DISTRIBUTION_ARG] = {"edges": edges, "probabilities": probabilities}
             sampling_params.extra_args = extra or None
         async for output in original(prompt, sampling_params, request_id, *args, **kwargs):
             yield output

@@ -31,6 +31,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.request_queue import PriorityRequestQueue, SchedulingPolicy, create_request_queue
@@ -61,6 +62,8 @@ logger = logging.getLogger("vllm.trail.scheduler")
 
 HINT_PREFIX = "trail_"  # sampling_params.extra_args keys the API server controls (clients' are dropped)
 PROMPT_ESTIMATE_ARG = "trail_prompt_estimate"  # set by the API server's prompt predictor
+PROMPT_DISTRIBUTION_ARG = "trail_prompt_distribution"  # its {"edges", "probabilities"} (the refinement's prior)
+MAX_HINT_BINS = 1024
 ORACLE_LENGTH_ARG = "trail_oracle_length"  # benchmarks only (trail-oracle), from a trusted client
 
 
@@ -126,7 +129,7 @@ class TrailSchedulingMixin:
         self.trail_policy = self._trail_make_policy()
         self.trail_generation = config.generation
         self.trail_probe: ProbeIdentity | None = None
-        self.trail_tracker = PredictionTracker(LengthBins.uniform())
+        self.trail_tracker = PredictionTracker(LengthBins.uniform(), config.settings.refinement_prior)
         # A waiting request's view does not change while it waits (nothing is generated, no
         # probe reads it): built once when it starts waiting, dropped when it stops.
         self._trail_waiting_views: dict[str, WaitingRequest] = {}
@@ -179,6 +182,7 @@ class TrailSchedulingMixin:
         except ValueError as error:
             return ApplyReply(error=str(error))
         self.trail_settings = settings
+        self.trail_tracker.prior = settings.refinement_prior  # for beliefs started from now on
         self.trail_generation = self.trail_generation + 1 if update.generation is None else update.generation
         if probe is not None:
             self.trail_set_probe(probe)
@@ -263,6 +267,7 @@ class TrailSchedulingMixin:
                 request.request_id,
                 prompt_estimate=_finite_or_none(extra.get(PROMPT_ESTIMATE_ARG)),
                 oracle_length=_finite_or_none(extra.get(ORACLE_LENGTH_ARG)),
+                prompt_distribution=_distribution_or_none(extra.get(PROMPT_DISTRIBUTION_ARG)),
             )
         super().add_request(request)
 
@@ -382,6 +387,24 @@ class TrailSchedulingMixin:
             preemptible=preemptible,
             preemptions=request.num_preemptions,
         )
+
+
+def _distribution_or_none(value) -> tuple[LengthBins, np.ndarray] | None:
+    """A prompt distribution hint, checked; a malformed one counts as absent."""
+    try:
+        edges, probabilities = value["edges"], value["probabilities"]
+        if not (isinstance(edges, list | tuple) and 3 <= len(edges) <= MAX_HINT_BINS + 1):
+            return None
+        bins = LengthBins.from_list(list(edges))
+        if not all(isinstance(p, int | float) and not isinstance(p, bool) for p in probabilities):
+            return None
+        probabilities = np.asarray(probabilities, dtype=np.float64)
+    except (TypeError, KeyError, ValueError, IndexError):
+        return None
+    if probabilities.shape != (bins.count,) or not np.isfinite(probabilities).all() or (probabilities < 0).any():
+        return None
+    total = probabilities.sum()
+    return (bins, probabilities / total) if total > 0 else None
 
 
 def _finite_or_none(value) -> float | None:
