@@ -7,11 +7,13 @@ import contextlib
 import io
 import json
 import math
+import re
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trail_scheduler.api import SchedulerSettings
 from trail_scheduler.assets import PromptFileError
 from trail_scheduler.bench import policies as P
 from trail_scheduler.bench.loadgen import RequestRecord
@@ -181,6 +183,45 @@ def test_refinement_without_a_probe_is_an_error_when_asked_and_a_note_by_default
 def test_unknown_policy_is_named():
     with pytest.raises(P.PolicyError, match="unknown policy 'srpt'"):
         P.resolve(["fcfs", "srpt"], [], have_probe=False, explicit=True)
+
+
+def test_an_entry_with_settings_runs_beside_the_one_it_changes_and_every_entry_sets_every_setting():
+    """Entries run one after another on one engine: each sends all settings, so
+    ``trail/preemptionMargin=128`` leaves no margin behind for the ``trail`` after it."""
+    entries, _ = P.resolve(
+        ["fcfs", "trail/preemptionMargin=128/refinementPrior=prompt", "trail", "trail-prompt/c=0"],
+        [],
+        have_probe=True,
+        explicit=True,
+    )
+    by_name = {e.name: e for e in entries}
+    changed = by_name["trail/preemptionMargin=128/refinementPrior=prompt"]
+    assert changed.probe and changed.engine == P.TRAIL
+    assert (
+        changed.settings(300.0)
+        == SchedulerSettings(
+            policy="trail", c=0.8, max_wait_seconds=300.0, preemption_margin=128, refinement_prior="prompt"
+        ).wire()
+    )
+    assert by_name["trail"].settings(None) == SchedulerSettings(policy="trail", c=0.8, max_wait_seconds=None).wire()
+    assert not by_name["trail-prompt/c=0"].probe and by_name["trail-prompt/c=0"].settings(300.0)["c"] == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("fcfs/c=0", "unknown policy 'fcfs/c=0'"),
+        ("trail/c", "is not setting=value"),
+        ("trail/policy=fcfs", "is not setting=value"),
+        ("trail/maxWaitSeconds=1", "is not setting=value"),
+        ("trail/speed=2", "is not setting=value"),
+        ("trail/c=-1", "c must be a finite number between 0 and 1000"),
+        ("trail/refinementPrior=maybe", "unknown refinement prior 'maybe'"),
+    ],
+)
+def test_an_entrys_settings_are_checked_before_anything_runs(name, message):
+    with pytest.raises(P.PolicyError, match=re.escape(message)):
+        P.resolve(["fcfs", name], [], have_probe=True, explicit=True)
 
 
 # -- reports ----------------------------------------------------------------------------

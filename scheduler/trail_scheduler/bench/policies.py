@@ -9,10 +9,14 @@ first, then the probe is loaded live (it cannot be unloaded) for the rest.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
-from trail_scheduler.api import ConfigUpdate, RefinementPrior, SchedulerSettings
+from pydantic import ValidationError
+
+from trail_scheduler.api import SETTING_KEYS, SchedulerSettings, explain
 from trail_scheduler.errors import TrailError
 
 STOCK, TRAIL = "stock", "trail"
@@ -27,19 +31,16 @@ class PolicyEntry:
     c: float | None = None
     probe: bool = False  # True: needs the probe; False: runs with none loaded
     oracle: bool = False  # send trail_oracle_length
-    refinement_prior: RefinementPrior = SchedulerSettings().refinement_prior
+    overrides: tuple[tuple[str, Any], ...] = ()  # settings named in the entry (wire names)
 
     def settings(self, max_wait_seconds: float | None) -> dict:
-        """The admin-API body that puts a ``trail serve`` engine into this entry's policy
-        (every entry sets the prior: the entries run one after another on one engine)."""
-        changes: dict = {
-            "policy": self.policy,
-            "max_wait_seconds": max_wait_seconds,
-            "refinement_prior": self.refinement_prior,
-        }
+        """The admin-API body that puts a ``trail serve`` engine into this entry's policy: every
+        setting, the shipped default where the entry names none, because the entries run one
+        after another on one engine and must not inherit each other's."""
+        values: dict[str, Any] = {"policy": self.policy, "max_wait_seconds": max_wait_seconds}
         if self.c is not None:
-            changes["c"] = self.c
-        return ConfigUpdate.model_validate(changes).model_dump(mode="json", by_alias=True, exclude_unset=True)
+            values["c"] = self.c
+        return SchedulerSettings.model_validate(values | dict(self.overrides)).wire()
 
 
 BASE_ENTRIES = {
@@ -52,18 +53,6 @@ BASE_ENTRIES = {
         "trail-prompt", "TRAIL (c=0.8) on the prompt predictor alone, no probe", TRAIL, "trail", 0.8
     ),
     "trail": PolicyEntry("trail", "TRAIL (c=0.8) with embedding refinement (probe)", TRAIL, "trail", 0.8, probe=True),
-    **{
-        f"trail/prior={prior.value}": PolicyEntry(
-            f"trail/prior={prior.value}",
-            f"TRAIL (c=0.8) with embedding refinement, the belief starting from prior {prior.value!r}",
-            TRAIL,
-            "trail",
-            0.8,
-            probe=True,
-            refinement_prior=prior,
-        )
-        for prior in RefinementPrior
-    },
     "trail+": PolicyEntry(
         "trail+", "TRAIL+ (c=0.8) ranked by the true (profiled) lengths", TRAIL, "trail-oracle", 0.8, oracle=True
     ),
@@ -82,6 +71,35 @@ def sweep_entry(c: float, refined: bool) -> PolicyEntry:
     return PolicyEntry(f"{base}@c={c:g}", f"TRAIL (c={c:g}) {how}", TRAIL, "trail", c, probe=refined)
 
 
+def with_overrides(name: str) -> PolicyEntry:
+    """``trail/preemptionMargin=128/refinementPrior=prompt``: a TRAIL-engine entry with settings
+    changed (wire names, JSON values or bare words), so any switch runs side by side with the
+    entry it changes."""
+    base, *items = name.split("/")
+    entry = BASE_ENTRIES.get(base)
+    if entry is None or entry.engine != TRAIL or not items:
+        raise PolicyError(
+            f"unknown policy {name!r}; expected some of: {', '.join(BASE_ENTRIES)}, "
+            "or a trail-engine entry with settings, e.g. trail/preemptionMargin=128"
+        )
+    overrides = {}
+    for item in items:
+        key, equals, text = item.partition("=")
+        if not equals or key not in SETTING_KEYS or key in ("policy", "maxWaitSeconds"):
+            settable = ", ".join(k for k in SETTING_KEYS if k not in ("policy", "maxWaitSeconds"))
+            raise PolicyError(f"{name!r}: {item!r} is not setting=value; settings: {settable}")
+        try:
+            overrides[key] = json.loads(text)
+        except ValueError:
+            overrides[key] = text
+    try:
+        SchedulerSettings.model_validate({"policy": entry.policy, **overrides})
+    except ValidationError as error:
+        raise PolicyError(f"{name!r}: {explain(error)}") from None
+    description = f"{entry.description}, with {', '.join(items)}"
+    return replace(entry, name=name, description=description, overrides=tuple(overrides.items()))
+
+
 def resolve(
     names: Sequence[str], c_sweep: Sequence[float], have_probe: bool, explicit: bool
 ) -> tuple[list[PolicyEntry], list[str]]:
@@ -93,13 +111,8 @@ def resolve(
     error; in the default list they are dropped with a note. The c sweep runs with
     refinement when a probe is given, else on the prompt predictor alone.
     """
-    unknown = [n for n in names if n not in BASE_ENTRIES]
-    if unknown:
-        raise PolicyError(
-            f"unknown policy {', '.join(map(repr, unknown))}; expected some of: {', '.join(BASE_ENTRIES)}"
-        )
     notes: list[str] = []
-    entries = [BASE_ENTRIES[n] for n in dict.fromkeys(names)]
+    entries = [BASE_ENTRIES[n] if n in BASE_ENTRIES else with_overrides(n) for n in dict.fromkeys(names)]
     if not have_probe and any(e.probe for e in entries):
         if explicit:
             raise PolicyError("policy 'trail' (embedding refinement) needs a probe: pass --probe FILE")

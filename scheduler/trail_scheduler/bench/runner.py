@@ -157,7 +157,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-cap", type=int, help="cap on profiled output lengths (default 512)")
     parser.add_argument(
         "--policies",
-        help=f"comma-separated, from: {', '.join(P.BASE_ENTRIES)} (default: {','.join(P.DEFAULT_POLICIES)})",
+        help=f"comma-separated, from: {', '.join(P.BASE_ENTRIES)} (default: {','.join(P.DEFAULT_POLICIES)}); "
+        "a trail-engine entry takes settings after slashes, e.g. trail/preemptionMargin=128/refinementPrior=prompt",
     )
     parser.add_argument("--c-sweep", help="comma-separated values of c for extra TRAIL entries ('' for none)")
     parser.add_argument("--sweep-rates", choices=("highest", "all"), help="rates the c sweep runs at")
