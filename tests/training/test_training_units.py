@@ -147,3 +147,48 @@ def test_fit_folds_the_standardisation_into_the_saved_weights():
     assert best >= 1 and len(history) >= best
     assert mae(probe, x, remaining, bins) == pytest.approx(history[best - 1]["val_mae"], abs=0.01)
     assert mae(probe, x, remaining, bins) < 2.5  # an uninformed guess (the middle, ~4) is off by 3.5
+
+
+def test_rank_correlation_is_spearmans_with_tied_lengths_sharing_a_rank():
+    from trail_scheduler.training.evaluate import rank_correlation
+
+    assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert rank_correlation([4, 3, 2, 1], [10, 20, 30, 40]) == pytest.approx(-1.0)
+    # Three answers at the cap share the rank 3: ranks (0, 1, 3, 3, 3) against (0, 1, 2, 3, 4).
+    assert rank_correlation([1, 2, 3, 4, 5], [7, 9, 512, 512, 512]) == pytest.approx(8 / 80**0.5)
+    assert rank_correlation([1, 1, 1], [1, 2, 3]) == 0.0
+
+
+def test_eval_replays_the_prior_the_engine_would_use():
+    """The same readings, three starts: the prompt prior's first prediction is the prompt
+    predictor's; the probe prior's is p⁰; after the tokens' readings the three converge."""
+    import numpy as np
+
+    from trail_scheduler.api import RefinementPrior
+    from trail_scheduler.training.data import RequestStates
+    from trail_scheduler.training.evaluate import replay
+
+    bins = LengthBins.uniform(10, 512)
+    length = 40
+    states = RequestStates(
+        ids=["a"],
+        lengths=np.array([length]),
+        prompt_mean=torch.zeros(1, 4),
+        tokens=torch.zeros(length, 4),
+        offsets=np.array([0, length]),
+    )
+    p0 = np.full((1, 10), 0.01)
+    p0[0, 9] = 0.91  # the prompt reading says "very long"
+    readings = np.full((length, 10), 0.01)
+    readings[:, 0] = 0.91  # every token says "under 51 tokens left"
+    short = np.zeros((1, 10))
+    short[0, 0] = 1.0  # the prompt predictor says "short"
+    firsts = {}
+    for prior in RefinementPrior:
+        errors, _, _, (predicted, true) = replay(states, p0, readings, [25.6], bins, 1, prior, (bins, short))
+        firsts[prior] = errors["first"][0]
+        assert true == [length] and len(predicted) == 1
+        assert errors["refined"][0] < 60
+    assert firsts[RefinementPrior.PROMPT] == pytest.approx(abs(25.6 + 1 - length), abs=0.5)
+    assert firsts[RefinementPrior.PROBE] > 400  # p⁰: about 460 tokens
+    assert firsts[RefinementPrior.BOTH] < firsts[RefinementPrior.PROBE]

@@ -8,6 +8,8 @@ import json
 import logging
 from pathlib import Path
 
+from trail_scheduler.api import RefinementPrior, SchedulerSettings
+
 
 def _layers(text: str):
     if text in ("all", "sweep"):
@@ -137,6 +139,12 @@ def add_training_commands(probe_sub, sub) -> None:
     evaluate.add_argument("--prompt-predictor", required=True, type=Path)
     evaluate.add_argument("--split", default="test", choices=["test", "validation", "train"])
     evaluate.add_argument("--predict-every", type=int, default=1)
+    evaluate.add_argument(
+        "--refinement-prior",
+        choices=[p.value for p in RefinementPrior],
+        default=SchedulerSettings().refinement_prior.value,
+        help="where each belief starts, as the engine's setting of that name (default: the engine's default)",
+    )
     evaluate.add_argument("--output", "-o", type=Path, help="report folder (default: COLLECTION/eval)")
     evaluate.set_defaults(handler=_eval)
 
@@ -179,7 +187,15 @@ def _eval(args) -> int:
 
     output = args.output or args.collection / "eval"
     return _run(
-        lambda: evaluate(args.collection, args.probe, args.prompt_predictor, output, args.split, args.predict_every)
+        lambda: evaluate(
+            args.collection,
+            args.probe,
+            args.prompt_predictor,
+            output,
+            args.split,
+            args.predict_every,
+            RefinementPrior(args.refinement_prior),
+        )
     )
 
 

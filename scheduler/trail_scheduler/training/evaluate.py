@@ -15,17 +15,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trail_scheduler.api import RefinementPrior
+from trail_scheduler.core.refine import expected_remaining
 from trail_scheduler.core.tracker import PredictionTracker
 from trail_scheduler.probe import ProbeFileError, load_probe
 from trail_scheduler.probe.prompt import load_prompt_predictor
 from trail_scheduler.training.data import Collection, CollectionError
 
+RANKED_AFTER = 8  # tokens: how well the estimate then orders the answers (what the policy acts on)
+
 
 def evaluate(
-    directory, probe_path, prompt_predictor_path, output_dir, split: str = "test", predict_every: int = 1
+    directory,
+    probe_path,
+    prompt_predictor_path,
+    output_dir,
+    split: str = "test",
+    predict_every: int = 1,
+    prior: RefinementPrior = RefinementPrior.PROBE,
 ) -> dict:
-    """MAE (tokens) of the prompt predictor, of p⁰, and of the refined prediction along
-    each answer; a true-vs-predicted-bin heatmap (PNG) and a JSON report in ``output_dir``."""
+    """MAE (tokens) of the prompt predictor, of the first prediction, and of the refined
+    prediction along each answer, with the belief starting as ``prior`` says; how well the
+    estimate after a few tokens ranks the answers; a true-vs-predicted-bin heatmap (PNG) and
+    a JSON report in ``output_dir``."""
     started = time.perf_counter()
     collection = Collection(directory)
     probe = load_probe(probe_path)
@@ -37,12 +49,15 @@ def evaluate(
     states = collection.load(probe.layer, split)
     prompts = collection.prompts()
     texts = [prompts[i]["rendered"] for i in states.ids]
-    prompt_estimates = predictor.estimate(texts)
+    distributions = predictor.probabilities(texts)
+    prompt_estimates = np.atleast_1d(expected_remaining(distributions, predictor.bins))
     with torch.inference_mode():
         first = probe.module.probabilities(states.prompt_mean).double().numpy()
         readings = probe.module.probabilities(states.tokens.float()).double().numpy()
     bins = probe.bins
-    errors, prompt_pairs, refined_pairs = replay(states, first, readings, prompt_estimates, bins, predict_every)
+    errors, prompt_pairs, refined_pairs, ranked = replay(
+        states, first, readings, prompt_estimates, bins, predict_every, prior, (predictor.bins, distributions)
+    )
     mae = {stage: round(float(np.mean(v)), 2) for stage, v in errors.items()}
     report = {
         "split": split,
@@ -55,11 +70,15 @@ def evaluate(
         "probe": {"path": str(probe_path), "sha256": probe.sha256, "layer": probe.layer},
         "prompt_predictor": {"path": str(prompt_predictor_path), "sha256": predictor.loaded.sha256},
         "predict_every": predict_every,
+        "refinement_prior": prior.value,
+        f"rank_correlation_after_{RANKED_AFTER}_tokens": round(rank_correlation(*ranked), 3),
         "definitions": {
             "prompt": "|prompt estimate - L| per request",
             "first": "|p0 estimate + 1 - L| per request (after prefill)",
             "refined": "per request, the mean over generated tokens of |predicted remaining - true remaining|, "
             "predicted as the scheduler does (PredictionTracker); then the mean over requests",
+            f"rank_correlation_after_{RANKED_AFTER}_tokens": "Spearman's correlation between the predicted and the "
+            f"true length after {RANKED_AFTER} generated tokens, over the requests that reach them",
         },
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -71,21 +90,36 @@ def evaluate(
     return report
 
 
-def replay(states, first: np.ndarray, readings: np.ndarray, prompt_estimates, bins, predict_every: int = 1):
+def replay(
+    states,
+    first: np.ndarray,
+    readings: np.ndarray,
+    prompt_estimates,
+    bins,
+    predict_every: int = 1,
+    prior: RefinementPrior = RefinementPrior.PROBE,
+    prompt_distributions=None,
+):
     """Feed each request's probe readings to a :class:`PredictionTracker` as the scheduler
-    does; returns the per-request errors by stage and (true bin, predicted bin) pairs
-    (per request for the prompt predictor, per generated token for the refined estimate).
+    does; returns the per-request errors by stage, (true bin, predicted bin) pairs (per
+    request for the prompt predictor, per generated token for the refined estimate), and
+    the (predicted, true) lengths after :data:`RANKED_AFTER` tokens.
 
     ``first`` ``[R, K]``: p⁰ per request; ``readings`` ``[T, K]``: the probe on each output
-    token (rows as in ``states.offsets``); ``prompt_estimates``: per request, or None.
+    token (rows as in ``states.offsets``); ``prompt_estimates``: per request, or None;
+    ``prompt_distributions``: the prompt predictor's ``(bins, [R, K'])``, or None.
     """
-    tracker = PredictionTracker(bins)
+    tracker = PredictionTracker(bins, prior)
     errors = {"prompt": [], "first": [], "refined": []}
     prompt_pairs, refined_pairs = [], []
+    ranked_predicted, ranked_true = [], []
     for r, request_id in enumerate(states.ids):
         length = int(states.lengths[r])
         estimate = None if prompt_estimates is None else float(prompt_estimates[r])
-        tracker.add(request_id, prompt_estimate=estimate)
+        distribution = None
+        if prompt_distributions is not None:
+            distribution = (prompt_distributions[0], prompt_distributions[1][r])
+        tracker.add(request_id, prompt_estimate=estimate, prompt_distribution=distribution)
         tracker.advance(request_id, 1)  # the prefill step samples output token 0
         tracker.observe([request_id], first[r : r + 1], [True])
         rows = readings[states.offsets[r] : states.offsets[r + 1]]
@@ -98,11 +132,28 @@ def replay(states, first: np.ndarray, readings: np.ndarray, prompt_estimates, bi
         for stage in errors:
             errors[stage].append(getattr(result, stage))
         truth = length - np.arange(len(history))
+        if len(history) > RANKED_AFTER:
+            ranked_predicted.append(history[RANKED_AFTER] + RANKED_AFTER)
+            ranked_true.append(length)
         refined_pairs.extend((bins.index(t), bins.index(max(0.0, h))) for t, h in zip(truth, history))
         prompt_pairs.append(
             (bins.index(length), bins.index(max(0.0, tracker.unknown_estimate if estimate is None else estimate)))
         )
-    return errors, prompt_pairs, refined_pairs
+    return errors, prompt_pairs, refined_pairs, (ranked_predicted, ranked_true)
+
+
+def _ranks(values) -> np.ndarray:
+    """Ranks from 0, ties sharing their average rank (many answers end at the same cap)."""
+    _, inverse, counts = np.unique(np.asarray(values, dtype=np.float64), return_inverse=True, return_counts=True)
+    return (np.cumsum(counts) - (counts + 1) / 2)[inverse]
+
+
+def rank_correlation(predicted, true) -> float:
+    """Spearman's: the Pearson correlation of the ranks (0 where either side is constant)."""
+    a, b = _ranks(predicted), _ranks(true)
+    if len(a) < 2 or a.std() == 0 or b.std() == 0:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 def _heatmap(path: Path, k: int, prompt_pairs, refined_pairs, report: dict) -> None:
