@@ -22,7 +22,7 @@ class RequestPrediction:
     oracle_length: float | None = None
     # The prompt predictor's distribution over its own bins, when it sent one.
     prompt_distribution: tuple[LengthBins, np.ndarray] | None = None
-    first_estimate: float | None = None  # expected remaining after prefill (p⁰)
+    first_estimate: float | None = None  # expected remaining when the belief starts (see _start)
     belief: np.ndarray | None = None
     generated: int = 0
     tokens_since_evidence: int = 0
@@ -125,7 +125,8 @@ class PredictionTracker:
     def observe(self, request_ids: list[str], evidence: np.ndarray, from_prefill: list[bool]) -> None:
         """Fold a step's probe outputs (rows of ``evidence``) into the beliefs.
 
-        A prefill reading starts a belief (``q⁰ = p⁰``); a request that already has
+        A request's first reading starts its belief (:meth:`_start`: ``q⁰ = p⁰`` under the
+        ``probe`` prior); a request that already has
         one (resumed after preemption, whose recompute re-reads its prompt) keeps it.
         Decode readings refine after shifting by the tokens generated since the last.
         """

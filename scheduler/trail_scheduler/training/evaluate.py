@@ -74,7 +74,7 @@ def evaluate(
         f"rank_correlation_after_{RANKED_AFTER}_tokens": round(rank_correlation(*ranked), 3),
         "definitions": {
             "prompt": "|prompt estimate - L| per request",
-            "first": "|p0 estimate + 1 - L| per request (after prefill)",
+            "first": "|first estimate + 1 - L| per request (the belief as it starts under the prior)",
             "refined": "per request, the mean over generated tokens of |predicted remaining - true remaining|, "
             "predicted as the scheduler does (PredictionTracker); then the mean over requests",
             f"rank_correlation_after_{RANKED_AFTER}_tokens": "Spearman's correlation between the predicted and the "
