@@ -15,7 +15,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 ADMIN_PREFIX = "/trail/v1"
@@ -118,23 +127,16 @@ class SchedulerSettings(_Wire):
         "prompt (the prompt predictor's distribution) or both",
     )
 
-    @field_validator("policy", mode="before")
+    @field_validator("policy", "refinement_prior", mode="before")
     @classmethod
-    def _known_policy(cls, value: Any) -> PolicyName:
+    def _known_choice(cls, value: Any, info: ValidationInfo) -> Enum:
+        choices = cls.model_fields[info.field_name].annotation
         try:
-            return PolicyName(value)
+            return choices(value)
         except ValueError:
-            names = ", ".join(p.value for p in PolicyName)
-            raise ValueError(f"unknown policy {_shown(value)}; expected one of: {names}") from None
-
-    @field_validator("refinement_prior", mode="before")
-    @classmethod
-    def _known_prior(cls, value: Any) -> RefinementPrior:
-        try:
-            return RefinementPrior(value)
-        except ValueError:
-            names = ", ".join(p.value for p in RefinementPrior)
-            raise ValueError(f"unknown refinement prior {_shown(value)}; expected one of: {names}") from None
+            names = ", ".join(c.value for c in choices)
+            what = info.field_name.replace("_", " ")
+            raise ValueError(f"unknown {what} {_shown(value)}; expected one of: {names}") from None
 
     @field_validator("c", mode="before")
     @classmethod
