@@ -71,6 +71,10 @@ def sweep_entry(c: float, refined: bool) -> PolicyEntry:
     return PolicyEntry(f"{base}@c={c:g}", f"TRAIL (c={c:g}) {how}", TRAIL, "trail", c, probe=refined)
 
 
+# What an entry may set: the bench sets the policy (the entry's) and the starvation bound (its flag).
+ENTRY_SETTINGS = tuple(key for key in SETTING_KEYS if key not in ("policy", "maxWaitSeconds"))
+
+
 def with_overrides(name: str) -> PolicyEntry:
     """``trail/preemptionMargin=128/refinementPrior=prompt``: a TRAIL-engine entry with settings
     changed (wire names, JSON values or bare words), so any switch runs side by side with the
@@ -85,9 +89,8 @@ def with_overrides(name: str) -> PolicyEntry:
     overrides = {}
     for item in items:
         key, equals, text = item.partition("=")
-        if not equals or key not in SETTING_KEYS or key in ("policy", "maxWaitSeconds"):
-            settable = ", ".join(k for k in SETTING_KEYS if k not in ("policy", "maxWaitSeconds"))
-            raise PolicyError(f"{name!r}: {item!r} is not setting=value; settings: {settable}")
+        if not equals or key not in ENTRY_SETTINGS:
+            raise PolicyError(f"{name!r}: {item!r} is not setting=value; settings: {', '.join(ENTRY_SETTINGS)}")
         try:
             overrides[key] = json.loads(text)
         except ValueError:
