@@ -36,6 +36,9 @@ MIN_BINS, MAX_BINS = 2, 256
 MAX_HIDDEN_SIZE = 65536  # the residual stream of the largest open models is ~16-25k wide
 MAX_HIDDEN_UNITS = 65536
 MAX_LAYER = 1024
+# Which prompt state a probe's first prediction reads (metadata ``prompt_reading``); the first
+# is the default of files without the field.
+PROMPT_READINGS = ("mean", "last")
 
 DTYPE_SIZES = {
     "BOOL": 1,

@@ -133,3 +133,46 @@ def test_a_seeded_request_still_prefilling_in_chunks_does_not_crash_the_step(run
     assert not torch.equal(seeded[0].get_state(), torch.Generator().manual_seed(1).get_state())  # a sampled row draws
     with pytest.raises(RuntimeError, match="offset"):  # what the stand-in (as vLLM) does without the guard
         StandInRunner.sample_tokens(runner)
+
+
+def read_prefill_chunk(runner, request_id: str, hidden: torch.Tensor, start: int, prompt_len: int):
+    """One step that feeds ``hidden``'s rows as prompt positions ``start``.. of one request."""
+    runner.requests[request_id] = SimpleNamespace(num_prompt_tokens=prompt_len)
+    runner.input_batch = SimpleNamespace(req_ids=[request_id], num_reqs=1)
+    runner.query_start_loc = SimpleNamespace(np=np.array([0, len(hidden)]))
+    runner.execute_model_state = SimpleNamespace(
+        scheduler_output=SimpleNamespace(
+            finished_req_ids=set(),
+            scheduled_new_reqs=[SimpleNamespace(req_id=request_id, num_computed_tokens=start)],
+            scheduled_cached_reqs=SimpleNamespace(req_ids=[], num_computed_tokens=[]),
+        ),
+        aux_hidden_states=[hidden],
+    )
+    return runner._trail_read_evidence()
+
+
+@pytest.mark.parametrize("reading", ["mean", "last"])
+def test_the_first_reading_is_taken_from_the_prompt_state_the_probe_was_trained_on(runner, tmp_path, reading):
+    """A prompt prefilled in two chunks: p⁰ reads the mean of all six positions or the sixth
+    alone, as the probe file says, and nothing is read before the prompt completes."""
+    path = tmp_path / f"{reading}.safetensors"
+    torch.manual_seed(0)
+    save_probe(
+        LengthProbe(HIDDEN, 10, hidden_units=4),
+        LengthBins.uniform(),
+        path,
+        model="t",
+        layer=LAYER,
+        training={},
+        prompt_reading=reading,
+    )
+    runner.trail_set_probe(probe := load_probe(path))
+    prompt = torch.randn(6, HIDDEN)
+    assert read_prefill_chunk(runner, "a", prompt[:3], start=0, prompt_len=6) is None
+    evidence = read_prefill_chunk(runner, "a", prompt[3:], start=3, prompt_len=6)
+    state = prompt.mean(dim=0) if reading == "mean" else prompt[-1]
+    assert evidence.request_ids == ["a"] and evidence.from_prefill == [True]
+    assert torch.allclose(evidence.probabilities[0], probe.module.probabilities(state), atol=1e-6)
+    other = prompt[-1] if reading == "mean" else prompt.mean(dim=0)
+    assert not torch.allclose(evidence.probabilities[0], probe.module.probabilities(other), atol=1e-6)
+    assert runner.trail_prompt_sums == {}  # nothing kept once the prompt is read

@@ -90,6 +90,16 @@ def test_describe_is_json_safe_and_complete(probe_path):
     assert len(info["weights_sha256"]) == 64
 
 
+def test_the_prompt_reading_is_kept_and_a_file_without_it_reads_the_mean(tmp_path, probe_path):
+    """The authors' probes and this project's first ones were trained on the prompt mean and
+    name no reading: they must keep being read that way."""
+    path = tmp_path / "last.safetensors"
+    save_probe(make_probe(), BINS, path, model="m", layer=3, training={}, prompt_reading="last")
+    assert load_probe(path).prompt_reading == "last" == load_probe(path).describe()["prompt_reading"]
+    assert load_probe(probe_path).prompt_reading == "mean"
+    assert load_probe(rewrite(path, meta={"prompt_reading": DROP})).prompt_reading == "mean"
+
+
 # -- malformed files ----------------------------------------------------------------
 
 
@@ -156,6 +166,7 @@ MALFORMED: dict[str, tuple[Builder, str]] = {
     "mistyped field": (with_meta("hidden_size", "16"), "'hidden_size' must be an integer >= 1"),
     "negative layer": (with_meta("layer", -1), "'layer' must be an integer >= 0"),
     "malformed weights_sha256": (with_meta("weights_sha256", "abc"), "64 hex digits"),
+    "unknown prompt reading": (with_meta("prompt_reading", "first"), "'prompt_reading' must be 'mean' or 'last'"),
     "decreasing bin edges": (with_meta("bin_edges", [0, 50, 20]), "invalid bin_edges [0, 50, 20]"),
     "bin edges not a list": (with_meta("bin_edges", "0,50,inf"), "invalid bin_edges '0,50,inf'"),
     "bin edge not a number": (with_meta("bin_edges", [0, "x", 9]), "invalid bin_edges [0, 'x', 9]"),
@@ -229,6 +240,7 @@ def nan_probe() -> LengthProbe:
         ({"training": {"when": object()}}, "training info must be JSON-serialisable"),
         ({"model": ""}, "'model' must be a non-empty string"),
         ({"layer": -2}, "'layer' must be an integer >= 0"),
+        ({"prompt_reading": "max"}, "'prompt_reading' must be 'mean' or 'last', got 'max'"),
         ({"probe": nan_probe()}, "'fc1.weight' has non-finite"),
     ],
 )

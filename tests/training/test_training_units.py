@@ -69,8 +69,30 @@ def test_examples_follow_the_engine_label_convention(tmp_path):
     assert remaining.tolist() == [3.0, 2.0, 1.0, 0.0]
     assert labels.tolist() == [1, 1, 0, 0]
     assert x[:, 0].tolist() == [100.5, 110.0, 111.0, 112.0]  # layer 7 (+100), prompt mean of 0 and 1
+    last, _, _ = Collection(directory).load(7, "train", prompt_reading="last").examples(LengthBins.uniform(4, 8))
+    assert last[:, 0].tolist() == [101.0, 110.0, 111.0, 112.0]  # the last prompt row instead of the mean
     with pytest.raises(CollectionError, match="layer 5 was not collected"):
         Collection(directory).load(5, "train")
+
+
+def test_shards_from_before_the_last_prompt_state_say_how_to_go_on(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    collector = RequestCollector(tmp_path, layers=(3,), hidden_size=4, shard_size=10)
+    collector.observe("a", "x", torch.zeros(3, 1, 4), start=0, prompt_len=2)
+    (path,) = collector.flush(everything=True)
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(path)
+    del tensors["prompt_last"]  # as format 1 wrote them
+    save_file(tensors, path, metadata=metadata)
+    (tmp_path / "collection.json").write_text(json.dumps({"layers": [3], "hidden_size": 4}))
+    (tmp_path / "split.json").write_text(json.dumps({"seed": 0, "ids": {"train": ["x"]}}))
+    assert len(Collection(tmp_path).load(3, "train").ids) == 1
+    with pytest.raises(CollectionError, match="no 'prompt_last' states .* train with --prompt-reading mean"):
+        Collection(tmp_path).load(3, "train", prompt_reading="last")
 
 
 def test_layers_beyond_the_model_are_refused_with_the_valid_range():
@@ -173,7 +195,7 @@ def test_eval_replays_the_prior_the_engine_would_use():
     states = RequestStates(
         ids=["a"],
         lengths=np.array([length]),
-        prompt_mean=torch.zeros(1, 4),
+        prompt=torch.zeros(1, 4),
         tokens=torch.zeros(length, 4),
         offsets=np.array([0, length]),
     )

@@ -5,6 +5,7 @@ Torch and safetensors only (no vLLM); :mod:`trail_scheduler.probe.file` defines 
 
 from trail_scheduler.probe.file import (
     FORMAT_VERSION,
+    PROMPT_READINGS,
     LoadedProbe,
     ProbeFileError,
     check_fits,
@@ -18,6 +19,7 @@ __all__ = [
     "FORMAT_VERSION",
     "LengthProbe",
     "LoadedProbe",
+    "PROMPT_READINGS",
     "ProbeFileError",
     "check_fits",
     "load_probe",

@@ -10,7 +10,10 @@ Layout (format_version 1):
   hidden states and Hugging Face's ``hidden_states[layer]`` count), ``hidden_units``,
   ``bin_edges`` (:meth:`LengthBins.to_list`, ``"inf"`` for an open top bin), ``training``
   (free-form: recipe, epochs, data, metrics) and ``weights_sha256``: sha256 over the
-  tensors' raw little-endian float32 bytes, concatenated in the order above.
+  tensors' raw little-endian float32 bytes, concatenated in the order above; optionally
+  ``prompt_reading``: which state of the prompt gives the first prediction p⁰, ``"mean"``
+  (the prompt's states averaged, the authors' and the default when absent) or ``"last"``
+  (the state at the last prompt position, the one that predicts the first output token).
 
 A probe's identity is the sha256 of the whole file.
 """
@@ -38,6 +41,7 @@ from trail_scheduler.probe_format import (
     MAX_LAYER,
     METADATA_KEY,
     MIN_BINS,
+    PROMPT_READINGS,
     ProbeFormatError,
     read_header,
 )
@@ -77,6 +81,7 @@ class LoadedProbe:
     weights_sha256: str
     sha256: str  # of the whole file: the probe's identity
     format_version: int = FORMAT_VERSION
+    prompt_reading: str = PROMPT_READINGS[0]
 
     def describe(self) -> dict[str, Any]:
         """JSON-safe metadata (what ``trail probe inspect`` prints)."""
@@ -86,6 +91,7 @@ class LoadedProbe:
             "model": self.model,
             "hidden_size": self.hidden_size,
             "layer": self.layer,
+            "prompt_reading": self.prompt_reading,
             "hidden_units": self.hidden_units,
             "num_bins": self.bins.count,
             "bin_edges": self.bins.to_list(),
@@ -105,7 +111,14 @@ def weights_sha256(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def save_probe(
-    probe: LengthProbe, bins: LengthBins, path: str | os.PathLike[str], *, model: str, layer: int, training: dict
+    probe: LengthProbe,
+    bins: LengthBins,
+    path: str | os.PathLike[str],
+    *,
+    model: str,
+    layer: int,
+    training: dict,
+    prompt_reading: str = PROMPT_READINGS[0],
 ) -> str:
     """Write ``probe`` to ``path`` (atomically) and return the file's sha256.
 
@@ -128,6 +141,7 @@ def save_probe(
         "bin_edges": bins.to_list(),
         "training": training_json,
         "weights_sha256": weights_sha256(tensors),
+        "prompt_reading": prompt_reading,
     }
     _validate(meta, tensors)
     data = _serialise(tensors, meta)
@@ -180,6 +194,7 @@ def load_probe(source: str | os.PathLike[str] | bytes | bytearray | memoryview) 
         weights_sha256=meta["weights_sha256"],
         sha256=hashlib.sha256(data).hexdigest(),
         format_version=meta["format_version"],
+        prompt_reading=meta.get("prompt_reading", PROMPT_READINGS[0]),
     )
 
 
@@ -248,6 +263,8 @@ def _validate(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
             meta, name, lambda v, lo=low, hi=high: _is_int(v) and lo <= v <= hi, f"an integer >= {low}, <= {high}"
         )
     _check_field(meta, "training", lambda v: isinstance(v, dict), "a JSON object")
+    if "prompt_reading" in meta:
+        _check_field(meta, "prompt_reading", lambda v: v in PROMPT_READINGS, " or ".join(map(repr, PROMPT_READINGS)))
     _check_field(meta, "weights_sha256", lambda v: isinstance(v, str) and bool(_SHA256.match(v)), "64 hex digits")
     edges = meta["bin_edges"]
     try:
@@ -297,6 +314,7 @@ def _check_field(meta: dict[str, Any], name: str, ok, what: str) -> None:
 __all__ = [
     "FORMAT_VERSION",
     "LoadedProbe",
+    "PROMPT_READINGS",
     "ProbeFileError",
     "TENSOR_NAMES",
     "check_fits",

@@ -111,10 +111,23 @@ def _recipe_arguments(parser, **defaults) -> None:
     parser.add_argument("--bins", help="number of equal bins over 0..max_tokens (default 10), or logN for log-spaced")
 
 
+def _probe_arguments(parser) -> None:
+    """What only a probe's training takes (not the prompt predictor's)."""
+    from trail_scheduler.probe_format import PROMPT_READINGS
+
+    parser.add_argument(
+        "--prompt-reading",
+        choices=PROMPT_READINGS,
+        default=PROMPT_READINGS[0],
+        help="the prompt state the first prediction is trained on and read from in serving: the prompt's states "
+        "averaged (mean, the paper's) or the state at its last position (last)",
+    )
+
+
 def _recipe(args):
     from trail_scheduler.training.options import Recipe
 
-    return Recipe(**{k: getattr(args, k) for k in Recipe.__dataclass_fields__ if k != "weight_decay"})
+    return Recipe(**{k: getattr(args, k) for k in Recipe.__dataclass_fields__ if hasattr(args, k)})
 
 
 def add_training_commands(probe_sub, sub) -> None:
@@ -123,12 +136,14 @@ def add_training_commands(probe_sub, sub) -> None:
     train.add_argument("--output", "-o", type=Path, required=True, help="probe file to write (.safetensors)")
     train.add_argument("--layer", type=int, help="default: the sweep's best layer, else a third of the depth")
     _recipe_arguments(train)
+    _probe_arguments(train)
     train.set_defaults(handler=_train)
 
     sweep = probe_sub.add_parser("sweep", help="a probe per collected layer: validation MAE per layer and a plot")
     sweep.add_argument("collection", type=Path)
     sweep.add_argument("--layers", help="comma-separated subset of the collected layers")
     _recipe_arguments(sweep)
+    _probe_arguments(sweep)
     sweep.set_defaults(handler=_sweep)
 
     evaluate = probe_sub.add_parser(

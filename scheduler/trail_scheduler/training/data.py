@@ -44,7 +44,7 @@ class RequestStates:
 
     ids: list[str]
     lengths: np.ndarray  # [R] answer lengths L
-    prompt_mean: torch.Tensor  # [R, H] float32
+    prompt: torch.Tensor  # [R, H] float32: the state p⁰ is read from (the probe's prompt reading)
     tokens: torch.Tensor  # [T, H] float16: output token j of request r at offsets[r] + j
     offsets: np.ndarray  # [R+1]
 
@@ -53,7 +53,7 @@ class RequestStates:
 
         ``token_stride`` keeps every n-th output token (cheaper sweeps); prompts are all kept.
         """
-        features, remaining = [self.prompt_mean], [self.lengths - 1]
+        features, remaining = [self.prompt], [self.lengths - 1]
         token_rows = []
         for r, length in enumerate(self.lengths):
             j = np.arange(0, int(length) - 1, token_stride)
@@ -107,28 +107,35 @@ class Collection:
         with (self.directory / "prompts.jsonl").open() as handle:
             return {(row := json.loads(line))["id"]: row for line in handle if line.strip()}
 
-    def load(self, layer: int, split: str) -> RequestStates:
-        """One layer's states of the collected requests in ``split``."""
+    def load(self, layer: int, split: str, prompt_reading: str = "mean") -> RequestStates:
+        """One layer's states of the collected requests in ``split``, with the prompt state
+        ``prompt_reading`` names (see :data:`trail_scheduler.probe.PROMPT_READINGS`)."""
         if layer not in self.layers:
             raise CollectionError(f"layer {layer} was not collected; this collection has layers {self.layers}")
         from safetensors import safe_open
 
         wanted = set(self.split["ids"].get(split, []))
         li = self.layers.index(layer)
-        ids, lengths, means, tokens, counts = [], [], [], [], []
+        ids, lengths, prompt_states, tokens, counts = [], [], [], [], []
         answer_lengths = self.lengths()
         for path, meta in self.shards():
             keep = [r for r, i in enumerate(meta["ids"]) if i in wanted]
             if not keep:
                 continue
             with safe_open(str(path), framework="pt") as handle:
+                tensor = f"prompt_{prompt_reading}"
+                if tensor not in handle.keys():
+                    raise CollectionError(
+                        f"{path.name} has no {tensor!r} states (written by an older `trail probe collect`): "
+                        f"train with --prompt-reading mean, or collect again"
+                    )
                 offsets = handle.get_tensor("offsets").numpy()
-                mean = handle.get_slice("prompt_mean")[li].float()
+                prompt = handle.get_slice(tensor)[li].float()
                 shard_tokens = handle.get_slice("tokens")[li]
             for r in keep:
                 ids.append(meta["ids"][r])
                 lengths.append(answer_lengths[meta["ids"][r]])
-                means.append(mean[r])
+                prompt_states.append(prompt[r])
                 tokens.append(shard_tokens[offsets[r] : offsets[r + 1]])
                 counts.append(int(offsets[r + 1] - offsets[r]))
         if not ids:
@@ -136,7 +143,7 @@ class Collection:
         return RequestStates(
             ids=ids,
             lengths=np.asarray(lengths, dtype=np.int64),
-            prompt_mean=torch.stack(means),
+            prompt=torch.stack(prompt_states),
             tokens=torch.cat(tokens),
             offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
         )

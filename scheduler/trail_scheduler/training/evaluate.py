@@ -46,13 +46,13 @@ def evaluate(
             f"the probe reads hidden size {probe.hidden_size}, the collection's model has {collection.hidden_size}"
         )
     predictor = load_prompt_predictor(prompt_predictor_path)
-    states = collection.load(probe.layer, split)
+    states = collection.load(probe.layer, split, probe.prompt_reading)
     prompts = collection.prompts()
     texts = [prompts[i]["rendered"] for i in states.ids]
     distributions = predictor.probabilities(texts)
     prompt_estimates = np.atleast_1d(expected_remaining(distributions, predictor.bins))
     with torch.inference_mode():
-        first = probe.module.probabilities(states.prompt_mean).double().numpy()
+        first = probe.module.probabilities(states.prompt).double().numpy()
         readings = probe.module.probabilities(states.tokens.float()).double().numpy()
     bins = probe.bins
     errors, prompt_pairs, refined_pairs, ranked = replay(
@@ -67,7 +67,12 @@ def evaluate(
         "mae_tokens": mae,
         "prompt_over_refined": round(mae["prompt"] / max(mae["refined"], 1e-9), 2),
         "prompt_over_first": round(mae["prompt"] / max(mae["first"], 1e-9), 2),
-        "probe": {"path": str(probe_path), "sha256": probe.sha256, "layer": probe.layer},
+        "probe": {
+            "path": str(probe_path),
+            "sha256": probe.sha256,
+            "layer": probe.layer,
+            "prompt_reading": probe.prompt_reading,
+        },
         "prompt_predictor": {"path": str(prompt_predictor_path), "sha256": predictor.loaded.sha256},
         "predict_every": predict_every,
         "refinement_prior": prior.value,

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from trail_scheduler.probe_format import PROMPT_READINGS
+
 
 @dataclass(frozen=True)
 class CollectOptions:
@@ -40,3 +42,4 @@ class Recipe:
     seed: int = 0
     token_stride: int = 1  # keep every n-th output token (sweeps use more)
     max_train_examples: int | None = None  # random subset of the training examples
+    prompt_reading: str = PROMPT_READINGS[0]  # the prompt state p⁰ is trained on and read from in serving

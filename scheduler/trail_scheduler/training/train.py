@@ -107,8 +107,8 @@ def _subsample(x, y, r, limit: int | None, seed: int):
 def train_layer(collection: Collection, layer: int, bins: LengthBins, recipe: Recipe, desc: str | None = None):
     """Train one layer's probe; returns (probe, validation MAE, training metadata)."""
     started = time.perf_counter()
-    train = collection.load(layer, "train")
-    validation = collection.load(layer, "validation")
+    train = collection.load(layer, "train", recipe.prompt_reading)
+    validation = collection.load(layer, "validation", recipe.prompt_reading)
     x, y, r = train.examples(bins, recipe.token_stride)
     x, y, r = _subsample(x, y, r, recipe.max_train_examples, recipe.seed)
     val_x, _, val_r = validation.examples(bins, recipe.token_stride)
@@ -132,7 +132,7 @@ def train_layer(collection: Collection, layer: int, bins: LengthBins, recipe: Re
             "validation_examples": len(val_x),
             "split_seed": collection.split["seed"],
         },
-        "labels": "prompt mean -> L-1 remaining; output token j -> L-j-2",
+        "labels": f"prompt {recipe.prompt_reading} -> L-1 remaining; output token j -> L-j-2",
         "best_epoch": best_epoch,
         "history": history,
         "validation_mae_tokens": round(val_mae, 2),
@@ -150,7 +150,15 @@ def train_probe(
         layer = _best_swept_layer(collection)
     bins = bins or default_bins(collection)
     probe, val_mae, meta = train_layer(collection, layer, bins, recipe)
-    sha = save_probe(probe, bins, output, model=collection.info["model"], layer=layer, training=meta)
+    sha = save_probe(
+        probe,
+        bins,
+        output,
+        model=collection.info["model"],
+        layer=layer,
+        training=meta,
+        prompt_reading=recipe.prompt_reading,
+    )
     return {
         "probe": str(output),
         "sha256": sha,
