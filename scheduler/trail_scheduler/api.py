@@ -127,6 +127,14 @@ class SchedulerSettings(_Wire):
         "prompt (the prompt predictor's distribution) or both",
     )
 
+    evidence_weight: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="exponent on each probe reading when it updates a request's length belief: 1 counts every "
+        "reading as independent evidence (the paper's); lower values temper readings that repeat token after token",
+    )
+
     @field_validator("policy", "refinement_prior", mode="before")
     @classmethod
     def _known_choice(cls, value: Any, info: ValidationInfo) -> Enum:
@@ -169,6 +177,13 @@ class SchedulerSettings(_Wire):
             raise ValueError(
                 f"preemption_margin must be from 0 to {MAX_PREEMPTION_MARGIN:g} tokens, got {_shown(value)}"
             )
+        return value
+
+    @field_validator("evidence_weight", mode="before")
+    @classmethod
+    def _weight(cls, value: Any) -> Any:
+        if not (_is_number(value) and 0 < value <= 1):
+            raise ValueError(f"evidence_weight must be a number above 0 and at most 1, got {_shown(value)}")
         return value
 
     @field_validator("max_preemptions", mode="before")

@@ -59,6 +59,27 @@ def test_beliefs_stay_normalised_and_finite_under_any_steps(case):
         assert_distribution(belief)
 
 
+@given(
+    belief_and_bins().flatmap(lambda qb: st.tuples(st.just(qb), evidence_for(qb[1]))),
+    st.floats(1e-6, 1.0),
+)
+def test_any_evidence_weight_keeps_a_distribution(case, weight):
+    (belief, bins), evidence = case
+    assert_distribution(update(belief, evidence, weight))
+    assert_distribution(refine(belief, evidence, bins, 3, weight))
+
+
+def test_a_weighted_reading_counts_as_that_fraction_of_one():
+    """Two readings at weight 1/2 move a belief exactly as one reading at weight 1; a weight
+    below 1 moves it the same way, less far."""
+    prior = np.array([0.1, 0.2, 0.3, 0.4])
+    reading = np.array([0.7, 0.2, 0.05, 0.05])
+    assert update(update(prior, reading, 0.5), reading, 0.5) == pytest.approx(update(prior, reading))
+    tempered, full = update(prior, reading, 0.2), update(prior, reading)
+    assert prior[0] < tempered[0] < full[0] and prior[3] > tempered[3] > full[3]
+    assert update(np.full(4, 0.25), reading, 0.2) == pytest.approx(normalise(reading**0.2), rel=1e-5)
+
+
 @given(st.sampled_from(BIN_LAYOUTS).flatmap(lambda b: st.tuples(st.just(b), evidence_for(b))))
 def test_normalise_always_yields_a_distribution(case):
     """Overflowing, underflowing, all-zero and non-finite rows all normalise to a distribution."""

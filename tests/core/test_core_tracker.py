@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from trail_scheduler.api import RefinementPrior
 from trail_scheduler.core.bins import LengthBins
+from trail_scheduler.core.refine import shift
 from trail_scheduler.core.tracker import PredictionTracker
 
 BINS = LengthBins.uniform(10, 512)
@@ -145,3 +146,28 @@ def test_the_probe_prior_and_a_request_without_a_distribution_start_from_the_pro
     _, state = started(prior, one_hot(0), distribution)
     assert state.belief[0] == pytest.approx(1.0, abs=1e-5)
     assert state.initial_prediction == pytest.approx(BINS.representatives[0] + 1, rel=1e-3)
+
+
+def test_the_evidence_weight_tempers_the_first_reading_and_every_token_reading_and_can_change_live():
+    """Under weight w a reading r moves the belief as r^w: the first reading of the prompt
+    and each token's reading alike; a new weight applies from the next reading on."""
+    reading = 0.6 * one_hot(2) + 0.04
+    full, tempered = PredictionTracker(BINS), PredictionTracker(BINS, evidence_weight=0.25)
+    for tracker in (full, tempered):
+        tracker.add("a", prompt_estimate=300)
+        tracker.advance("a", 1)
+        tracker.observe(["a"], reading[None], [True])
+    assert full.get("a").belief == pytest.approx(reading / reading.sum(), rel=1e-4)
+    assert tempered.get("a").belief == pytest.approx(reading**0.25 / (reading**0.25).sum(), rel=1e-4)
+    before = tempered.get("a").belief.copy()
+    for tracker in (full, tempered):
+        tracker.advance("a", 1)
+        tracker.observe(["a"], reading[None], [False])
+    assert tempered.get("a").belief[2] < full.get("a").belief[2]
+    assert before[2] < tempered.get("a").belief[2]
+    tempered.evidence_weight = 1.0
+    again = tempered.get("a").belief.copy()
+    tempered.advance("a", 1)
+    tempered.observe(["a"], reading[None], [False])
+    expected = shift(again, BINS, 1) * reading
+    assert tempered.get("a").belief == pytest.approx(expected / expected.sum(), rel=1e-4)

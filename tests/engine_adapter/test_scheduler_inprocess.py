@@ -198,6 +198,23 @@ def test_under_the_prompt_prior_a_belief_starts_from_the_prompt_distribution_a_m
         assert state.initial_prediction == pytest.approx(float(reading(0) @ BINS.representatives) + 1, rel=1e-3)
 
 
+def test_an_evidence_weight_set_live_tempers_the_readings_that_follow(make_engine, probe_file):
+    """The probe's reading of the prompt moves a new request's belief as reading^weight."""
+    path, _ = probe_file
+    engine = make_engine(probe_path=path)
+    assert apply(engine.scheduler, {"evidenceWeight": 0.25}).error is None
+    engine.add(make_request("a", max_tokens=20, estimate=384))
+    engine.readings["a"] = reading(2)
+    state = engine.scheduler.trail_tracker.get("a")
+    while state.generated == 0:
+        engine.step()
+    tempered = reading(2) ** 0.25
+    assert state.initial_prediction == pytest.approx(
+        float(tempered @ BINS.representatives / tempered.sum()) + 1, rel=1e-3
+    )
+    assert state.belief[2] < reading(2)[2] / reading(2).sum()  # less sure than the reading
+
+
 def test_a_request_aborted_mid_prefill_leaves_nothing_behind(make_engine, probe_file):
     path, _ = probe_file
     engine = make_engine(probe_path=path, max_num_batched_tokens=64)

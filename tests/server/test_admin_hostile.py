@@ -265,6 +265,10 @@ HOSTILE_BODIES: dict[str, tuple[object, int, str]] = {
     "preemptionMargin negative": ({"preemptionMargin": -1}, 422, "preemptionMargin"),
     "preemptionMargin over 2**64": ({"preemptionMargin": BIG}, 422, "preemptionMargin"),
     "preemptionMargin null": ({"preemptionMargin": None}, 422, "preemptionMargin"),
+    "evidenceWeight zero": ({"evidenceWeight": 0}, 422, "evidenceWeight"),
+    "evidenceWeight above one": ({"evidenceWeight": 1.5}, 422, "above 0 and at most 1"),
+    "evidenceWeight string": ({"evidenceWeight": "0.5"}, 422, "evidenceWeight"),
+    "evidenceWeight null": ({"evidenceWeight": None}, 422, "evidenceWeight"),
     "maxPreemptions float": ({"maxPreemptions": 1.5}, 422, "maxPreemptions"),
     "maxPreemptions negative": ({"maxPreemptions": -1}, 422, "maxPreemptions"),
     "maxPreemptions over 2**64": ({"maxPreemptions": BIG}, 422, "maxPreemptions"),
@@ -348,7 +352,18 @@ JSON_VALUES = st.recursive(
     max_leaves=12,
 )
 FIELDS = st.sampled_from(
-    ["c", "policy", "predictEvery", "maxWaitSeconds", "preemptionMargin", "maxPreemptions", "generation", "probe"]
+    [
+        "c",
+        "policy",
+        "predictEvery",
+        "maxWaitSeconds",
+        "preemptionMargin",
+        "maxPreemptions",
+        "refinementPrior",
+        "evidenceWeight",
+        "generation",
+        "probe",
+    ]
 )
 
 

@@ -48,24 +48,32 @@ def shift(belief: np.ndarray, bins: LengthBins, tokens: int = 1) -> np.ndarray:
     return q
 
 
-def update(prior: np.ndarray, evidence: np.ndarray) -> np.ndarray:
-    """Posterior ∝ prior ⊙ evidence, renormalised; never NaN.
+def update(prior: np.ndarray, evidence: np.ndarray, weight: float = 1.0) -> np.ndarray:
+    """Posterior ∝ prior ⊙ evidence^weight, renormalised; never NaN.
 
+    ``weight`` 1 is Bayes' rule for independent readings. A probe's readings of successive
+    tokens are far from independent (neighbouring states say nearly the same thing), so
+    multiplying them all in makes the belief confident far beyond what it knows; a weight
+    below 1 counts each reading as a fraction of one.
     If the floored evidence and the prior still share no mass (only possible when
     the prior itself is degenerate), the evidence alone is kept.
     """
     evidence = normalise(np.asarray(evidence, dtype=np.float64))
     k = evidence.shape[-1]
     evidence = (1.0 - EVIDENCE_FLOOR) * evidence + EVIDENCE_FLOOR / k
+    if weight != 1.0:
+        evidence = evidence**weight
     posterior = np.asarray(prior, dtype=np.float64) * evidence
     total = posterior.sum(axis=-1, keepdims=True)
     ok = np.isfinite(total) & (total > 0)
     return np.where(ok, posterior / np.where(ok, total, 1.0), evidence)
 
 
-def refine(belief: np.ndarray, evidence: np.ndarray, bins: LengthBins, tokens: int = 1) -> np.ndarray:
+def refine(
+    belief: np.ndarray, evidence: np.ndarray, bins: LengthBins, tokens: int = 1, weight: float = 1.0
+) -> np.ndarray:
     """One refinement: shift by the tokens generated since the last reading, then update."""
-    return update(shift(belief, bins, tokens), evidence)
+    return update(shift(belief, bins, tokens), evidence, weight)
 
 
 def expected_remaining(belief: np.ndarray, bins: LengthBins) -> np.ndarray | float:

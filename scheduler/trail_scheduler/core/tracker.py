@@ -59,9 +59,12 @@ class PredictionErrors:
 
 
 class PredictionTracker:
-    def __init__(self, bins: LengthBins, prior: RefinementPrior = RefinementPrior.PROBE) -> None:
+    def __init__(
+        self, bins: LengthBins, prior: RefinementPrior = RefinementPrior.PROBE, evidence_weight: float = 1.0
+    ) -> None:
         self.bins = bins
         self.prior = prior
+        self.evidence_weight = evidence_weight  # the exponent on every probe reading (refine.update)
         self.requests: dict[str, RequestPrediction] = {}
 
     @property
@@ -102,12 +105,12 @@ class PredictionTracker:
         """
         uniform = np.full(self.bins.count, 1.0 / self.bins.count)
         if self.prior is RefinementPrior.PROBE or state.prompt_distribution is None:
-            return update(uniform, reading)
+            return update(uniform, reading, self.evidence_weight)
         source_bins, probabilities = state.prompt_distribution
         prior = normalise(source_bins.rebin(probabilities, self.bins))
         if prefill and self.prior is RefinementPrior.PROMPT:
             return prior
-        return update(prior, reading)
+        return update(prior, reading, self.evidence_weight)
 
     def get(self, request_id: str) -> RequestPrediction | None:
         return self.requests.get(request_id)
@@ -155,7 +158,7 @@ class PredictionTracker:
         for tokens in sorted(set(shifts)):
             group = [i for i, s in enumerate(shifts) if s == tokens]
             beliefs = np.stack([priors[i].belief for i in group])
-            posterior = refine(beliefs, evidence[[rows[i] for i in group]], self.bins, tokens)
+            posterior = refine(beliefs, evidence[[rows[i] for i in group]], self.bins, tokens, self.evidence_weight)
             estimates = expected_remaining(posterior, self.bins)
             for j, i in enumerate(group):
                 state = priors[i]

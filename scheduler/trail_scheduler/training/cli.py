@@ -8,7 +8,7 @@ import json
 import logging
 from pathlib import Path
 
-from trail_scheduler.api import RefinementPrior, SchedulerSettings
+from trail_scheduler.api import RefinementPrior, SchedulerSettings, explain
 
 
 def _layers(text: str):
@@ -124,6 +124,17 @@ def _probe_arguments(parser) -> None:
     )
 
 
+def _evidence_weight(text: str) -> float:
+    """Checked as the engine checks the setting, so eval never replays a weight serving refuses."""
+    from pydantic import ValidationError
+
+    try:
+        return SchedulerSettings(evidence_weight=float(text)).evidence_weight
+    except (ValueError, ValidationError) as error:
+        message = explain(error) if isinstance(error, ValidationError) else f"not a number: {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+
+
 def _recipe(args):
     from trail_scheduler.training.options import Recipe
 
@@ -159,6 +170,12 @@ def add_training_commands(probe_sub, sub) -> None:
         choices=[p.value for p in RefinementPrior],
         default=SchedulerSettings().refinement_prior.value,
         help="where each belief starts, as the engine's setting of that name (default: the engine's default)",
+    )
+    evaluate.add_argument(
+        "--evidence-weight",
+        type=_evidence_weight,
+        default=SchedulerSettings().evidence_weight,
+        help="the exponent on each probe reading, as the engine's setting of that name (default: the engine's)",
     )
     evaluate.add_argument("--output", "-o", type=Path, help="report folder (default: COLLECTION/eval)")
     evaluate.set_defaults(handler=_eval)
@@ -210,6 +227,7 @@ def _eval(args) -> int:
             args.split,
             args.predict_every,
             RefinementPrior(args.refinement_prior),
+            args.evidence_weight,
         )
     )
 

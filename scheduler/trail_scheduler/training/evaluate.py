@@ -33,9 +33,11 @@ def evaluate(
     split: str = "test",
     predict_every: int = 1,
     prior: RefinementPrior = RefinementPrior.PROBE,
+    evidence_weight: float = 1.0,
 ) -> dict:
     """MAE (tokens) of the prompt predictor, of the first prediction, and of the refined
-    prediction along each answer, with the belief starting as ``prior`` says; how well the
+    prediction along each answer, with the belief starting as ``prior`` says and each reading
+    weighted by ``evidence_weight`` (the engine's settings of those names); how well the
     estimate after a few tokens ranks the answers; a true-vs-predicted-bin heatmap (PNG) and
     a JSON report in ``output_dir``."""
     started = time.perf_counter()
@@ -56,7 +58,15 @@ def evaluate(
         readings = probe.module.probabilities(states.tokens.float()).double().numpy()
     bins = probe.bins
     errors, prompt_pairs, refined_pairs, ranked = replay(
-        states, first, readings, prompt_estimates, bins, predict_every, prior, (predictor.bins, distributions)
+        states,
+        first,
+        readings,
+        prompt_estimates,
+        bins,
+        predict_every,
+        prior,
+        (predictor.bins, distributions),
+        evidence_weight,
     )
     mae = {stage: round(float(np.mean(v)), 2) for stage, v in errors.items()}
     report = {
@@ -76,6 +86,7 @@ def evaluate(
         "prompt_predictor": {"path": str(prompt_predictor_path), "sha256": predictor.loaded.sha256},
         "predict_every": predict_every,
         "refinement_prior": prior.value,
+        "evidence_weight": evidence_weight,
         f"rank_correlation_after_{RANKED_AFTER}_tokens": round(rank_correlation(*ranked), 3),
         "definitions": {
             "prompt": "|prompt estimate - L| per request",
@@ -104,6 +115,7 @@ def replay(
     predict_every: int = 1,
     prior: RefinementPrior = RefinementPrior.PROBE,
     prompt_distributions=None,
+    evidence_weight: float = 1.0,
 ):
     """Feed each request's probe readings to a :class:`PredictionTracker` as the scheduler
     does; returns the per-request errors by stage, (true bin, predicted bin) pairs (per
@@ -114,7 +126,7 @@ def replay(
     token (rows as in ``states.offsets``); ``prompt_estimates``: per request, or None;
     ``prompt_distributions``: the prompt predictor's ``(bins, [R, K'])``, or None.
     """
-    tracker = PredictionTracker(bins, prior)
+    tracker = PredictionTracker(bins, prior, evidence_weight)
     errors = {"prompt": [], "first": [], "refined": []}
     prompt_pairs, refined_pairs = [], []
     ranked_predicted, ranked_true = [], []
