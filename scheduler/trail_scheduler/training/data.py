@@ -22,6 +22,7 @@ import torch
 
 from trail_scheduler.core.bins import LengthBins
 from trail_scheduler.errors import TrailError
+from trail_scheduler.probe_format import PROMPT_READINGS
 from trail_scheduler.vllm.collector import SHARD_GLOB, SHARD_METADATA_KEY
 
 SPLITS = ("train", "validation", "test", "benchmark")
@@ -107,9 +108,9 @@ class Collection:
         with (self.directory / "prompts.jsonl").open() as handle:
             return {(row := json.loads(line))["id"]: row for line in handle if line.strip()}
 
-    def load(self, layer: int, split: str, prompt_reading: str = "mean") -> RequestStates:
+    def load(self, layer: int, split: str, prompt_reading: str = PROMPT_READINGS[0]) -> RequestStates:
         """One layer's states of the collected requests in ``split``, with the prompt state
-        ``prompt_reading`` names (see :data:`trail_scheduler.probe.PROMPT_READINGS`)."""
+        ``prompt_reading`` names (one of :data:`PROMPT_READINGS`)."""
         if layer not in self.layers:
             raise CollectionError(f"layer {layer} was not collected; this collection has layers {self.layers}")
         from safetensors import safe_open
