@@ -218,9 +218,11 @@ class TrailCaptureMixin:
             end_row = first_row + scheduled
             prompt_rows = max(0, min(scheduled, prompt_len - start))
             if prompt_rows:
-                prompt_state = self._trail_prompt_state(request_id, hidden[first_row : first_row + prompt_rows], start)
-                if start + scheduled >= prompt_len:  # prompt complete: the first reading p⁰
-                    self.trail_prompt_sums.pop(request_id, None)
+                complete = start + scheduled >= prompt_len
+                prompt_state = self._trail_prompt_state(
+                    request_id, hidden[first_row : first_row + prompt_rows], start, complete
+                )
+                if complete:  # the first reading p⁰
                     rows.append(prompt_state)
                     request_ids.append(request_id)
                     from_prefill.append(True)
@@ -244,18 +246,22 @@ class TrailCaptureMixin:
             ready.record()
         return PendingEvidence(request_ids, probabilities, ready, from_prefill, self.trail_probe.sha256)
 
-    def _trail_prompt_state(self, request_id: str, prompt_hidden: torch.Tensor, start: int) -> torch.Tensor:
-        """The state p⁰ is read from, as of this chunk of the prompt: as the probe was trained,
-        the last position, or the mean over the chunks so far (kept as a running sum)."""
+    def _trail_prompt_state(
+        self, request_id: str, prompt_hidden: torch.Tensor, start: int, complete: bool
+    ) -> torch.Tensor | None:
+        """The state p⁰ is read from once this chunk completes the prompt (None before): as the
+        probe was trained, the last position, or the mean over all chunks (a running sum)."""
         if self.trail_probe.prompt_reading == "last":
-            return prompt_hidden[-1].float()
-        total, count = self.trail_prompt_sums.get(request_id, (None, 0))
+            return prompt_hidden[-1].float() if complete else None
+        total, count = self.trail_prompt_sums.pop(request_id, (None, 0))
         if start == 0 or total is None:
             total, count = 0, 0
         total = prompt_hidden.float().sum(dim=0) + total
         count += len(prompt_hidden)
+        if complete:
+            return total / count
         self.trail_prompt_sums[request_id] = (total, count)
-        return total / count
+        return None
 
     def _trail_spans(self, scheduler_output) -> list[tuple[str, int, int, int, int]]:
         """Per scheduled request: (id, first row in this step's hidden states, first
