@@ -109,6 +109,8 @@ def test_train_eval_and_serve_with_the_result(collection, tmp_path):
     )
     assert report["requests"] >= 1 and set(report["mae_tokens"]) == {"prompt", "first", "refined"}
     assert all(0 <= v < 100 for v in report["mae_tokens"].values())
+    simulated = report["simulated_bursts"]
+    assert simulated["size"] == min(32, report["requests"]) and simulated["trail+"]["mean_latency_ratio"] <= 1.0
     assert (collection / "eval" / "heatmap.png").stat().st_size > 0
     assert json.loads((collection / "eval" / "eval.json").read_text())["mae_tokens"] == report["mae_tokens"]
 

@@ -214,3 +214,28 @@ def test_eval_replays_the_prior_the_engine_would_use():
     assert firsts[RefinementPrior.PROMPT] == pytest.approx(abs(25.6 + 1 - length), abs=0.5)
     assert firsts[RefinementPrior.PROBE] > 400  # p⁰: about 460 tokens
     assert firsts[RefinementPrior.BOTH] < firsts[RefinementPrior.PROBE]
+
+
+def test_simulated_bursts_credit_exact_prompt_estimates_with_the_oracles_gain():
+    """Without preemption TRAIL serves a burst in the order of its prompt estimates: exact
+    ones make it the oracle's order, whatever the probe reads."""
+    import numpy as np
+
+    from trail_scheduler.api import SchedulerSettings
+    from trail_scheduler.core.simulation import RecordedRequest
+    from trail_scheduler.training.evaluate import simulated_bursts
+
+    bins = LengthBins.uniform(8, 512)
+    flat = np.full(bins.count, 1 / bins.count)
+    lengths = [500, 20, 300, 7, 90, 260, 41, 120, 3, 410]
+    recorded = [
+        RecordedRequest(str(i), 0.0, n, 10, flat, np.tile(flat, (n - 1, 1)), prompt_estimate=float(n))
+        for i, n in enumerate(lengths)
+    ]
+    report = simulated_bursts(recorded, SchedulerSettings(), bins, bursts=2, size=6, slots=2)
+    assert report["size"] == 6 and len(report["trail"]["per_burst"]) == 2
+    assert report["fcfs"]["mean_latency_ratio"] == 1.0
+    assert report["trail+"]["mean_latency_ratio"] < 1.0
+    assert report["trail, c=0"]["per_burst"] == report["trail+"]["per_burst"]
+    assert report["trail, c=0"]["share_of_oracle_gain"] == 1.0
+    assert report["trail, c=0"]["preemptions_per_burst"] == 0

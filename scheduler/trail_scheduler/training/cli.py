@@ -135,6 +135,16 @@ def _evidence_weight(text: str) -> float:
         raise argparse.ArgumentTypeError(message) from None
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _recipe(args):
     from trail_scheduler.training.options import Recipe
 
@@ -176,6 +186,13 @@ def add_training_commands(probe_sub, sub) -> None:
         type=_evidence_weight,
         default=SchedulerSettings().evidence_weight,
         help="the exponent on each probe reading, as the engine's setting of that name (default: the engine's)",
+    )
+    evaluate.add_argument(
+        "--bursts", type=_count, default=5, help="simulated bursts of held-out answers (default %(default)s)"
+    )
+    evaluate.add_argument("--burst-size", type=_count, default=32, help="answers per burst (default %(default)s)")
+    evaluate.add_argument(
+        "--slots", type=_count, default=8, help="batch slots of the simulated engine (default %(default)s)"
     )
     evaluate.add_argument("--output", "-o", type=Path, help="report folder (default: COLLECTION/eval)")
     evaluate.set_defaults(handler=_eval)
@@ -228,6 +245,9 @@ def _eval(args) -> int:
             args.predict_every,
             RefinementPrior(args.refinement_prior),
             args.evidence_weight,
+            args.bursts,
+            args.burst_size,
+            args.slots,
         )
     )
 

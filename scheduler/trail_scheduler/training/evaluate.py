@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trail_scheduler.api import RefinementPrior
+from trail_scheduler.api import PolicyName, RefinementPrior, SchedulerSettings
 from trail_scheduler.core.refine import expected_remaining
+from trail_scheduler.core.simulation import RecordedRequest, simulate
 from trail_scheduler.core.tracker import PredictionTracker
 from trail_scheduler.probe import ProbeFileError, load_probe
 from trail_scheduler.probe.prompt import load_prompt_predictor
@@ -34,11 +35,15 @@ def evaluate(
     predict_every: int = 1,
     prior: RefinementPrior = RefinementPrior.PROBE,
     evidence_weight: float = 1.0,
+    bursts: int = 5,
+    burst_size: int = 32,
+    slots: int = 8,
 ) -> dict:
     """MAE (tokens) of the prompt predictor, of the first prediction, and of the refined
     prediction along each answer, with the belief starting as ``prior`` says and each reading
     weighted by ``evidence_weight`` (the engine's settings of those names); how well the
-    estimate after a few tokens ranks the answers; a true-vs-predicted-bin heatmap (PNG) and
+    estimate after a few tokens ranks the answers; what that order is worth in ``bursts``
+    simulated bursts (:func:`simulated_bursts`); a true-vs-predicted-bin heatmap (PNG) and
     a JSON report in ``output_dir``."""
     started = time.perf_counter()
     collection = Collection(directory)
@@ -69,6 +74,20 @@ def evaluate(
         evidence_weight,
     )
     mae = {stage: round(float(np.mean(v)), 2) for stage, v in errors.items()}
+    settings = SchedulerSettings(predict_every=predict_every, refinement_prior=prior, evidence_weight=evidence_weight)
+    recorded = [
+        RecordedRequest(
+            request_id=request_id,
+            arrival=0.0,
+            length=int(states.lengths[r]),
+            prompt_tokens=int(prompts[request_id]["prompt_tokens"]),
+            first_reading=first[r],
+            readings=readings[states.offsets[r] : states.offsets[r + 1]],
+            prompt_estimate=float(prompt_estimates[r]),
+            prompt_distribution=(predictor.bins, distributions[r]),
+        )
+        for r, request_id in enumerate(states.ids)
+    ]
     report = {
         "split": split,
         "requests": len(states.ids),
@@ -88,6 +107,7 @@ def evaluate(
         "refinement_prior": prior.value,
         "evidence_weight": evidence_weight,
         f"rank_correlation_after_{RANKED_AFTER}_tokens": round(rank_correlation(*ranked), 3),
+        "simulated_bursts": simulated_bursts(recorded, settings, bins, bursts, burst_size, slots),
         "definitions": {
             "prompt": "|prompt estimate - L| per request",
             "first": "|first estimate + 1 - L| per request (the belief as it starts under the prior)",
@@ -95,6 +115,10 @@ def evaluate(
             "predicted as the scheduler does (PredictionTracker); then the mean over requests",
             f"rank_correlation_after_{RANKED_AFTER}_tokens": "Spearman's correlation between the predicted and the "
             f"true length after {RANKED_AFTER} generated tokens, over the requests that reach them",
+            "simulated_bursts": "answers of this split drawn at random as bursts, served on an ideal engine "
+            "(one token per running request per step, free preemption) first come first served, by the oracle "
+            "(true lengths), and by TRAIL with these predictions and settings, with and without preemption "
+            "(c = 0); mean latency and TTFT as ratios to FCFS's, the share of the oracle's gain, per burst",
         },
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -157,6 +181,42 @@ def replay(
             (bins.index(length), bins.index(max(0.0, tracker.unknown_estimate if estimate is None else estimate)))
         )
     return errors, prompt_pairs, refined_pairs, (ranked_predicted, ranked_true)
+
+
+def simulated_bursts(
+    recorded: list[RecordedRequest], settings: SchedulerSettings, bins, bursts: int, size: int, slots: int
+) -> dict:
+    """What the predictions' order is worth, apart from the engine: each burst is ``size``
+    recorded answers (drawn with seed 0, 1, ...) served by :func:`simulate` under FCFS, the
+    oracle, and TRAIL with ``settings`` as given and with ``c = 0`` (the order alone)."""
+    policies = {
+        "fcfs": settings.model_copy(update={"policy": PolicyName.FCFS}),
+        "trail+": settings.model_copy(update={"policy": PolicyName.TRAIL_ORACLE}),
+        "trail": settings.model_copy(update={"policy": PolicyName.TRAIL}),
+        "trail, c=0": settings.model_copy(update={"policy": PolicyName.TRAIL, "c": 0.0}),
+    }
+    size = min(size, len(recorded))
+    runs = {name: [] for name in policies}
+    for seed in range(bursts):
+        chosen = np.random.default_rng(seed).choice(len(recorded), size=size, replace=False)
+        burst = [recorded[i] for i in sorted(chosen)]
+        for name, policy in policies.items():
+            runs[name].append(simulate(burst, policy, bins, slots))
+    fcfs = runs["fcfs"]
+    report: dict = {"bursts": bursts, "size": size, "slots": slots}
+    for name, outcomes in runs.items():
+        latency = [o.mean_latency / f.mean_latency for o, f in zip(outcomes, fcfs)]
+        report[name] = {
+            "mean_latency_ratio": round(float(np.mean(latency)), 3),
+            "per_burst": [round(x, 3) for x in latency],
+            "ttft_ratio": round(float(np.mean([o.mean_ttft / f.mean_ttft for o, f in zip(outcomes, fcfs)])), 3),
+            "preemptions_per_burst": round(float(np.mean([o.preemptions for o in outcomes])), 1),
+        }
+    oracle_gain = 1 - report["trail+"]["mean_latency_ratio"]
+    for name in ("trail", "trail, c=0"):
+        gain = 1 - report[name]["mean_latency_ratio"]
+        report[name]["share_of_oracle_gain"] = round(gain / oracle_gain, 3) if oracle_gain > 0 else None
+    return report
 
 
 def _ranks(values) -> np.ndarray:

@@ -1,0 +1,127 @@
+"""The policy on an ideal engine: by hand on small cases, and properties of any burst."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trail_scheduler.core.bins import LengthBins
+from trail_scheduler.core.policy import SchedulerSettings
+from trail_scheduler.core.simulation import RecordedRequest, simulate
+
+BINS = LengthBins.uniform(8, 64)
+FCFS = SchedulerSettings(policy="fcfs")
+ORACLE = SchedulerSettings(policy="trail-oracle")
+TRAIL = SchedulerSettings(policy="trail")
+
+
+def truthful(
+    request_id: str, length: int, arrival: float = 0.0, prompt_tokens: int = 1, estimate: float | None = None
+) -> RecordedRequest:
+    """An answer whose probe reads the true remaining length's bin on every state."""
+
+    def reading(remaining: int) -> np.ndarray:
+        row = np.full(BINS.count, 1e-6)
+        row[BINS.index(remaining)] = 1.0
+        return row / row.sum()
+
+    return RecordedRequest(
+        request_id=request_id,
+        arrival=arrival,
+        length=length,
+        prompt_tokens=prompt_tokens,
+        first_reading=reading(length - 1),
+        readings=np.stack([reading(length - 2 - j) for j in range(length - 1)]) if length > 1 else np.zeros((0, 8)),
+        prompt_estimate=estimate,
+    )
+
+
+def test_with_a_slot_each_every_answer_takes_its_length_in_steps():
+    requests = [truthful("a", 5), truthful("b", 1), truthful("c", 12)]
+    outcome = simulate(requests, FCFS, BINS, slots=3, step_seconds=0.5)
+    assert outcome.latency == (2.5, 0.5, 6.0)
+    assert outcome.ttft == (0.5, 0.5, 0.5)
+    assert outcome.preemptions == outcome.recomputed_tokens == 0
+
+
+def test_one_slot_burst_by_hand():
+    requests = [truthful("a", 3), truthful("b", 1), truthful("c", 2)]
+    fcfs = simulate(requests, FCFS, BINS, slots=1)
+    oracle = simulate(requests, ORACLE, BINS, slots=1)
+    assert fcfs.latency == (3, 4, 6)
+    assert oracle.latency == (6, 1, 3)
+    assert fcfs.ttft == (1, 4, 5)
+    assert oracle.ttft == (4, 1, 2)
+
+
+def test_a_prompt_takes_its_prefill_steps_before_the_first_token():
+    outcome = simulate([truthful("a", 2, prompt_tokens=10)], FCFS, BINS, slots=1, prefill_tokens_per_step=4)
+    assert outcome.ttft == (3,)  # 4 + 4 + the last 2 with the first token
+    assert outcome.latency == (4,)
+
+
+def test_trail_preempts_for_a_shorter_arrival_and_the_victim_recomputes():
+    long = truthful("long", 50, prompt_tokens=6, estimate=50)
+    short = truthful("short", 2, arrival=3, estimate=2)
+    free = simulate([long, short], TRAIL, BINS, slots=1)
+    assert free.preemptions == 1
+    assert free.recomputed_tokens == 6 + 3  # its prompt and the 3 tokens it had generated
+    assert free.latency == (52, 2)  # the short one runs at once; the long one waits 2 steps
+    costly = simulate([long, short], TRAIL, BINS, slots=1, prefill_tokens_per_step=4)
+    # Its first prefill (6 tokens) costs one step more, so it has 2 tokens when preempted;
+    # recomputing 8 costs one step more again.
+    assert costly.recomputed_tokens == 6 + 2
+    assert costly.latency[0] == 52 + 1 + 1
+    # Without preemption (c = 0) the short one waits for the long one instead.
+    patient = simulate([long, short], TRAIL.model_copy(update={"c": 0.0}), BINS, slots=1)
+    assert patient.preemptions == 0
+    assert patient.latency == (50, 49)
+
+
+def test_requests_arriving_later_wait_for_their_arrival():
+    outcome = simulate([truthful("a", 2, arrival=10.0)], FCFS, BINS, slots=1)
+    assert outcome.latency == (2,)
+
+
+@pytest.mark.parametrize(
+    "requests, kwargs",
+    [
+        ([], {}),
+        ([truthful("a", 2)], {"slots": 0}),
+        ([truthful("a", 2)], {"step_seconds": 0}),
+        ([truthful("a", 2)], {"prefill_tokens_per_step": 0}),
+    ],
+)
+def test_impossible_runs_are_refused(requests, kwargs):
+    with pytest.raises(ValueError):
+        simulate(requests, FCFS, BINS, **({"slots": 1} | kwargs))
+
+
+def test_an_answer_without_enough_readings_is_refused():
+    short_of_readings = truthful("a", 3)
+    broken = RecordedRequest(**{**short_of_readings.__dict__, "readings": short_of_readings.readings[:1]})
+    with pytest.raises(ValueError, match="reading"):
+        simulate([broken], FCFS, BINS, slots=1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 40), min_size=1, max_size=10),
+    slots=st.integers(1, 4),
+    prefill=st.sampled_from([math.inf, 3.0]),
+)
+def test_any_burst(lengths, slots, prefill):
+    requests = [truthful(str(i), n, prompt_tokens=2) for i, n in enumerate(lengths)]
+    fcfs = simulate(requests, FCFS, BINS, slots, prefill_tokens_per_step=prefill)
+    oracle = simulate(requests, ORACLE, BINS, slots, prefill_tokens_per_step=prefill)
+    trail = simulate(requests, TRAIL, BINS, slots, prefill_tokens_per_step=prefill)
+    # In a burst the oracle is shortest-processing-time first, the best order there is.
+    assert oracle.preemptions == 0
+    assert oracle.mean_latency <= fcfs.mean_latency + 1e-9
+    for outcome in (fcfs, oracle, trail):
+        assert all(t <= lat for t, lat in zip(outcome.ttft, outcome.latency))
+        assert all(lat >= n for lat, n in zip(outcome.latency, lengths))
