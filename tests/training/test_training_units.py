@@ -239,3 +239,20 @@ def test_simulated_bursts_credit_exact_prompt_estimates_with_the_oracles_gain():
     assert report["trail, c=0"]["per_burst"] == report["trail+"]["per_burst"]
     assert report["trail, c=0"]["share_of_oracle_gain"] == 1.0
     assert report["trail, c=0"]["preemptions_per_burst"] == 0
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--bursts", "0", "must be at least 1, got 0"),
+        ("--burst-size", "many", "not a whole number: 'many'"),
+        ("--slots", "-2", "must be at least 1, got -2"),
+        ("--evidence-weight", "0", "evidence_weight must be a number above 0"),
+    ],
+)
+def test_eval_refuses_bad_numbers_before_reading_anything(tmp_path, capsys, flag, value, message):
+    from trail_scheduler.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["probe", "eval", str(tmp_path), "--probe", "p", "--prompt-predictor", "q", flag, value])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -168,7 +168,9 @@ def add_training_commands(probe_sub, sub) -> None:
     sweep.set_defaults(handler=_sweep)
 
     evaluate = probe_sub.add_parser(
-        "eval", help="MAE of prompt predictor, first and refined predictions on held-out prompts"
+        "eval",
+        help="MAE of prompt predictor, first and refined predictions on held-out prompts, and what their order "
+        "is worth in simulated bursts",
     )
     evaluate.add_argument("collection", type=Path)
     evaluate.add_argument("--probe", required=True, type=Path)
