@@ -35,7 +35,9 @@ def truthful(
         length=length,
         prompt_tokens=prompt_tokens,
         first_reading=reading(length - 1),
-        readings=np.stack([reading(length - 2 - j) for j in range(length - 1)]) if length > 1 else np.zeros((0, 8)),
+        readings=np.stack([reading(length - 2 - j) for j in range(length - 1)])
+        if length > 1
+        else np.zeros((0, BINS.count)),
         prompt_estimate=estimate,
     )
 
@@ -94,6 +96,9 @@ def test_requests_arriving_later_wait_for_their_arrival():
         ([truthful("a", 2)], {"slots": 0}),
         ([truthful("a", 2)], {"step_seconds": 0}),
         ([truthful("a", 2)], {"prefill_tokens_per_step": 0}),
+        ([truthful("a", 2), truthful("a", 3)], {}),
+        ([truthful("a", 2, arrival=math.inf)], {}),
+        ([truthful("a", 2, arrival=-1.0)], {}),
     ],
 )
 def test_impossible_runs_are_refused(requests, kwargs):

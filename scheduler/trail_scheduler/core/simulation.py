@@ -64,7 +64,7 @@ class _Served:
     request: RecordedRequest
     generated: int = 0
     preemptions: int = 0
-    to_prefill: int = 0  # tokens left to prefill before the next token
+    to_prefill: float = 0  # tokens left to prefill before the next token
     first_token_at: float | None = None
 
 
@@ -81,6 +81,10 @@ def simulate(
         raise ValueError("need at least one request and one slot, and positive step and prefill rates")
     if any(r.length < 1 or len(r.readings) < r.length - 1 for r in requests):
         raise ValueError("every request needs a length of at least 1 and a reading for each fed-back token")
+    if len({r.request_id for r in requests}) < len(requests):
+        raise ValueError("request ids must be unique")
+    if not all(math.isfinite(r.arrival) and r.arrival >= 0 for r in requests):
+        raise ValueError("arrival times must be finite and not negative")
     policy = Policy(settings)
     tracker = PredictionTracker(bins, settings.refinement_prior, settings.evidence_weight)
     pending = sorted(range(len(requests)), key=lambda i: (requests[i].arrival, i))
