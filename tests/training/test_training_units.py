@@ -171,6 +171,49 @@ def test_fit_folds_the_standardisation_into_the_saved_weights():
     assert mae(probe, x, remaining, bins) < 2.5  # an uninformed guess (the middle, ~4) is off by 3.5
 
 
+def test_epochs_repeat_the_prompt_rows_to_their_share():
+    from trail_scheduler.training.train import epoch_rows
+
+    assert torch.equal(epoch_rows(1016, 16, None), torch.arange(1016))
+    visits = epoch_rows(1016, 16, 0.5)
+    counts = torch.bincount(visits, minlength=1016)
+    assert (counts[16:] == 1).all() and (counts[:16] == counts[0]).all()  # tokens once, prompts alike
+    assert counts[:16].sum() / len(visits) == pytest.approx(0.5, abs=0.01)
+    assert (torch.bincount(epoch_rows(1016, 16, 0.001), minlength=1016) == 1).all()  # at least once each
+
+
+def _prompt_and_token_rows(prompts: int, tokens: int, bins: LengthBins):
+    """Prompt rows (first) read their length from dimension 1, token rows from dimension 0;
+    dimension 2 tells the two kinds apart."""
+    torch.manual_seed(0)
+    x = torch.randn(prompts + tokens, 3)
+    x[:prompts, 2], x[prompts:, 2] = 5.0, -5.0
+    remaining = torch.cat([(x[:prompts, 1] > 0), (x[prompts:, 0] > 0)]).double() * 7
+    y = torch.tensor([bins.index(v) for v in remaining.tolist()])
+    return x, y, remaining
+
+
+def test_prompt_share_teaches_the_first_prediction_its_own_input():
+    """One prompt row per 100 token rows, as in a collection: trained row for row the probe
+    barely learns the prompt rows; given half the loss it does, and the validation MAE that
+    early stopping watches weighs them the same way."""
+    from trail_scheduler.training.train import Recipe, fit, mae
+
+    bins = LengthBins.uniform(4, 8)
+    x, y, remaining = _prompt_and_token_rows(20, 2000, bins)
+    errors = {}
+    for share in (None, 0.5):
+        recipe = Recipe(epochs=2, batch_size=32, hidden_units=16, prompt_share=share)
+        probe, history, best = fit(x, y, x, remaining, bins, recipe, prompt_rows=20, val_prompt_rows=20)
+        assert history[best - 1]["val_mae"] == pytest.approx(mae(probe, x, remaining, bins, 20, share), abs=0.01)
+        errors[share] = mae(probe, x[:20], remaining[:20], bins)
+    assert errors[0.5] < 2 and errors[None] > 3  # knowing nothing (the middle) is off by about 3.5
+    # The weighted MAE: half each kind's own mean.
+    probe, _, _ = fit(x, y, x, remaining, bins, Recipe(epochs=1, hidden_units=16))
+    prompts, tokens = mae(probe, x[:20], remaining[:20], bins), mae(probe, x[20:], remaining[20:], bins)
+    assert mae(probe, x, remaining, bins, 20, 0.5) == pytest.approx((prompts + tokens) / 2)
+
+
 def test_rank_correlation_is_spearmans_with_tied_lengths_sharing_a_rank():
     from trail_scheduler.training.evaluate import rank_correlation
 
@@ -255,4 +298,16 @@ def test_eval_refuses_bad_numbers_before_reading_anything(tmp_path, capsys, flag
 
     with pytest.raises(SystemExit) as exit_:
         main(["probe", "eval", str(tmp_path), "--probe", "p", "--prompt-predictor", "q", flag, value])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [("1", "must be between 0 and 1 (exclusive), got 1"), ("0", "got 0"), ("half", "not a number: 'half'")],
+)
+def test_train_refuses_a_prompt_share_outside_0_to_1(tmp_path, capsys, value, message):
+    from trail_scheduler.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["probe", "train", str(tmp_path), "--output", str(tmp_path / "p.safetensors"), "--prompt-share", value])
     assert exit_.value.code == 2 and message in capsys.readouterr().err

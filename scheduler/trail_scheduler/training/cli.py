@@ -122,6 +122,12 @@ def _probe_arguments(parser) -> None:
         help="the prompt state the first prediction is trained on and read from in serving: the prompt's states "
         "averaged (mean, the paper's) or the state at its last position (last)",
     )
+    parser.add_argument(
+        "--prompt-share",
+        type=_share,
+        help="share of the loss (and of the validation MAE early stopping watches) carried by the prompt states "
+        "the first prediction reads, between 0 and 1 (default: one row per prompt, as the paper trains)",
+    )
 
 
 def _evidence_weight(text: str) -> float:
@@ -133,6 +139,16 @@ def _evidence_weight(text: str) -> float:
     except (ValueError, ValidationError) as error:
         message = explain(error) if isinstance(error, ValidationError) else f"not a number: {text!r}"
         raise argparse.ArgumentTypeError(message) from None
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
 
 
 def _count(text: str) -> int:

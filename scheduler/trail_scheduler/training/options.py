@@ -43,3 +43,7 @@ class Recipe:
     token_stride: int = 1  # keep every n-th output token (sweeps use more)
     max_train_examples: int | None = None  # random subset of the training examples
     prompt_reading: str = PROMPT_READINGS[0]  # the prompt state p⁰ is trained on and read from in serving
+    # Share of the loss, and of the validation MAE early stopping watches, carried by the prompt
+    # rows p⁰ is read from (repeated to make it up). None: one row each, as the paper trains, so
+    # p⁰ is about 1 row in 350 and learns little of its own input.
+    prompt_share: float | None = None

@@ -33,15 +33,36 @@ def default_bins(collection: Collection) -> LengthBins:
     return LengthBins.uniform(10, float(collection.info["sampling"]["max_tokens"]))
 
 
-def mae(module: torch.nn.Module, x: torch.Tensor, remaining: torch.Tensor, bins: LengthBins) -> float:
-    """Mean absolute error (tokens) of the expected remaining length."""
+def mae(
+    module: torch.nn.Module,
+    x: torch.Tensor,
+    remaining: torch.Tensor,
+    bins: LengthBins,
+    prompt_rows: int = 0,
+    prompt_share: float | None = None,
+) -> float:
+    """Mean absolute error (tokens) of the expected remaining length; with ``prompt_share``,
+    the first ``prompt_rows`` rows (the prompts') weigh that share of it."""
     module.eval()
     errors = []
     with torch.inference_mode():
         for start in range(0, len(x), 8192):
             p = torch.softmax(module(x[start : start + 8192]), dim=-1).double().numpy()
             errors.append(np.abs(expected_remaining(p, bins) - remaining[start : start + 8192].numpy()))
-    return float(np.concatenate(errors).mean())
+    errors = np.concatenate(errors)
+    if prompt_share is None or not 0 < prompt_rows < len(errors):
+        return float(errors.mean())
+    return float(prompt_share * errors[:prompt_rows].mean() + (1 - prompt_share) * errors[prompt_rows:].mean())
+
+
+def epoch_rows(rows: int, prompt_rows: int, prompt_share: float | None) -> torch.Tensor:
+    """The row indices one epoch visits: each once, and the first ``prompt_rows`` (the prompts')
+    repeated so they make up about ``prompt_share`` of the epoch (at least once each)."""
+    index = torch.arange(rows)
+    if prompt_share is None or not 0 < prompt_rows < rows:
+        return index
+    repeats = max(1, round(prompt_share * (rows - prompt_rows) / ((1 - prompt_share) * prompt_rows)))
+    return torch.cat([index, torch.arange(prompt_rows).repeat(repeats - 1)])
 
 
 def fit(
@@ -52,9 +73,12 @@ def fit(
     bins: LengthBins,
     recipe: Recipe,
     desc: str = "train",
+    prompt_rows: int = 0,
+    val_prompt_rows: int = 0,
 ) -> tuple[LengthProbe, list[dict], int]:
     """Train a :class:`LengthProbe` on (x, y); returns the best-on-validation module
-    (raw-input weights), the per-epoch history and the best epoch."""
+    (raw-input weights), the per-epoch history and the best epoch. The first ``prompt_rows``
+    of x (``val_prompt_rows`` of val_x) are the prompts' rows that ``recipe.prompt_share`` weighs."""
     from tqdm import tqdm
 
     # Batch-32 steps are too small to gain from threads, and spinning OpenMP threads
@@ -65,15 +89,16 @@ def fit(
     xs, val_xs = (x - mean) / std, (val_x - mean) / std
     probe = LengthProbe(x.shape[1], bins.count, recipe.hidden_units)
     optimiser = torch.optim.AdamW(probe.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    steps = recipe.epochs * math.ceil(len(xs) / recipe.batch_size)
+    visits = epoch_rows(len(xs), prompt_rows, recipe.prompt_share)
+    steps = recipe.epochs * math.ceil(len(visits) / recipe.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps, eta_min=0.0)
     best, best_mae, best_epoch, history = None, math.inf, 0, []
     bar = tqdm(range(1, recipe.epochs + 1), desc=desc, unit="epoch")
     for epoch in bar:
         probe.train()
-        order = torch.randperm(len(xs))
+        order = visits[torch.randperm(len(visits))]
         total = 0.0
-        for start in range(0, len(xs), recipe.batch_size):
+        for start in range(0, len(order), recipe.batch_size):
             batch = order[start : start + recipe.batch_size]
             loss = torch.nn.functional.cross_entropy(probe(xs[batch]), y[batch])
             optimiser.zero_grad()
@@ -81,9 +106,9 @@ def fit(
             optimiser.step()
             schedule.step()
             total += loss.item() * len(batch)
-        val_mae = mae(probe, val_xs, val_remaining, bins)
-        history.append({"epoch": epoch, "train_loss": round(total / len(xs), 4), "val_mae": round(val_mae, 2)})
-        bar.set_postfix(loss=f"{total / len(xs):.3f}", val_mae=f"{val_mae:.1f}")
+        val_mae = mae(probe, val_xs, val_remaining, bins, val_prompt_rows, recipe.prompt_share)
+        history.append({"epoch": epoch, "train_loss": round(total / len(order), 4), "val_mae": round(val_mae, 2)})
+        bar.set_postfix(loss=f"{total / len(order):.3f}", val_mae=f"{val_mae:.1f}")
         if val_mae < best_mae:
             best, best_mae, best_epoch = copy.deepcopy(probe.state_dict()), val_mae, epoch
         elif epoch - best_epoch >= recipe.patience:
@@ -97,11 +122,13 @@ def fit(
     return probe.eval(), history, best_epoch
 
 
-def _subsample(x, y, r, limit: int | None, seed: int):
+def _subsample(x, y, r, prompt_rows: int, limit: int | None, seed: int):
+    """A random ``limit`` rows, in their order (the prompts' rows stay first); and how many
+    of the prompts' rows are kept."""
     if limit is None or len(x) <= limit:
-        return x, y, r
-    keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:limit]
-    return x[keep], y[keep], r[keep]
+        return x, y, r, prompt_rows
+    keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    return x[keep], y[keep], r[keep], int((keep < prompt_rows).sum())
 
 
 def train_layer(collection: Collection, layer: int, bins: LengthBins, recipe: Recipe, desc: str | None = None):
@@ -109,11 +136,14 @@ def train_layer(collection: Collection, layer: int, bins: LengthBins, recipe: Re
     started = time.perf_counter()
     train = collection.load(layer, "train", recipe.prompt_reading)
     validation = collection.load(layer, "validation", recipe.prompt_reading)
-    x, y, r = train.examples(bins, recipe.token_stride)
-    x, y, r = _subsample(x, y, r, recipe.max_train_examples, recipe.seed)
+    x, y, r = train.examples(bins, recipe.token_stride)  # the prompts' rows first
+    x, y, r, prompt_rows = _subsample(x, y, r, len(train.ids), recipe.max_train_examples, recipe.seed)
     val_x, _, val_r = validation.examples(bins, recipe.token_stride)
-    probe, history, best_epoch = fit(x, y, val_x, val_r, bins, recipe, desc or f"layer {layer}")
-    val_mae = mae(probe, val_x, val_r, bins)
+    val_prompt_rows = len(validation.ids)
+    probe, history, best_epoch = fit(
+        x, y, val_x, val_r, bins, recipe, desc or f"layer {layer}", prompt_rows, val_prompt_rows
+    )
+    val_mae = mae(probe, val_x, val_r, bins, val_prompt_rows, recipe.prompt_share)
     meta = {
         "recipe": {
             "optimizer": "AdamW",
