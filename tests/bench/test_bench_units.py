@@ -394,6 +394,11 @@ def test_cli_relative_loads_need_fcfs_or_a_capacity():
     assert [(load.label, seed) for load, seed in config.runs_for(P.BASE_ENTRIES["fcfs"])] == [
         ("burst", s) for s in (0, 1, 2)
     ]
+    # A switch named in --policies is compared on the same work as the rest: every seed. Only the
+    # c sweep's extras stay at the heaviest load and first seed.
+    switch = P.with_overrides("trail/preemptionMargin=128")
+    assert [seed for _, seed in config.runs_for(switch)] == [0, 1, 2]
+    assert [seed for _, seed in config.runs_for(P.sweep_entry(0.0, refined=True))] == [0]
     assert "positive" in bench_error("--quick", "--loads", "0.7,-1")
     assert "whole numbers" in bench_error("--quick", "--seeds", "a")
     with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()):  # argparse's own refusal

@@ -32,6 +32,7 @@ class PolicyEntry:
     probe: bool = False  # True: needs the probe; False: runs with none loaded
     oracle: bool = False  # send trail_oracle_length
     overrides: tuple[tuple[str, Any], ...] = ()  # settings named in the entry (wire names)
+    sweep: bool = False  # an extra of --c-sweep: heaviest load and first seed only
 
     def settings(self, max_wait_seconds: float | None) -> dict:
         """The admin-API body that puts a ``trail serve`` engine into this entry's policy: every
@@ -68,7 +69,7 @@ class PolicyError(TrailError):
 def sweep_entry(c: float, refined: bool) -> PolicyEntry:
     base = "trail" if refined else "trail-prompt"
     how = "with embedding refinement" if refined else "on the prompt predictor alone"
-    return PolicyEntry(f"{base}@c={c:g}", f"TRAIL (c={c:g}) {how}", TRAIL, "trail", c, probe=refined)
+    return PolicyEntry(f"{base}@c={c:g}", f"TRAIL (c={c:g}) {how}", TRAIL, "trail", c, probe=refined, sweep=True)
 
 
 # What an entry may set: the bench sets the policy (the entry's) and the starvation bound (its flag).

@@ -245,15 +245,16 @@ class BenchConfig:
         return any(load.share is not None for load in self.loads)
 
     def runs_for(self, entry: P.PolicyEntry) -> list[tuple[Load, int]]:
-        """(load, seed) pairs this entry runs, in order; the c sweep runs at the heaviest load and
-        first seed only (or at every load with ``sweep_rates='all'``). Stock vLLM starts with the
-        burst that measures the capacity when the loads need it."""
-        base = entry.name in P.BASE_ENTRIES
-        loads = self.loads if base or self.sweep_rates == "all" else self.loads[-1:]
+        """(load, seed) pairs this entry runs, in order. The entries named in ``--policies``, switches
+        included, run every load and seed, so each is compared with the others on the same work;
+        the c sweep runs at the heaviest load and first seed only (or at every load with
+        ``sweep_rates='all'``). Stock vLLM starts with the burst that measures the capacity when
+        the loads need it."""
+        loads = self.loads if not entry.sweep or self.sweep_rates == "all" else self.loads[-1:]
         runs = [
             (load, seed)
             for load in loads
-            for seed in (self.seeds if base and load.label in self.seeded_loads else self.seeds[:1])
+            for seed in (self.seeds if not entry.sweep and load.label in self.seeded_loads else self.seeds[:1])
         ]
         if entry.name == "fcfs" and self.relative and self.capacity is None:
             runs.sort(key=lambda run: run != (BURST, self.seeds[0]))
