@@ -57,6 +57,9 @@ def test_quick_preset_runs_every_policy_and_writes_a_well_formed_report(tmp_path
     expected |= {(f"trail@c={c:g}", highest) for c in preset.c_sweep}
     assert set(rows) == expected
     assert report["config"]["policies"]["fcfs"] == BASE_ENTRIES["fcfs"].description
+    # Both engines served a full batch before their first measured run, so neither starts cold.
+    assert report["warm_up"].keys() == {"stock", "trail"}
+    assert all(w["requests"] == preset.max_num_seqs and w["seconds"] > 0 for w in report["warm_up"].values())
     for row in rows.values():
         assert row["completed"] == row["requests"] == preset.requests, row
         for field in ("mean_latency_s", "p99_latency_s", "mean_ttft_s", "output_throughput_tok_s"):

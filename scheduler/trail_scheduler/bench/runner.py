@@ -50,6 +50,7 @@ from trail_scheduler.bench.workload import (
     BURST,
     DEFAULT_OUTPUT_CAP,
     MAX_PROMPT_TOKENS,
+    BenchRequest,
     Load,
     WorkloadError,
     arrival_times,
@@ -422,6 +423,22 @@ def estimate_recomputed(records: list[RequestRecord], preemptions: float) -> flo
 # -- running ------------------------------------------------------------------------------
 
 
+WARM_UP_TOKENS = 16
+
+
+def _warm_up(server: Server, model: str, sample, max_num_seqs: int) -> dict:
+    """One short burst, a full batch, before an engine's first measured run. Without it the two
+    engines start unequal: stock vLLM's first run at a relative load follows the burst that
+    measured the capacity, while ``trail serve``'s is its very first requests."""
+    first = sample[:max_num_seqs]
+    requests = [BenchRequest(f"warm-up-{i}", p.prompt, WARM_UP_TOKENS, 0.0) for i, p in enumerate(first)]
+    records, seconds = asyncio.run(run_load(server.base, model, requests, time_limit=300))
+    failed = [record.error for record in records if not record.ok]
+    if failed:
+        raise BenchError(f"the warm-up requests to {server.base} failed: {failed[0]}")
+    return {"requests": len(requests), "seconds": round(seconds, 2)}
+
+
 def _run_one(
     server: Server,
     model: str,
@@ -555,6 +572,7 @@ def run_bench(config: BenchConfig) -> dict:
             "policies": {e.name: e.description for e in config.entries},
         },
         "notes": list(config.notes),
+        "warm_up": {},  # per engine: the short burst sent before its first measured run
         "summary": [],
         "requests": [],
     }
@@ -605,6 +623,7 @@ def run_bench(config: BenchConfig) -> dict:
                         "the trail endpoint already has a probe loaded; prompt-only policies "
                         "need an engine without one (start trail serve without --probe)"
                     )
+            report["warm_up"][engine] = _warm_up(server, model, samples[config.seeds[0]], config.max_num_seqs)
             probe_loaded = False
             for entry in engine_entries:
                 if entry.probe and not probe_loaded:
