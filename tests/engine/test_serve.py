@@ -9,6 +9,7 @@ import json
 import httpx
 import pytest
 
+from tests.streaming import Streamed, stream_completion
 from trail_scheduler.admin_client import AdminError
 from trail_scheduler.core.bins import LengthBins
 from trail_scheduler.probe import LengthProbe, save_probe
@@ -119,22 +120,15 @@ def test_probe_for_another_hidden_size_is_rejected(trail_server, tmp_path):
 def test_changing_settings_while_requests_stream_loses_none(trail_server):
     trail_server.configure(policy="trail", c=0.8, predictEvery=1)
 
-    def stream(i: int) -> int:
+    def stream(i: int) -> Streamed:
         body = {
             "model": MODEL,
             "prompt": f"Count to twenty: {i},",
             "max_tokens": 40,
-            "stream": True,
             "temperature": 0,
             "ignore_eos": True,
         }
-        tokens = 0
-        with httpx.stream("POST", f"{trail_server.base}/v1/completions", json=body, timeout=300) as reply:
-            assert reply.status_code == 200
-            for line in reply.iter_lines():
-                if line.startswith("data: ") and line != "data: [DONE]":
-                    tokens += 1
-        return tokens
+        return stream_completion(f"{trail_server.base}/v1/completions", body)
 
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(stream, i) for i in range(6)]
@@ -147,7 +141,7 @@ def test_changing_settings_while_requests_stream_loses_none(trail_server):
         ):
             trail_server.configure(**change)
         counts = [f.result() for f in futures]
-    assert all(count >= 40 for count in counts), counts
+    assert all(done.tokens == 40 and done.finish == "length" for done in counts), counts
 
 
 # -- limited preemption, counted by vLLM's own metric ---------------------------------
@@ -368,11 +362,9 @@ def test_hostile_admin_and_api_input_gets_4xx_and_loses_no_request(trail_server)
     url = f"{trail_server.admin}/trail/v1/config"
     auth = {"Authorization": f"Bearer {trail_server.token}"}
 
-    def stream(i: int) -> int:
-        body = {"model": MODEL, "prompt": f"Count: {i},", "max_tokens": 30, "stream": True, "ignore_eos": True}
-        with httpx.stream("POST", f"{trail_server.base}/v1/completions", json=body, timeout=300) as reply:
-            assert reply.status_code == 200
-            return sum(1 for line in reply.iter_lines() if line.startswith("data: ") and line != "data: [DONE]")
+    def stream(i: int) -> Streamed:
+        body = {"model": MODEL, "prompt": f"Count: {i},", "max_tokens": 30, "ignore_eos": True}
+        return stream_completion(f"{trail_server.base}/v1/completions", body)
 
     statuses: dict[str, int] = {}
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
@@ -400,7 +392,7 @@ def test_hostile_admin_and_api_input_gets_4xx_and_loses_no_request(trail_server)
     assert not not_4xx, not_4xx
     assert statuses["malformed JSON, no token"] == 401 and statuses["10 MB body, no token"] == 401
     assert statuses["a body over the 8 MiB cap"] == 413 and statuses["an older generation"] == 409
-    assert counts == [30] * 4  # no request lost or cut short
+    assert [(done.tokens, done.finish) for done in counts] == [(30, "length")] * 4  # none lost or cut short
     assert trail_server.config() == before
     assert chat(trail_server, "Say hi.", max_tokens=4).status_code == 200
 

@@ -27,6 +27,7 @@ import pytest
 from cluster import BIN, Cluster, eventually
 from node import GATEWAY
 
+from tests.streaming import Streamed, stream_completion
 from trail_scheduler.api import ConfigView
 from trail_scheduler.bench.servers import Server
 
@@ -78,26 +79,15 @@ def chat(pod: dict, content: str, max_tokens: int = 24) -> str:
     return reply.json()["choices"][0]["message"]["content"]
 
 
-def stream(pod: dict, content: str, max_tokens: int) -> tuple[int, str | None]:
-    """A streamed chat completion: (chunks received, finish reason)."""
-    chunks, finish = 0, None
+def stream(pod: dict, content: str, max_tokens: int) -> Streamed:
+    """A streamed chat completion through the pod."""
     body = {
         "model": NAME,
         "max_tokens": max_tokens,
-        "stream": True,
         "ignore_eos": True,
         "messages": [{"role": "user", "content": content}],
     }
-    with httpx.stream(
-        "POST", f"http://{pod['status']['podIP']}:8000/v1/chat/completions", json=body, timeout=300
-    ) as reply:
-        reply.raise_for_status()
-        for line in reply.iter_lines():
-            if line.startswith("data: {"):
-                choice = json.loads(line[6:])["choices"][0]
-                chunks += 1
-                finish = choice.get("finish_reason") or finish
-    return chunks, finish
+    return stream_completion(f"http://{pod['status']['podIP']}:8000/v1/chat/completions", body)
 
 
 def ready_pods(cluster: Cluster, count: int, name: str = NAME) -> list[dict]:
@@ -173,7 +163,7 @@ def test_quickstart(cluster: Cluster, tmp_path: Path) -> None:
         pods_report(cluster, 0.5, 1)
         TIMINGS["edit_to_status_s"] = time.monotonic() - started
         results = [future.result() for future in streams]
-    assert all(chunks >= 96 and finish == "length" for chunks, finish in results), results
+    assert all(done.tokens == 96 and done.finish == "length" for done in results), results
     assert runtime.container("server").process.pid == pid and runtime.container("server").restarts == 0
     # Applied live, not by a restart. (On 2 cores with three streams, the operator's API
     # round-trips to the in-process emulator dominate: 6.3 s measured; see docs/kubernetes.md.)
