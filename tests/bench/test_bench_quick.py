@@ -60,6 +60,9 @@ def test_quick_preset_runs_every_policy_and_writes_a_well_formed_report(tmp_path
     # Both engines served a full batch before their first measured run, so neither starts cold.
     assert report["warm_up"].keys() == {"stock", "trail"}
     assert all(w["requests"] == preset.max_num_seqs and w["seconds"] > 0 for w in report["warm_up"].values())
+    # Every run, on both engines, started with an empty prefix cache.
+    assert all(row["prefix_cache_reset"] is True and row["prefix_cache_hit_tokens"] >= 0 for row in rows.values())
+    assert not [note for note in report["notes"] if "prefix cache" in note]
     for row in rows.values():
         assert row["completed"] == row["requests"] == preset.requests, row
         for field in ("mean_latency_s", "p99_latency_s", "mean_ttft_s", "output_throughput_tok_s"):

@@ -305,6 +305,37 @@ def test_cli_admin_endpoint_needs_a_token(monkeypatch):
     assert "needs a token" in message
 
 
+@pytest.mark.parametrize(
+    ("status", "body", "expected", "why"),
+    [(404, b"", None, "VLLM_SERVER_DEV_MODE=1"), (200, b'{"success": false}', False, "blocks still held")],
+)
+def test_an_endpoint_that_cannot_empty_its_prefix_cache_is_noted_once(status, body, expected, why):
+    """A user's own endpoint outside vLLM's dev mode (404), or one whose blocks stay held."""
+    import http.server
+    import threading
+
+    from trail_scheduler.bench.runner import _empty_prefix_cache
+    from trail_scheduler.bench.servers import Server
+
+    class Reply(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Reply) as httpd:
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        server, notes = Server(f"http://127.0.0.1:{httpd.server_address[1]}"), []
+        assert server.reset_prefix_cache(attempts=2) is expected
+        assert _empty_prefix_cache(server, notes) is expected and _empty_prefix_cache(server, notes) is expected
+        httpd.shutdown()
+    assert len(notes) == 1 and why in notes[0] and notes[0].startswith(server.base), notes
+
+
 def test_cli_remote_endpoint_refused():
     assert "loopback" in bench_error("--quick", "--stock-endpoint", "http://example.com:8000")
 

@@ -68,6 +68,7 @@ from trail_scheduler.errors import TrailError
 from trail_scheduler.predictors import SHIPPED_PROBE
 
 PREEMPTIONS_METRIC = "vllm:num_preemptions_total"
+PREFIX_HITS_METRIC = "vllm:prefix_cache_hits_total"  # prompt tokens found cached, recomputation's included
 
 
 class BenchError(TrailError):
@@ -439,6 +440,16 @@ def _warm_up(server: Server, model: str, sample, max_num_seqs: int) -> dict:
     return {"requests": len(requests), "seconds": round(seconds, 2)}
 
 
+def _empty_prefix_cache(server: Server, notes: list[str]) -> bool | None:
+    """Before each measured run: otherwise a policy that runs a seed after another on the same
+    engine finds its prompts already prefilled, and stock vLLM (one policy) never does."""
+    cold = server.reset_prefix_cache()
+    if cold is not True and not any(note.startswith(server.base) for note in notes):
+        why = "no /reset_prefix_cache: start vLLM with VLLM_SERVER_DEV_MODE=1" if cold is None else "blocks still held"
+        notes.append(f"{server.base}: runs may reuse prompts earlier runs prefilled (prefix cache not emptied: {why})")
+    return cold
+
+
 def _run_one(
     server: Server,
     model: str,
@@ -448,8 +459,9 @@ def _run_one(
     run_index: int,
     time_limit: float,
     on_done,
-) -> tuple[list[RequestRecord], float, float, float, int]:
-    """One policy at one rate: records, duration, preemptions, recomputed tokens, preemptions observed."""
+) -> tuple[list[RequestRecord], float, float, float, dict]:
+    """One policy at one rate: records, duration, preemptions, recomputed tokens, and the
+    engine's other counts for the run's row."""
     # Unique request ids let the watcher map the engine's requests back to ours.
     ids = {r.id: f"bench{run_index}x{i}" for i, r in enumerate(requests)}
 
@@ -459,7 +471,7 @@ def _run_one(
             body["vllm_xargs"] = {"trail_oracle_length": request.output_tokens}
         return body
 
-    before = metric_sum(server.metrics(), PREEMPTIONS_METRIC)
+    before = server.metrics()
 
     async def go():
         watcher = PreemptionWatcher(server) if server.admin else None
@@ -474,9 +486,14 @@ def _run_one(
 
     records, duration, watcher = asyncio.run(go())
     time.sleep(1.5)  # vLLM's stat logger publishes a moment after the last step
-    preemptions = metric_sum(server.metrics(), PREEMPTIONS_METRIC) - before
+    after = server.metrics()
+    preemptions = metric_sum(after, PREEMPTIONS_METRIC) - metric_sum(before, PREEMPTIONS_METRIC)
     recomputed = watcher.recomputed(records, preemptions) if watcher else estimate_recomputed(records, preemptions)
-    return records, duration, preemptions, recomputed, (watcher.observed if watcher else 0)
+    counts = {
+        "preemptions_observed_by_poll": watcher.observed if watcher else 0,
+        "prefix_cache_hit_tokens": metric_sum(after, PREFIX_HITS_METRIC) - metric_sum(before, PREFIX_HITS_METRIC),
+    }
+    return records, duration, preemptions, recomputed, counts
 
 
 def _natural_lengths(config: BenchConfig, prompts, logs: Path, engine_args, progress) -> dict[str, int]:
@@ -637,7 +654,8 @@ def run_bench(config: BenchConfig) -> dict:
                     requests = build_requests(sample, lengths, rate, seed)
                     where = load.label if len(config.seeds) == 1 else f"{load.label}, seed {seed}"
                     task = progress.add_task(f"{entry.name} @ {where}", total=len(requests))
-                    records, duration, preemptions, recomputed, observed = _run_one(
+                    cold = _empty_prefix_cache(server, report["notes"])
+                    records, duration, preemptions, recomputed, counts = _run_one(
                         server,
                         model,
                         entry,
@@ -653,7 +671,7 @@ def run_bench(config: BenchConfig) -> dict:
                     row = summarise(entry.name, rate, records, duration, preemptions, recomputed, load.label, seed)
                     # Other work on the machine skews timings: keep the evidence with the numbers.
                     row["load_avg_1m"] = os.getloadavg()[0]
-                    row["preemptions_observed_by_poll"] = observed
+                    row.update(counts, prefix_cache_reset=cold)
                     progress.console.print(
                         f"{entry.name} @ {where}: mean latency "
                         f"{row['mean_latency_s']:.2f} s, TTFT {row['mean_ttft_s']:.2f} s, "

@@ -28,6 +28,9 @@ from trail_scheduler.api import ConfigView, StatsView
 from trail_scheduler.errors import TrailError
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+# vLLM's dev mode adds /reset_prefix_cache (and other admin routes) to the API port: the
+# engines started here listen on loopback only, and each measured run starts cold with it.
+DEV_MODE = {"VLLM_SERVER_DEV_MODE": "1"}
 START_TIMEOUT_S = 300.0
 T = TypeVar("T")
 
@@ -110,6 +113,19 @@ class Server:
         """Sum of a Prometheus sample from /metrics (0 if absent)."""
         return metric_sum(self.metrics(), name, **labels)
 
+    def reset_prefix_cache(self, attempts: int = 10) -> bool | None:
+        """Empty vLLM's prefix cache, so a run does not reuse the prompts an earlier run
+        prefilled. None: the endpoint does not offer it (vLLM outside its dev mode)."""
+        for _ in range(attempts):
+            reply = httpx.post(f"{self.base}/reset_prefix_cache", timeout=30)
+            if reply.status_code in (404, 405):
+                return None
+            reply.raise_for_status()
+            if reply.json().get("success"):
+                return True
+            time.sleep(0.2)  # blocks of requests that just finished are still held
+        return False
+
     def served_model(self) -> str:
         """The first served model name; a clear error if the endpoint does not answer."""
         try:
@@ -153,10 +169,11 @@ def start_trail_serve(log_dir: Path, *extra: str, token: str = "bench-token") ->
     """
     port, admin_port = free_port(), free_port()
     log = Path(log_dir) / f"trail-serve-{port}.log"
-    env = {**os.environ, "TRAIL_ADMIN_TOKEN": token}
+    env = {**os.environ, **DEV_MODE, "TRAIL_ADMIN_TOKEN": token}
     trail = Path(sys.executable).with_name("trail")
     process = subprocess.Popen(
-        [str(trail), "serve", "--port", str(port), "--admin-port", str(admin_port), "--accept-client-hints", *extra],
+        [str(trail), "serve", "--host", "127.0.0.1", "--port", str(port), "--admin-port", str(admin_port)]
+        + ["--accept-client-hints", *extra],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         env=env,
@@ -181,7 +198,7 @@ def start_stock_vllm(log_dir: Path, *extra: str) -> Server:
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1", *argv],
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        env={**os.environ, **DEV_MODE, "HF_HUB_OFFLINE": "1"},
     )
     server = Server(f"http://127.0.0.1:{port}", log=log, process=process)
     return _wait_healthy(process, server, "stock vLLM")
