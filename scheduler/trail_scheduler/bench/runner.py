@@ -68,7 +68,7 @@ from trail_scheduler.errors import TrailError
 from trail_scheduler.predictors import SHIPPED_PROBE
 
 PREEMPTIONS_METRIC = "vllm:num_preemptions_total"
-PREFIX_HITS_METRIC = "vllm:prefix_cache_hits_total"  # prompt tokens found cached, recomputation's included
+PREFIX_HITS_METRIC = "vllm:prefix_cache_hits_total"  # new requests' prompt tokens found cached (resumed ones skipped)
 
 
 class BenchError(TrailError):
@@ -442,7 +442,7 @@ def _warm_up(server: Server, model: str, sample, max_num_seqs: int) -> dict:
 
 def _empty_prefix_cache(server: Server, notes: list[str]) -> bool | None:
     """Before each measured run: otherwise a policy that runs a seed after another on the same
-    engine finds its prompts already prefilled, and stock vLLM (one policy) never does."""
+    engine finds its prompts already prefilled, and stock vLLM (one policy per seed) does not."""
     cold = server.reset_prefix_cache()
     if cold is not True and not any(note.startswith(server.base) for note in notes):
         why = "no /reset_prefix_cache: start vLLM with VLLM_SERVER_DEV_MODE=1" if cold is None else "blocks still held"
