@@ -17,13 +17,12 @@ import httpx
 class Streamed:
     tokens: int  # completion tokens, from the final usage block
     finish: str | None
-    chunks: int  # chunks that carried a choice
 
 
 def stream_completion(url: str, body: dict, timeout: float = 300) -> Streamed:
     """POST ``body`` with streaming and usage on; fail on any status but 200."""
     body = {**body, "stream": True, "stream_options": {"include_usage": True}}
-    tokens, finish, chunks = 0, None, 0
+    tokens, finish = 0, None
     with httpx.stream("POST", url, json=body, timeout=timeout) as reply:
         assert reply.status_code == 200, reply.read()
         for line in reply.iter_lines():
@@ -33,6 +32,5 @@ def stream_completion(url: str, body: dict, timeout: float = 300) -> Streamed:
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
             for choice in chunk.get("choices") or []:
-                chunks += 1
                 finish = choice.get("finish_reason") or finish
-    return Streamed(tokens, finish, chunks)
+    return Streamed(tokens, finish)
