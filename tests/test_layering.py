@@ -25,6 +25,7 @@ LAYERS = {
     "trail_scheduler.errors": 0,  # the error base the command line reports
     "trail_scheduler.probe_format": 1,  # a probe header, read safely (stdlib only: the operator uses it)
     "trail_scheduler.admin_client": 1,  # the admin API's one client (httpx + the contract)
+    "trail_scheduler.length_mix": 1,  # chat traffic's answer lengths (stdlib only: every `trail` parser reads it)
     "trail_scheduler.core": 1,
     "trail_operator": 2,  # the control plane, on the contract and its client only
     "trail_scheduler.assets": 2,  # the bundled model and data (packages only)
@@ -96,6 +97,18 @@ def test_light_units_stay_light(modules, forbidden) -> None:
     """Importing them in a fresh interpreter pulls in none of the heavy stacks."""
     code = (
         f"import sys, {', '.join(modules)}; print(sorted(m for m in sys.modules if m.split('.')[0] in {forbidden!r}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_trail_command_parses_without_the_engine_stack() -> None:
+    """The operator image runs `trail operator run` without numpy or torch: building the whole
+    command's parser (every subcommand's flags) must not need them."""
+    code = (
+        "import sys; from trail_scheduler.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'numpy', 'torch', 'vllm', 'fastapi'}))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -39,8 +39,10 @@ from trail_scheduler.bench.workload import (
     load_prompts,
     parse_loads,
     profile_lengths,
+    sample_mixed,
     sample_prompts,
 )
+from trail_scheduler.length_mix import CHAT_MIX
 from trail_scheduler.predictors import SHIPPED_BENCHMARK_SPLIT
 
 
@@ -99,6 +101,15 @@ def test_sampling_is_seeded_and_skips_prompts_too_long():
     assert all(count(p.prompt) <= 20 for p in first) and len({p.id for p in first}) == 10
     with pytest.raises(WorkloadError, match="only 20 usable"):
         sample_prompts(pool, 30, seed=3, max_prompt_tokens=20, count_tokens=count)
+
+
+def test_a_chat_mixed_sample_of_profiled_prompts_says_which_bin_the_pool_lacks():
+    pool = [Prompt(str(n), f"p{n}") for n in range(1, 513)]
+    lengths = {str(n): n for n in range(1, 513)} | {str(n): 512 for n in range(480, 513)}  # 33 at the cap
+    sample = sample_mixed(pool, lengths, 100, seed=4, cap=512, mix=CHAT_MIX)
+    assert sample == CHAT_MIX.draw(pool, lambda p: lengths[p.id], 100, 512, seed=4)
+    with pytest.raises(WorkloadError, match=r"needs 42 answers of 512-512 tokens and the pool has 33"):
+        sample_mixed(pool, lengths, 200, seed=4, cap=512, mix=CHAT_MIX)
 
 
 def test_the_default_pool_is_the_benchmark_split_the_shipped_predictors_never_saw():
@@ -422,6 +433,9 @@ def test_cli_relative_loads_need_fcfs_or_a_capacity():
     add_arguments(parser)
     config = config_from_args(parser.parse_args(["--loads", "burst", "--capacity", "30", "--c-sweep", ""]))
     assert config.seeded_loads == {"burst"} and config.seeds == (0, 1, 2)
+    assert config.length_mix == "chat"  # the headline's requests are resampled to chat traffic's mix
+    assert config_from_args(parser.parse_args(["--quick", "--length-mix", "natural"])).length_mix == "natural"
+    assert config_from_args(parser.parse_args(["--quick"])).length_mix == "natural"
     assert [(load.label, seed) for load, seed in config.runs_for(P.BASE_ENTRIES["fcfs"])] == [
         ("burst", s) for s in (0, 1, 2)
     ]

@@ -284,6 +284,29 @@ def test_simulated_bursts_credit_exact_prompt_estimates_with_the_oracles_gain():
     assert report["trail, c=0"]["preemptions_per_burst"] == 0
 
 
+def test_simulated_bursts_can_be_drawn_to_chat_traffics_length_mix():
+    """As `trail bench --length-mix chat` draws its requests: the held-out answers are
+    resampled by length, and a split too small for a bin's quota is a clear error."""
+    import numpy as np
+
+    from trail_scheduler.api import SchedulerSettings
+    from trail_scheduler.core.simulation import RecordedRequest
+    from trail_scheduler.length_mix import CHAT_MIX
+    from trail_scheduler.training.evaluate import simulated_bursts
+
+    bins = LengthBins.uniform(8, 512)
+    flat = np.full(bins.count, 1 / bins.count)
+    recorded = [
+        RecordedRequest(str(i), 0.0, n, 10, flat, np.tile(flat, (n - 1, 1)), prompt_estimate=256.0)
+        for i, n in enumerate([*range(2, 512, 3), *[512] * 20])
+    ]
+    report = simulated_bursts(recorded, SchedulerSettings(), bins, bursts=2, size=32, slots=4, mix=CHAT_MIX, cap=512)
+    assert report["length_mix"] == "chat" and report["size"] == 32
+    assert report["fcfs"]["mean_latency_ratio"] == 1.0 and report["trail+"]["mean_latency_ratio"] < 0.9
+    with pytest.raises(CollectionError, match=r"needs 21 answers of 512-512 tokens and the pool has 20"):
+        simulated_bursts(recorded, SchedulerSettings(), bins, bursts=1, size=100, slots=4, mix=CHAT_MIX, cap=512)
+
+
 @pytest.mark.parametrize(
     "flag, value, message",
     [
@@ -291,6 +314,7 @@ def test_simulated_bursts_credit_exact_prompt_estimates_with_the_oracles_gain():
         ("--burst-size", "many", "not a whole number: 'many'"),
         ("--slots", "-2", "must be at least 1, got -2"),
         ("--evidence-weight", "0", "evidence_weight must be a number above 0"),
+        ("--length-mix", "uniform", "invalid choice: 'uniform'"),
     ],
 )
 def test_eval_refuses_bad_numbers_before_reading_anything(tmp_path, capsys, flag, value, message):

@@ -61,10 +61,13 @@ from trail_scheduler.bench.workload import (
     load_prompts,
     parse_loads,
     profile_lengths,
+    sample_mixed,
     sample_prompts,
     unprofiled,
+    usable_prompts,
 )
 from trail_scheduler.errors import TrailError
+from trail_scheduler.length_mix import LENGTH_MIXES
 from trail_scheduler.predictors import SHIPPED_PROBE
 
 PREEMPTIONS_METRIC = "vllm:num_preemptions_total"
@@ -88,6 +91,7 @@ class Preset:
     seeds: tuple[int, ...] = (0,)
     seeded_loads: tuple[str, ...] = ()  # labels of the loads run with every seed (the rest: the first seed)
     max_prompt_tokens: int = MAX_PROMPT_TOKENS
+    length_mix: str = "natural"  # a key of LENGTH_MIXES
 
 
 PRESETS = {
@@ -104,9 +108,10 @@ PRESETS = {
         max_prompt_tokens=256,
     ),
     # The run recorded in docs/benchmarks.md: loads relative to the measured capacity, the
-    # heaviest two with three seeds each; FCFS, the oracle and TRAIL.
+    # heaviest two with three seeds each; FCFS, the oracle and TRAIL; requests resampled to chat
+    # traffic's length mix, as many as fit the whole preset in about an hour on 2 CPU cores.
     "full": Preset(
-        requests=32,
+        requests=80,
         loads=(Load(share=0.7), Load(share=0.9), Load(share=1.2), BURST),
         output_cap=DEFAULT_OUTPUT_CAP,
         c_sweep=(),
@@ -116,6 +121,7 @@ PRESETS = {
         policies=("fcfs", "trail+", "trail"),
         seeds=(0, 1, 2),
         seeded_loads=("1.2x", "burst"),
+        length_mix="chat",
     ),
 }
 
@@ -144,6 +150,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--short-requests",
         action="store_true",
         help="only the prompts that are one short line, an instruction or a question (chat's common case)",
+    )
+    parser.add_argument(
+        "--length-mix",
+        choices=tuple(LENGTH_MIXES),
+        help="answer lengths of the requests: 'chat' resamples the profiled pool to chat traffic's mix (median "
+        "0.47x the cap, 21%% at it; profiles the whole pool once), 'natural' draws uniformly (default: the preset's)",
     )
     parser.add_argument("--requests", type=int, help="requests per run")
     arrivals = parser.add_mutually_exclusive_group()
@@ -239,6 +251,7 @@ class BenchConfig:
     output: Path
     notes: list[str] = field(default_factory=list)
     short_requests: bool = False
+    length_mix: str = "natural"
     trail_endpoint: Server | None = None
     stock_endpoint: Server | None = None
 
@@ -349,6 +362,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         probe=args.probe,
         prompts=args.prompts,
         short_requests=args.short_requests,
+        length_mix=args.length_mix or preset.length_mix,
         output=output,
         notes=notes,
         trail_endpoint=trail_endpoint,
@@ -562,11 +576,15 @@ def run_bench(config: BenchConfig) -> dict:
     model_path = prepare_bundled_model()
     pool = load_prompts(config.prompts, config.short_requests)
     count_tokens = chat_token_counter(model_path)
-    samples = {
-        seed: sample_prompts(pool, config.requests, seed, config.max_prompt_tokens, count_tokens=count_tokens)
-        for seed in config.seeds
-    }
-    prompts = list({p.id: p for sample in samples.values() for p in sample}.values())
+    mix = LENGTH_MIXES[config.length_mix]
+    if mix is None:
+        samples = {
+            seed: sample_prompts(pool, config.requests, seed, config.max_prompt_tokens, count_tokens=count_tokens)
+            for seed in config.seeds
+        }
+        to_profile = list({p.id: p for sample in samples.values() for p in sample}.values())
+    else:  # drawn by length: the whole pool is profiled first (once; the lengths are cached)
+        to_profile = usable_prompts(pool, config.max_prompt_tokens, count_tokens)
     engine_args = ("--max-num-seqs", str(config.max_num_seqs))
     runs = [(e, run) for e in config.entries for run in config.runs_for(e)]
     capacity = config.capacity
@@ -585,6 +603,7 @@ def run_bench(config: BenchConfig) -> dict:
             "probe": str(config.probe) if config.probe else None,
             "prompts": str(config.prompts) if config.prompts else "sharegpt-bench-pool",
             "short_requests": config.short_requests,
+            "length_mix": config.length_mix,
             "time_limit_s": config.time_limit,
             "policies": {e.name: e.description for e in config.entries},
         },
@@ -603,12 +622,21 @@ def run_bench(config: BenchConfig) -> dict:
             console=console,
         ) as progress,
     ):
-        lengths = _natural_lengths(config, prompts, logs, engine_args, progress)
+        lengths = _natural_lengths(config, to_profile, logs, engine_args, progress)
+        if mix is not None:
+            report["lengths_pool"] = length_summary(list(lengths.values()), config.output_cap)
+            progress.console.print(f"the pool's {describe_lengths(report['lengths_pool'])}")
+            progress.console.print(f"resampled to the {mix.name} length mix (by profiled length only)")
+            samples = {
+                seed: sample_mixed(to_profile, lengths, config.requests, seed, config.output_cap, mix)
+                for seed in config.seeds
+            }
         first = [lengths[p.id] for p in samples[config.seeds[0]]]
         report["lengths"] = length_summary(first, config.output_cap)
         progress.console.print(describe_lengths(report["lengths"]))
         if len(config.seeds) > 1:
-            report["lengths_all_seeds"] = length_summary(list(lengths.values()), config.output_cap)
+            sent = {p.id for sample in samples.values() for p in sample}
+            report["lengths_all_seeds"] = length_summary([lengths[i] for i in sent], config.output_cap)
         report["ideal_ratio"] = _ideal_ratios(config, samples, lengths, progress.console)
         overall = progress.add_task("runs", total=len(runs))
         run_index = 0

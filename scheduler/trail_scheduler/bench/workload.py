@@ -25,6 +25,7 @@ import httpx
 
 from trail_scheduler.assets import cache_dir, read_prompt_file, sharegpt_first_turns, unique_prompts
 from trail_scheduler.errors import TrailError
+from trail_scheduler.length_mix import LengthMix
 from trail_scheduler.predictors import SHIPPED_BENCHMARK_SPLIT
 
 DEFAULT_OUTPUT_CAP = 512
@@ -107,6 +108,21 @@ def sample_prompts(
     if len(chosen) < count:
         raise WorkloadError(f"only {len(chosen)} usable prompts (≤ {max_prompt_tokens} tokens), {count} requested")
     return chosen
+
+
+def usable_prompts(prompts: Sequence[Prompt], max_prompt_tokens: int, count_tokens) -> list[Prompt]:
+    """The prompts short enough that prompt + answer fit the model."""
+    return [p for p in prompts if count_tokens(p.prompt) <= max_prompt_tokens]
+
+
+def sample_mixed(
+    prompts: Sequence[Prompt], lengths: dict[str, int], count: int, seed: int, cap: int, mix: LengthMix
+) -> list[Prompt]:
+    """``count`` prompts whose profiled lengths follow ``mix`` (:meth:`LengthMix.draw`)."""
+    try:
+        return mix.draw(prompts, lambda p: lengths[p.id], count, cap, seed)
+    except ValueError as error:
+        raise WorkloadError(f"{error} (--requests, --prompts)") from None
 
 
 def chat_token_counter(model_path: Path):

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from trail_scheduler.api import RefinementPrior, SchedulerSettings, explain
+from trail_scheduler.length_mix import LENGTH_MIXES
 
 
 def _layers(text: str):
@@ -212,6 +213,13 @@ def add_training_commands(probe_sub, sub) -> None:
     evaluate.add_argument(
         "--slots", type=_count, default=8, help="batch slots of the simulated engine (default %(default)s)"
     )
+    evaluate.add_argument(
+        "--length-mix",
+        choices=tuple(LENGTH_MIXES),
+        default="natural",
+        help="answer lengths of the simulated bursts: drawn uniformly, or to chat traffic's mix as `trail bench "
+        "--length-mix chat` draws its requests (default %(default)s)",
+    )
     evaluate.add_argument("--output", "-o", type=Path, help="report folder (default: COLLECTION/eval)")
     evaluate.set_defaults(handler=_eval)
 
@@ -266,6 +274,7 @@ def _eval(args) -> int:
             args.bursts,
             args.burst_size,
             args.slots,
+            LENGTH_MIXES[args.length_mix],
         )
     )
 

@@ -19,6 +19,7 @@ from trail_scheduler.api import PolicyName, RefinementPrior, SchedulerSettings
 from trail_scheduler.core.refine import expected_remaining
 from trail_scheduler.core.simulation import RecordedRequest, simulate
 from trail_scheduler.core.tracker import PredictionTracker
+from trail_scheduler.length_mix import LengthMix
 from trail_scheduler.probe import ProbeFileError, load_probe
 from trail_scheduler.probe.prompt import load_prompt_predictor
 from trail_scheduler.training.data import Collection, CollectionError
@@ -38,13 +39,14 @@ def evaluate(
     bursts: int = 5,
     burst_size: int = 32,
     slots: int = 8,
+    length_mix: LengthMix | None = None,
 ) -> dict:
     """MAE (tokens) of the prompt predictor, of the first prediction, and of the refined
     prediction along each answer, with the belief starting as ``prior`` says and each reading
     weighted by ``evidence_weight`` (the engine's settings of those names); how well the
     estimate after a few tokens ranks the answers; what that order is worth in ``bursts``
-    simulated bursts (:func:`simulated_bursts`); a true-vs-predicted-bin heatmap (PNG) and
-    a JSON report in ``output_dir``."""
+    simulated bursts (:func:`simulated_bursts`, drawn to ``length_mix`` if given); a
+    true-vs-predicted-bin heatmap (PNG) and a JSON report in ``output_dir``."""
     started = time.perf_counter()
     collection = Collection(directory)
     probe = load_probe(probe_path)
@@ -107,7 +109,9 @@ def evaluate(
         "refinement_prior": prior.value,
         "evidence_weight": evidence_weight,
         f"rank_correlation_after_{RANKED_AFTER}_tokens": round(rank_correlation(*ranked), 3),
-        "simulated_bursts": simulated_bursts(recorded, settings, bins, bursts, burst_size, slots),
+        "simulated_bursts": simulated_bursts(
+            recorded, settings, bins, bursts, burst_size, slots, length_mix, collection.info["sampling"]["max_tokens"]
+        ),
         "definitions": {
             "prompt": "|prompt estimate - L| per request",
             "first": "|first estimate + 1 - L| per request (the belief as it starts under the prior)",
@@ -115,7 +119,8 @@ def evaluate(
             "predicted as the scheduler does (PredictionTracker); then the mean over requests",
             f"rank_correlation_after_{RANKED_AFTER}_tokens": "Spearman's correlation between the predicted and the "
             f"true length after {RANKED_AFTER} generated tokens, over the requests that reach them",
-            "simulated_bursts": "answers of this split drawn at random as bursts, served on an ideal engine "
+            "simulated_bursts": "answers of this split drawn at random as bursts (to the length mix, if one "
+            "is named), served on an ideal engine "
             "(one token per running request per step, free preemption) first come first served, by the oracle "
             "(true lengths), and by TRAIL with these predictions and settings, with and without preemption "
             "(c = 0); mean latency and TTFT as ratios to FCFS's, the share of the oracle's gain, per burst",
@@ -184,11 +189,19 @@ def replay(
 
 
 def simulated_bursts(
-    recorded: list[RecordedRequest], settings: SchedulerSettings, bins, bursts: int, size: int, slots: int
+    recorded: list[RecordedRequest],
+    settings: SchedulerSettings,
+    bins,
+    bursts: int,
+    size: int,
+    slots: int,
+    mix: LengthMix | None = None,
+    cap: int | None = None,
 ) -> dict:
     """What the predictions' order is worth, apart from the engine: each burst is ``size``
-    recorded answers (drawn with seed 0, 1, ...) served by :func:`simulate` under FCFS, the
-    oracle, and TRAIL with ``settings`` as given and with ``c = 0`` (the order alone)."""
+    recorded answers (drawn with seed 0, 1, ..., uniformly or to ``mix`` with the collection's
+    ``cap``) served by :func:`simulate` under FCFS, the oracle, and TRAIL with ``settings`` as
+    given and with ``c = 0`` (the order alone)."""
     policies = {
         "fcfs": settings.model_copy(update={"policy": PolicyName.FCFS}),
         "trail+": settings.model_copy(update={"policy": PolicyName.TRAIL_ORACLE}),
@@ -198,12 +211,18 @@ def simulated_bursts(
     size = min(size, len(recorded))
     runs = {name: [] for name in policies}
     for seed in range(bursts):
-        chosen = np.random.default_rng(seed).choice(len(recorded), size=size, replace=False)
-        burst = [recorded[i] for i in sorted(chosen)]
+        if mix is None:
+            chosen = np.random.default_rng(seed).choice(len(recorded), size=size, replace=False)
+            burst = [recorded[i] for i in sorted(chosen)]
+        else:
+            try:
+                burst = mix.draw(recorded, lambda request: request.length, size, cap, seed)
+            except ValueError as error:
+                raise CollectionError(f"{error} (held-out answers of this split)") from None
         for name, policy in policies.items():
             runs[name].append(simulate(burst, policy, bins, slots))
     fcfs = runs["fcfs"]
-    report: dict = {"bursts": bursts, "size": size, "slots": slots}
+    report: dict = {"bursts": bursts, "size": size, "slots": slots, "length_mix": mix.name if mix else "natural"}
     for name, outcomes in runs.items():
         latency = [o.mean_latency / f.mean_latency for o, f in zip(outcomes, fcfs)]
         report[name] = {
