@@ -96,6 +96,11 @@ def benchmark_split_prompts() -> list[Prompt]:
     return [Prompt(i, text) for i, text in unique_prompts(sharegpt_first_turns()) if i in wanted]
 
 
+def usable_prompts(prompts: Sequence[Prompt], max_prompt_tokens: int, count_tokens) -> list[Prompt]:
+    """The prompts short enough that prompt + answer fit the model."""
+    return [p for p in prompts if count_tokens(p.prompt) <= max_prompt_tokens]
+
+
 def sample_prompts(
     prompts: Sequence[Prompt], count: int, seed: int, max_prompt_tokens: int = MAX_PROMPT_TOKENS, count_tokens=None
 ) -> list[Prompt]:
@@ -104,15 +109,10 @@ def sample_prompts(
         raise WorkloadError(f"need at least one request, got {count}")
     order = list(prompts)
     random.Random(seed).shuffle(order)
-    chosen = [p for p in order if count_tokens is None or count_tokens(p.prompt) <= max_prompt_tokens][:count]
+    chosen = (order if count_tokens is None else usable_prompts(order, max_prompt_tokens, count_tokens))[:count]
     if len(chosen) < count:
         raise WorkloadError(f"only {len(chosen)} usable prompts (≤ {max_prompt_tokens} tokens), {count} requested")
     return chosen
-
-
-def usable_prompts(prompts: Sequence[Prompt], max_prompt_tokens: int, count_tokens) -> list[Prompt]:
-    """The prompts short enough that prompt + answer fit the model."""
-    return [p for p in prompts if count_tokens(p.prompt) <= max_prompt_tokens]
 
 
 def sample_mixed(
