@@ -24,7 +24,7 @@ pytestmark = pytest.mark.engine
 
 
 def test_quick_preset_runs_every_policy_and_writes_a_well_formed_report(tmp_path):
-    # An untrained probe: exercises the live probe load and the refinement entries.
+    # An untrained probe: exercises the refinement entries, on their own engine.
     probe = untrained_probe(tmp_path / "untrained.safetensors")
     out = tmp_path / "report"
     trail = Path(sys.executable).with_name("trail")
@@ -56,9 +56,14 @@ def test_quick_preset_runs_every_policy_and_writes_a_well_formed_report(tmp_path
     highest = "burst"  # the sweep runs at the highest rate only; a burst is the highest
     expected |= {(f"trail@c={c:g}", highest) for c in preset.c_sweep}
     assert set(rows) == expected
+    # The runs alternated: each load's runs are together, FCFS first in the first round and last in the next.
+    order = [(row["policy"], row["rate"]) for row in report["summary"]]
+    rounds = list(dict.fromkeys(rate for _, rate in order))
+    assert [rate for _, rate in order] == sorted((rate for _, rate in order), key=rounds.index)
+    assert order[0][0] == "fcfs" and [p for p, r in order if r == rounds[1]][-1] == "fcfs"
     assert report["config"]["policies"]["fcfs"] == BASE_ENTRIES["fcfs"].description
-    # Both engines served a full batch before their first measured run, so neither starts cold.
-    assert report["warm_up"].keys() == {"stock", "trail"}
+    # Every engine served a full batch before its first measured run, so none starts cold.
+    assert report["warm_up"].keys() == {"stock", "trail", "trail with the probe"}
     assert all(w["requests"] == preset.max_num_seqs and w["seconds"] > 0 for w in report["warm_up"].values())
     # Every run, on both engines, started with an empty prefix cache.
     assert all(row["prefix_cache_reset"] is True and row["prefix_cache_hit_tokens"] >= 0 for row in rows.values())

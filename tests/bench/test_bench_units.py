@@ -183,6 +183,27 @@ def test_policy_order_puts_probe_entries_after_probe_free_ones():
     assert notes == []
 
 
+def test_runs_alternate_round_by_round_so_drift_favours_no_policy():
+    from trail_scheduler.bench.runner import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = ["--loads", "1.2,burst", "--seeds", "0,1", "--seeded-loads", "1.2,burst", "--c-sweep", "0"]
+    config = config_from_args(parser.parse_args([*args, "--policies", "fcfs,trail+,trail-prompt"]))
+    runs = [(entry.name, load.label, seed) for entry, load, seed in config.schedule()]
+    forward, backward = ["fcfs", "trail+", "trail-prompt"], ["trail-prompt", "trail+", "fcfs"]
+    rounds = [("burst", 0), ("1.2x", 0), ("1.2x", 1), ("burst", 1)]  # the capacity burst first
+    expected = []
+    for turn, (load, seed) in enumerate(rounds):
+        names = forward if turn % 2 == 0 else backward
+        if (load, seed) == ("burst", 0):  # the sweep's extra: the heaviest load, the first seed
+            names = [*names, "trail@c=0"]  # with the shipped probe: after the probe-free entries
+        expected += [(name, load, seed) for name in names]
+    assert runs == expected
+    # Every entry's runs, each exactly once.
+    assert sorted(runs) == sorted((e.name, load.label, s) for e in config.entries for load, s in config.runs_for(e))
+
+
 def test_refinement_without_a_probe_is_an_error_when_asked_and_a_note_by_default():
     with pytest.raises(P.PolicyError, match="needs a probe"):
         P.resolve(["trail"], [], have_probe=False, explicit=True)
@@ -305,9 +326,30 @@ def test_cli_unreachable_endpoint(monkeypatch):
     monkeypatch.setenv("TRAIL_ADMIN_TOKEN", "x")
     port = free_port()  # nothing listens here
     message = bench_error(
-        "--quick", "--trail-endpoint", f"http://127.0.0.1:{port}", "--admin-endpoint", f"http://127.0.0.1:{port}"
+        "--quick",
+        "--policies",
+        "fcfs,trail",
+        "--trail-endpoint",
+        f"http://127.0.0.1:{port}",
+        "--admin-endpoint",
+        f"http://127.0.0.1:{port}",
     )
     assert "not a reachable OpenAI-compatible server" in message
+
+
+def test_cli_one_trail_endpoint_serves_one_kind_of_policy(monkeypatch):
+    monkeypatch.setenv("TRAIL_ADMIN_TOKEN", "x")
+    assert "cannot serve both" in bench_error(
+        "--quick",
+        "--policies",
+        "fcfs,trail-prompt,trail",
+        "--capacity",
+        "30",
+        "--trail-endpoint",
+        "http://127.0.0.1:9",
+        "--admin-endpoint",
+        "http://127.0.0.1:9",
+    )
 
 
 def test_cli_admin_endpoint_needs_a_token(monkeypatch):

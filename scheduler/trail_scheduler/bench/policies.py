@@ -3,8 +3,9 @@
 Each entry names its engine (stock vLLM or ``trail serve``), the admin-API settings
 it runs under, whether it needs the probe (embedding refinement) or must run without
 one (prompt predictor alone), and whether requests carry their oracle length.
-One ``trail serve`` engine serves all TRAIL entries in sequence: probe-free entries
-first, then the probe is loaded live (it cannot be unloaded) for the rest.
+Probe-free TRAIL entries and those with the probe run on two ``trail serve`` engines (a
+loaded probe cannot be unloaded), and runs on all the engines alternate (see
+``BenchConfig.schedule``).
 """
 
 from __future__ import annotations

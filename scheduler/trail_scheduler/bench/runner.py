@@ -275,6 +275,23 @@ class BenchConfig:
             runs.sort(key=lambda run: run != (BURST, self.seeds[0]))
         return runs
 
+    def schedule(self) -> list[tuple[P.PolicyEntry, Load, int]]:
+        """Every run, in the order it is made: one round per (load, seed), in which every entry
+        that runs it takes its turn, the turns reversed every other round. So each ratio
+        compares runs minutes apart, and a machine that drifts faster or slower over the hour
+        (measured here: stock vLLM's own time per token by 15% in 17 minutes) favours no
+        policy. The first round is the first entry's first run (the capacity burst, if
+        measured) in the given order: FCFS, then the oracle, then TRAIL."""
+        rounds: dict[tuple[Load, int], list[P.PolicyEntry]] = {}
+        for entry in self.entries:
+            for run in self.runs_for(entry):
+                rounds.setdefault(run, []).append(entry)
+        return [
+            (entry, load, seed)
+            for turn, ((load, seed), entries) in enumerate(rounds.items())
+            for entry in (entries if turn % 2 == 0 else entries[::-1])
+        ]
+
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """Validate everything before any engine starts; bad inputs are clear errors."""
@@ -338,6 +355,12 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         )
         if not token:
             raise BenchError("the admin API needs a token: --admin-token-file or TRAIL_ADMIN_TOKEN")
+        if len({e.probe for e in entries if e.engine == P.TRAIL}) > 1:
+            raise BenchError(
+                "one --trail-endpoint cannot serve both the probe-free policies and those with the probe: their "
+                "runs alternate and a loaded probe cannot be unloaded; ask for one kind, or leave the engines "
+                "to the bench"
+            )
         trail_endpoint = Server(check_loopback(args.trail_endpoint), check_loopback(args.admin_endpoint), token)
     if args.stock_endpoint:
         stock_endpoint = Server(check_loopback(args.stock_endpoint))
@@ -564,6 +587,54 @@ def _ideal_ratios(config: BenchConfig, samples, lengths: dict[str, int], console
     return ratios
 
 
+class _Engines:
+    """The engines the runs need: each started (or reached at its endpoint) once, warmed up
+    before its first measured run, and kept up until the bench ends, so that runs on different
+    engines can alternate (an idle engine takes no CPU). Probe-free TRAIL entries and those with
+    the probe run on two ``trail serve`` engines: a loaded probe cannot be unloaded."""
+
+    def __init__(self, config: BenchConfig, logs: Path, engine_args, warm_up_sample, warm_ups: dict, progress, stack):
+        self.config, self.logs, self.engine_args = config, logs, engine_args
+        self.warm_up_sample, self.warm_ups = warm_up_sample, warm_ups
+        self.progress, self.stack = progress, stack
+        self.served: dict[tuple[str, bool], tuple[Server, str]] = {}
+
+    def serving(self, entry: P.PolicyEntry) -> tuple[Server, str]:
+        """The server for ``entry`` and the model name it serves."""
+        key = (entry.engine, entry.engine == P.TRAIL and entry.probe)
+        if key not in self.served:
+            server = self._reach(*key)
+            model = server.served_model()
+            name = key[0] + (" with the probe" if key[1] else "")
+            self.warm_ups[name] = _warm_up(server, model, self.warm_up_sample, self.config.max_num_seqs)
+            self.served[key] = (server, model)
+        return self.served[key]
+
+    def _reach(self, engine: str, probe: bool) -> Server:
+        config = self.config
+        given = config.stock_endpoint if engine == P.STOCK else config.trail_endpoint
+        if given is not None:
+            if engine == P.TRAIL:
+                current = given.configure(policy="fcfs")
+                if probe and current.probe is None:
+                    given.load_probe(config.probe)
+                elif not probe and current.probe is not None:
+                    raise BenchError(
+                        "the trail endpoint already has a probe loaded; prompt-only policies "
+                        "need an engine without one (start trail serve without --probe)"
+                    )
+            return given
+        what = "stock vLLM" if engine == P.STOCK else "trail serve" + (" with the probe" if probe else "")
+        starting = self.progress.add_task(f"starting {what}", total=None)
+        if engine == P.STOCK:
+            server = start_stock_vllm(self.logs, *self.engine_args)
+        else:
+            server = start_trail_serve(self.logs, "--probe", str(config.probe) if probe else "none", *self.engine_args)
+        self.stack.callback(server.stop)
+        self.progress.remove_task(starting)
+        return server
+
+
 def run_bench(config: BenchConfig) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -586,7 +657,7 @@ def run_bench(config: BenchConfig) -> dict:
     else:  # drawn by length: the whole pool is profiled first (once; the lengths are cached)
         to_profile = usable_prompts(pool, config.max_prompt_tokens, count_tokens)
     engine_args = ("--max-num-seqs", str(config.max_num_seqs))
-    runs = [(e, run) for e in config.entries for run in config.runs_for(e)]
+    runs = config.schedule()
     capacity = config.capacity
     report: dict = {
         "title": f"trail bench ({config.preset}): {config.requests} requests per run, cap {config.output_cap}, "
@@ -639,106 +710,68 @@ def run_bench(config: BenchConfig) -> dict:
             report["lengths_all_seeds"] = length_summary([lengths[i] for i in sent], config.output_cap)
         report["ideal_ratio"] = _ideal_ratios(config, samples, lengths, progress.console)
         overall = progress.add_task("runs", total=len(runs))
-        run_index = 0
-        for engine in (P.STOCK, P.TRAIL):
-            engine_entries = [e for e in config.entries if e.engine == engine]
-            if not engine_entries:
-                continue
-            server = config.stock_endpoint if engine == P.STOCK else config.trail_endpoint
-            engine_scope = ExitStack()  # an engine started here is stopped before the next one starts
-            stack.enter_context(engine_scope)
-            if server is None:
-                what = "stock vLLM" if engine == P.STOCK else "trail serve"
-                starting = progress.add_task(f"starting {what}", total=None)
-                if engine == P.STOCK:
-                    server = start_stock_vllm(logs, *engine_args)
-                else:  # without a probe: the probe-free entries run first, the probe is loaded live after
-                    # (so the engine must capture the layer that probe reads from the start).
-                    from trail_scheduler.probe import load_probe  # torch: not in the operator image's CLI
-
-                    layer = ["--probe-layer", str(load_probe(config.probe).layer)] if config.probe else []
-                    server = start_trail_serve(logs, "--probe", "none", *layer, *engine_args)
-                engine_scope.callback(server.stop)
-                progress.remove_task(starting)
-            model = server.served_model()
-            if engine == P.TRAIL:
-                current = server.configure(policy="fcfs")
-                if current.probe is not None and any(not e.probe for e in engine_entries):
+        engines = _Engines(config, logs, engine_args, samples[config.seeds[0]], report["warm_up"], progress, stack)
+        for run_index, (entry, load, seed) in enumerate(runs):
+            server, model = engines.serving(entry)
+            if entry.engine == P.TRAIL:
+                server.configure(**entry.settings(config.max_wait_seconds))
+            sample = samples[seed]
+            rate = load.requests_per_second(capacity, sum(lengths[p.id] for p in sample) / len(sample))
+            requests = build_requests(sample, lengths, rate, seed)
+            where = load.label if len(config.seeds) == 1 else f"{load.label}, seed {seed}"
+            task = progress.add_task(f"{entry.name} @ {where}", total=len(requests))
+            cold = _empty_prefix_cache(server, report["notes"])
+            records, duration, preemptions, recomputed, counts = _run_one(
+                server,
+                model,
+                entry,
+                rate,
+                requests,
+                run_index,
+                config.time_limit,
+                on_done=lambda record, task=task: progress.advance(task),
+            )
+            progress.remove_task(task)
+            progress.advance(overall)
+            row = summarise(entry.name, rate, records, duration, preemptions, recomputed, load.label, seed)
+            # Other work on the machine skews timings: keep the evidence with the numbers.
+            row["load_avg_1m"] = os.getloadavg()[0]
+            row.update(counts, prefix_cache_reset=cold)
+            progress.console.print(
+                f"{entry.name} @ {where}: mean latency "
+                f"{row['mean_latency_s']:.2f} s, TTFT {row['mean_ttft_s']:.2f} s, "
+                f"{row['output_throughput_tok_s']:.1f} tok/s"
+            )
+            report["summary"].append(row)
+            report["requests"] += [{"policy": entry.name, "rate": load.label, "seed": seed, **vars(r)} for r in records]
+            if row["failed"]:
+                errors = {r.error for r in records if r.error}
+                report["notes"].append(
+                    f"{entry.name} @ {where}: {row['failed']} requests failed: {'; '.join(sorted(errors))[:300]}"
+                )
+            if capacity is None and entry.name == "fcfs" and load == BURST and config.relative:
+                capacity = saturated_throughput(records, config.max_num_seqs)
+                if capacity is None:
                     raise BenchError(
-                        "the trail endpoint already has a probe loaded; prompt-only policies "
-                        "need an engine without one (start trail serve without --probe)"
+                        "the burst never filled the batch slots (failed requests?): cannot measure capacity"
                     )
-            report["warm_up"][engine] = _warm_up(server, model, samples[config.seeds[0]], config.max_num_seqs)
-            probe_loaded = False
-            for entry in engine_entries:
-                if entry.probe and not probe_loaded:
-                    server.load_probe(config.probe)
-                    probe_loaded = True
-                if engine == P.TRAIL:
-                    server.configure(**entry.settings(config.max_wait_seconds))
-                for load, seed in config.runs_for(entry):
-                    sample = samples[seed]
-                    rate = load.requests_per_second(capacity, sum(lengths[p.id] for p in sample) / len(sample))
-                    requests = build_requests(sample, lengths, rate, seed)
-                    where = load.label if len(config.seeds) == 1 else f"{load.label}, seed {seed}"
-                    task = progress.add_task(f"{entry.name} @ {where}", total=len(requests))
-                    cold = _empty_prefix_cache(server, report["notes"])
-                    records, duration, preemptions, recomputed, counts = _run_one(
-                        server,
-                        model,
-                        entry,
-                        rate,
-                        requests,
-                        run_index,
-                        config.time_limit,
-                        on_done=lambda record, task=task: progress.advance(task),
-                    )
-                    run_index += 1
-                    progress.remove_task(task)
-                    progress.advance(overall)
-                    row = summarise(entry.name, rate, records, duration, preemptions, recomputed, load.label, seed)
-                    # Other work on the machine skews timings: keep the evidence with the numbers.
-                    row["load_avg_1m"] = os.getloadavg()[0]
-                    row.update(counts, prefix_cache_reset=cold)
-                    progress.console.print(
-                        f"{entry.name} @ {where}: mean latency "
-                        f"{row['mean_latency_s']:.2f} s, TTFT {row['mean_ttft_s']:.2f} s, "
-                        f"{row['output_throughput_tok_s']:.1f} tok/s"
-                    )
-                    report["summary"].append(row)
-                    report["requests"] += [
-                        {"policy": entry.name, "rate": load.label, "seed": seed, **vars(r)} for r in records
-                    ]
-                    if row["failed"]:
-                        errors = {r.error for r in records if r.error}
-                        report["notes"].append(
-                            f"{entry.name} @ {where}: {row['failed']} requests failed: "
-                            f"{'; '.join(sorted(errors))[:300]}"
-                        )
-                    if capacity is None and entry.name == "fcfs" and load == BURST and config.relative:
-                        capacity = saturated_throughput(records, config.max_num_seqs)
-                        if capacity is None:
-                            raise BenchError(
-                                "the burst never filled the batch slots (failed requests?): cannot measure capacity"
-                            )
-                        report["capacity"] = {
-                            "output_tok_s": capacity,
-                            "measured_on": f"fcfs @ burst, seed {seed}",
-                            "batch_slots": config.max_num_seqs,
-                        }
-                        progress.console.print(
-                            f"capacity: {capacity:.1f} output tokens/s while all {config.max_num_seqs} batch slots "
-                            "were busy (stock vLLM, FCFS, the burst); loads are shares of it"
-                        )
-                    ratio = headroom(report["summary"], load.label, seed) if entry.oracle else None
-                    if ratio is not None:
-                        line, warn = headroom_message(ratio, where)
-                        progress.console.print(f"[yellow]{line}[/yellow]" if warn else line)
-                        report.setdefault("headroom", {})[where] = ratio
-                        if warn:
-                            report["notes"].append(line)
-                    write_partial(config.output, report)  # a long run that dies keeps what it measured
-            engine_scope.close()
+                report["capacity"] = {
+                    "output_tok_s": capacity,
+                    "measured_on": f"fcfs @ burst, seed {seed}",
+                    "batch_slots": config.max_num_seqs,
+                }
+                progress.console.print(
+                    f"capacity: {capacity:.1f} output tokens/s while all {config.max_num_seqs} batch slots "
+                    "were busy (stock vLLM, FCFS, the burst); loads are shares of it"
+                )
+            ratio = headroom(report["summary"], load.label, seed)  # once both FCFS and the oracle ran
+            if ratio is not None and where not in report.get("headroom", {}):
+                line, warn = headroom_message(ratio, where)
+                progress.console.print(f"[yellow]{line}[/yellow]" if warn else line)
+                report.setdefault("headroom", {})[where] = ratio
+                if warn:
+                    report["notes"].append(line)
+            write_partial(config.output, report)  # a long run that dies keeps what it measured
     if config.capacity is not None:
         report["capacity"] = {"output_tok_s": config.capacity, "measured_on": "given (--capacity)"}
     report["comparison"] = compare(report["summary"])
