@@ -108,9 +108,9 @@ def with_overrides(name: str) -> PolicyEntry:
 def resolve(
     names: Sequence[str], c_sweep: Sequence[float], have_probe: bool, explicit: bool
 ) -> tuple[list[PolicyEntry], list[str]]:
-    """The entries to run (stock first, then probe-free TRAIL ones, the oracle leading them,
-    then probe ones) and notes. The oracle runs right after FCFS so the workload's headroom
-    is known before any TRAIL number.
+    """The entries to run, in their turns' order (stock first, then probe-free TRAIL ones, the
+    oracle leading them, then probe ones), and notes. In the first round the oracle runs right
+    after FCFS, so the workload's headroom is known before any TRAIL number.
 
     Without a probe the refinement entries cannot run: asked for explicitly that is an
     error; in the default list they are dropped with a note. The c sweep runs with
