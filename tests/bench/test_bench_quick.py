@@ -65,7 +65,7 @@ def test_quick_preset_runs_every_policy_and_writes_a_well_formed_report(tmp_path
     # Every engine served a full batch before its first measured run, so none starts cold.
     assert report["warm_up"].keys() == {"stock", "trail", "trail with the probe"}
     assert all(w["requests"] == preset.max_num_seqs and w["seconds"] > 0 for w in report["warm_up"].values())
-    # Every run, on both engines, started with an empty prefix cache.
+    # Every run, on every engine, started with an empty prefix cache.
     assert all(row["prefix_cache_reset"] is True and row["prefix_cache_hit_tokens"] >= 0 for row in rows.values())
     assert not [note for note in report["notes"] if "prefix cache" in note]
     for row in rows.values():
