@@ -25,6 +25,7 @@ from trail_scheduler.bench.report import (
     summarise,
     write_report,
 )
+from trail_scheduler.bench.runner import recomputed_tokens
 from trail_scheduler.bench.servers import EndpointError, check_loopback, free_port, metric_sum, parse_metrics
 from trail_scheduler.bench.workload import (
     BURST,
@@ -296,6 +297,19 @@ def test_metrics_parsing_sums_matching_labels():
     assert metric_sum(samples, "vllm:num_preemptions_total") == 5.0
     assert metric_sum(samples, "vllm:num_preemptions_total", engine="1") == 2.0
     assert metric_sum(samples, "absent") == 0.0
+
+
+def test_recomputed_tokens_are_trail_serves_count_and_an_upper_bound_on_stock_vllm():
+    """trail serve counts what its resumed requests prefilled again (the prefix cache's share
+    apart); stock vLLM counts nothing, so each preemption is charged prompt + half the output."""
+    before = parse_metrics('trail_resumed_tokens_total{source="recomputed"} 100\n')
+    after = parse_metrics(
+        'trail_resumed_tokens_total{source="recomputed"} 130\ntrail_resumed_tokens_total{source="prefix_cache"} 64\n'
+    )
+    records = [RequestRecord("a", 0, 0, 1, 2, prompt_tokens=10, output_tokens=40)]
+    assert recomputed_tokens(before, after, records, preemptions=2) == 30
+    assert recomputed_tokens({}, {}, records, preemptions=2) == 2 * (10 + 20)
+    assert recomputed_tokens({}, {}, records, preemptions=0) == 0
 
 
 # -- the command's errors -----------------------------------------------------------------

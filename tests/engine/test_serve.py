@@ -182,9 +182,16 @@ def test_large_c_preempts_young_long_requests_for_short_ones(trail_server):
     """The real engine's end of what tests/engine_adapter shows in-process for both of vLLM's
     scheduler classes (c = 0 and FCFS never preempting are shown only there)."""
     trail_server.configure(policy="trail", c=100.0, maxWaitSeconds=None)
+    resumed = ("trail_resumed_tokens_total", "prefix_cache"), ("trail_resumed_tokens_total", "recomputed")
+    before = [trail_server.metric(name, source=source) for name, source in resumed]
     # Each long request is displaced once and waits until the short ones are done; a victim
     # that vLLM resumed at once would be displaced again every step (dozens).
-    assert 1 <= _long_then_short(trail_server) <= 2
+    preemptions = _long_then_short(trail_server)
+    assert 1 <= preemptions <= 2
+    # Each victim rebuilt its prompt (8 tokens) and the tokens it had generated, from the
+    # prefix cache or by recomputing; at least its last token is always recomputed.
+    cached, recomputed = (trail_server.metric(name, source=source) - b for (name, source), b in zip(resumed, before))
+    assert recomputed >= preemptions and cached + recomputed > preemptions * 8, (cached, recomputed)
 
 
 def _finish_order_of_a_long_request_among_short_ones(server) -> tuple[int, float]:

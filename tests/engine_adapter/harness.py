@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from vllm.config import CacheConfig, ModelConfig, SchedulerConfig, VllmConfig
 from vllm.sampling_params import SamplingParams
+from vllm.utils.hashing import sha256
+from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
 from vllm.v1.outputs import ModelRunnerOutput
@@ -32,6 +34,8 @@ TOKEN = 100  # what the fake model samples: not the model's EOS (2)
 MAX_MODEL_LEN = 1024
 PROBE_LAYER = 10
 BINS = LengthBins.uniform()
+init_none_hash(sha256)
+BLOCK_HASHER = get_request_block_hasher(BLOCK_SIZE, sha256)  # as the engine core gives its requests
 
 
 def build_scheduler(
@@ -41,12 +45,13 @@ def build_scheduler(
     num_blocks: int = 256,
     max_num_batched_tokens: int = 256,
     probe_path: Path | None = None,
+    prefix_caching: bool = False,
     **settings,
 ) -> TrailSchedulingMixin:
     """One scheduler of ``cls`` with TRAIL ``settings`` as ``trail serve`` hands them over.
 
-    ``num_blocks`` counts the null block vLLM keeps back; prefix caching is off, so a
-    request holds exactly the blocks of its own tokens. Tests give requests synthetic
+    ``num_blocks`` counts the null block vLLM keeps back; prefix caching is off unless
+    asked for, so a request holds exactly the blocks of its own tokens. Tests give requests synthetic
     arrival times (seconds since 0), which the shipped starvation guard would count as
     hours of waiting: it is off unless a test sets ``max_wait_seconds``.
     """
@@ -59,7 +64,7 @@ def build_scheduler(
         enable_chunked_prefill=True,
         async_scheduling=issubclass(cls, AsyncScheduler),
     )
-    cache_config = CacheConfig(block_size=BLOCK_SIZE, enable_prefix_caching=False)
+    cache_config = CacheConfig(block_size=BLOCK_SIZE, enable_prefix_caching=prefix_caching)
     trail = TrailEngineConfig(
         settings=SchedulerSettings(**settings), probe_path=None if probe_path is None else str(probe_path)
     )
@@ -106,6 +111,7 @@ def make_request(
         sampling_params=params,
         pooling_params=None,
         arrival_time=arrival_time,
+        block_hasher=BLOCK_HASHER,
     )
 
 

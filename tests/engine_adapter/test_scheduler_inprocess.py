@@ -13,7 +13,7 @@ import time
 import pytest
 from vllm.v1.request import RequestStatus
 
-from tests.engine_adapter.harness import BINS, Engine, make_request, reading, write_probe
+from tests.engine_adapter.harness import BINS, BLOCK_SIZE, Engine, make_request, reading, write_probe
 from trail_scheduler.vllm.control import ApplyReply
 
 
@@ -101,6 +101,24 @@ def test_a_displaced_request_is_not_resumed_in_the_same_step(make_engine):
         resumed = next(i for i, o in enumerate(outputs) if victim.request_id in o.num_scheduled_tokens)
         assert {"short0", "short1"} <= set().union(*(o.finished_req_ids for o in outputs[: resumed + 1]))
         assert victim.num_preemptions == 1 and victim.num_output_tokens == 100
+
+
+@pytest.mark.parametrize("prefix_caching", [False, True], ids=["no-prefix-cache", "prefix-cache"])
+def test_a_resumed_request_counts_the_tokens_it_needed_again_by_source(make_engine, prefix_caching):
+    """Both victims rebuild their KV cache when they resume (prompt and generated tokens);
+    with the prefix cache on, the full blocks they freed are found there, not recomputed."""
+    engine = make_engine(policy="trail", c=100.0, prefix_caching=prefix_caching)
+    old, young, output = _short_ones_arrive(engine)
+    assert set(output.preempted_req_ids) == {"old", "young"}
+    engine.step()  # output still in flight at the preemption arrives (async)
+    needed = {r.request_id: r.num_tokens for r in (old, young)}
+    assert all(n > 2 * BLOCK_SIZE for n in needed.values())
+    engine.run_to_completion()
+    resumed = engine.scheduler.trail_drain_metrics().resumed_tokens
+    # Cached: the full blocks short of the last token, which vLLM always computes.
+    cached = sum((n - 1) // BLOCK_SIZE * BLOCK_SIZE for n in needed.values()) if prefix_caching else 0
+    assert resumed == {"prefix_cache": cached, "recomputed": sum(needed.values()) - cached}
+    assert engine.scheduler.trail_drain_metrics().resumed_tokens == {}  # drained once
 
 
 @pytest.mark.parametrize("young_arrived_first", [False, True], ids=["young-arrived-last", "young-arrived-first"])

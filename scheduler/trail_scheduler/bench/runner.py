@@ -5,8 +5,7 @@ Flow: pick prompts (seeded), profile their natural (sampled, seeded) output leng
 TRAIL policies, switched live through its admin API) and each policy and rate, send
 the same requests open-loop and record them. Engines are started here unless running
 endpoints are given. Preemptions are vLLM's own counter (``vllm:num_preemptions_total``)
-before and after each run; recomputed tokens are derived as described in
-:class:`PreemptionWatcher`.
+before and after each run; recomputed tokens as :func:`recomputed_tokens` says.
 """
 
 from __future__ import annotations
@@ -15,14 +14,12 @@ import argparse
 import asyncio
 import math
 import os
-import re
 import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trail_scheduler.admin_client import AdminError
 from trail_scheduler.api import SchedulerSettings
 from trail_scheduler.assets import BUNDLED_MODEL_NAME
 from trail_scheduler.bench import policies as P
@@ -72,6 +69,7 @@ from trail_scheduler.predictors import SHIPPED_PROBE
 
 PREEMPTIONS_METRIC = "vllm:num_preemptions_total"
 PREFIX_HITS_METRIC = "vllm:prefix_cache_hits_total"  # new requests' prompt tokens found cached (resumed ones skipped)
+RESUMED_METRIC = "trail_resumed_tokens_total"  # trail serve: resumed requests' tokens, by source
 
 
 class BenchError(TrailError):
@@ -395,63 +393,20 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 # -- preemption cost ----------------------------------------------------------------------
 
-_BENCH_ID = re.compile(r"bench(\d+)x(\d+)")
 
+def recomputed_tokens(before: dict, after: dict, records: list[RequestRecord], preemptions: float) -> float:
+    """Tokens prefilled again after preemptions during a run.
 
-class PreemptionWatcher:
-    """Recomputed tokens: what each preemption throws away, observed on ``trail serve``.
-
-    vLLM V1 recomputes a preempted request from scratch (prompt plus the tokens it had
-    generated, which it keeps). Polling the admin API's stats twice a second shows each
-    request's preemption count and generated tokens; every increase adds
-    ``prompt tokens + generated tokens`` at that moment. This counts the work before
-    prefix-cache hits (an upper bound on compute). vLLM's own counter is exact for the
-    number of preemptions; tokens of preemptions the poll missed are extrapolated from
-    the observed ones. Stock vLLM has no stats API: there ``prompt + half the output``
-    per preemption is assumed (with FCFS it preempts only under KV pressure).
+    ``trail serve`` counts them exactly as each preempted request resumes (its
+    ``trail_resumed_tokens_total``, split into what the prefix cache still held and what
+    was recomputed). Stock vLLM counts neither (its prefix-cache metrics skip resumed
+    requests): there ``prompt + half the output`` per preemption is assumed, with no cache
+    hits, an upper bound (FCFS preempts only under KV pressure).
     """
-
-    def __init__(self, server: Server, interval: float = 0.5) -> None:
-        self.server, self.interval = server, interval
-        self.seen: dict[int, int] = {}  # request index -> preemptions seen
-        self.generated: dict[int, list[int]] = {}  # request index -> generated tokens at each preemption
-        self._task: asyncio.Task | None = None
-        self.observed = 0  # preemptions seen by the poll (the rest are extrapolated)
-
-    async def _poll(self) -> None:
-        async with self.server.admin_client(timeout=10) as client:
-            while True:
-                try:
-                    stats = await client.stats()
-                    for item in stats.running + stats.waiting:
-                        match = _BENCH_ID.search(item.request_id)
-                        if match:
-                            index, count = int(match.group(2)), item.preemptions
-                            new = count - self.seen.get(index, 0)
-                            if new > 0:
-                                self.generated.setdefault(index, []).extend([item.generated_tokens] * new)
-                                self.seen[index] = count
-                except (AdminError, ValueError):
-                    pass
-                await asyncio.sleep(self.interval)
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._poll())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    def recomputed(self, records: list[RequestRecord], preemptions: float) -> float:
-        observed = [(records[i].prompt_tokens + g) for i, gs in self.generated.items() for g in gs if i < len(records)]
-        self.observed = len(observed)
-        if observed:
-            return sum(observed) * max(1.0, preemptions / len(observed))
-        return estimate_recomputed(records, preemptions)
-
-
-def estimate_recomputed(records: list[RequestRecord], preemptions: float) -> float:
+    if RESUMED_METRIC in after:
+        return metric_sum(after, RESUMED_METRIC, source="recomputed") - metric_sum(
+            before, RESUMED_METRIC, source="recomputed"
+        )
     done = [r for r in records if r.ok] or records
     if not preemptions or not done:
         return 0.0
@@ -499,7 +454,7 @@ def _run_one(
 ) -> tuple[list[RequestRecord], float, float, float, dict]:
     """One policy at one rate: records, duration, preemptions, recomputed tokens, and the
     engine's other counts for the run's row."""
-    # Unique request ids let the watcher map the engine's requests back to ours.
+    # Unique request ids name each run's requests in the engine's log and stats.
     ids = {r.id: f"bench{run_index}x{i}" for i, r in enumerate(requests)}
 
     def extra(request) -> dict:
@@ -509,27 +464,16 @@ def _run_one(
         return body
 
     before = server.metrics()
-
-    async def go():
-        watcher = PreemptionWatcher(server) if server.admin else None
-        if watcher:
-            watcher.start()
-        try:
-            records, duration = await run_load(server.base, model, requests, time_limit, extra, on_done)
-        finally:
-            if watcher:
-                await watcher.stop()
-        return records, duration, watcher
-
-    records, duration, watcher = asyncio.run(go())
-    time.sleep(1.5)  # vLLM's stat logger publishes a moment after the last step
+    records, duration = asyncio.run(run_load(server.base, model, requests, time_limit, extra, on_done))
+    time.sleep(1.5)  # vLLM's stat logger and the trail_ metrics' poll publish a moment after the last step
     after = server.metrics()
     preemptions = metric_sum(after, PREEMPTIONS_METRIC) - metric_sum(before, PREEMPTIONS_METRIC)
-    recomputed = watcher.recomputed(records, preemptions) if watcher else estimate_recomputed(records, preemptions)
     counts = {
-        "preemptions_observed_by_poll": watcher.observed if watcher else 0,
         "prefix_cache_hit_tokens": metric_sum(after, PREFIX_HITS_METRIC) - metric_sum(before, PREFIX_HITS_METRIC),
+        "resumed_from_prefix_cache_tokens": metric_sum(after, RESUMED_METRIC, source="prefix_cache")
+        - metric_sum(before, RESUMED_METRIC, source="prefix_cache"),
     }
+    recomputed = recomputed_tokens(before, after, records, preemptions)
     return records, duration, preemptions, recomputed, counts
 
 

@@ -39,6 +39,12 @@ PREDICTION_ERROR = Histogram(
     ["stage"],
     buckets=TOKEN_BUCKETS,
 )
+RESUMED_TOKENS = Counter(
+    "trail_resumed_tokens",
+    "Tokens a preempted request needed again when it resumed: source=prefix_cache (blocks still cached), "
+    "recomputed (prefilled again)",
+    ["source"],
+)
 PROBE_FAILURES = Counter(
     "trail_probe_failures", "Probe failures on the workers (each drops the probe; ranking falls back to FCFS)"
 )
@@ -67,6 +73,8 @@ def record(drained: MetricsDrain) -> None:
         PREDICTION_ERROR.labels(stage).observe(value)
     for value in drained.predicted_remaining:
         PREDICTED_REMAINING.observe(value)
+    for source, tokens in drained.resumed_tokens.items():
+        RESUMED_TOKENS.labels(source).inc(tokens)
     PROBE_FAILURES.inc(drained.probe_failures)
     record_config(drained.config)
 

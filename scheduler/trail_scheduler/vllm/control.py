@@ -41,6 +41,7 @@ class MetricsDrain(BaseModel):
     errors: list[tuple[str, float]] = Field(default_factory=list)  # (stage, |error|)
     predicted_remaining: list[float] = Field(default_factory=list)
     probe_failures: int = 0  # failures the workers reported (each drops the probe it ran)
+    resumed_tokens: dict[str, int] = Field(default_factory=dict)  # source -> tokens resumed requests needed again
     config: ConfigView
 
 

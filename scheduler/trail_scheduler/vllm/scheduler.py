@@ -75,6 +75,7 @@ class EngineMetrics:
     decisions: Counter = field(default_factory=Counter)  # decision -> count
     errors: list[tuple[str, float]] = field(default_factory=list)  # (stage, |error|)
     probe_failures: int = 0
+    resumed_tokens: Counter = field(default_factory=Counter)  # source (prefix_cache, recomputed) -> tokens
 
     def drain(self, predicted_remaining: list[float], config: ConfigView) -> MetricsDrain:
         payload = MetricsDrain(
@@ -83,9 +84,11 @@ class EngineMetrics:
             errors=list(self.errors),
             predicted_remaining=predicted_remaining,
             probe_failures=self.probe_failures,
+            resumed_tokens=dict(self.resumed_tokens),
             config=config,
         )
         self.preemptions.clear()
+        self.resumed_tokens.clear()
         self.decisions.clear()
         self.errors.clear()
         self.probe_failures = 0
@@ -144,6 +147,7 @@ class TrailSchedulingMixin:
         self.trail_metrics = EngineMetrics()
         self.trail_preemptions_total = 0
         self._trail_preempting = False
+        self._trail_resuming: set[str] = set()  # preempted, not yet scheduled again
         self.trail_last_decision_seconds = 0.0
 
     # -- control (the admin API's way in) -------------------------------------------
@@ -279,6 +283,7 @@ class TrailSchedulingMixin:
         self.trail_metrics.preemptions[reason] += 1
         self.trail_preemptions_total += 1
         self._trail_waiting_views.pop(request.request_id, None)  # it waits again, with more generated
+        self._trail_resuming.add(request.request_id)
         super()._preempt_request(request, *args, **kwargs)
 
     def _free_request(self, request, *args, **kwargs):
@@ -289,6 +294,7 @@ class TrailSchedulingMixin:
                 if value is not None:
                     self.trail_metrics.errors.append((stage, value))
         self._trail_waiting_views.pop(request.request_id, None)
+        self._trail_resuming.discard(request.request_id)
         return super()._free_request(request, *args, **kwargs)
 
     # -- the step -----------------------------------------------------------------
@@ -298,6 +304,8 @@ class TrailSchedulingMixin:
             self._trail_order_and_preempt()
             self.trail_last_decision_seconds = time.perf_counter() - started
         output = super().schedule(*args, **kwargs)
+        if self._trail_resuming:
+            self._trail_count_resumed(output)
         if self.trail_pending_update is not None:  # every step's output reaches every worker
             output.trail_update, self.trail_pending_update = self.trail_pending_update, None
         return output
@@ -318,6 +326,18 @@ class TrailSchedulingMixin:
             if self.trail_probe is not None and evidence.probe_sha256 == self.trail_probe.sha256:
                 tracker.observe(evidence.request_ids, evidence.probabilities, evidence.from_prefill)
         return super().update_from_output(scheduler_output, model_runner_output)
+
+    def _trail_count_resumed(self, output) -> None:
+        """What a preemption cost, counted when the request is scheduled again: vLLM V1 must
+        rebuild its KV cache (prompt and generated tokens); the prefix cache may still hold the
+        full blocks it freed, and the rest is recomputed. vLLM's own metrics skip resumed requests."""
+        for request_id in [r for r in self._trail_resuming if r in output.num_scheduled_tokens]:
+            self._trail_resuming.discard(request_id)
+            request = self.requests[request_id]
+            # Advanced by this step's tokens already: what remains was found in the cache.
+            cached = request.num_computed_tokens - output.num_scheduled_tokens[request_id]
+            self.trail_metrics.resumed_tokens["prefix_cache"] += cached
+            self.trail_metrics.resumed_tokens["recomputed"] += request.num_tokens - cached
 
     def _trail_order_and_preempt(self) -> None:
         now = time.time()
