@@ -25,7 +25,7 @@ from trail_scheduler.bench.report import (
     summarise,
     write_report,
 )
-from trail_scheduler.bench.runner import recomputed_tokens
+from trail_scheduler.bench.runner import preemption_ages, recomputed_tokens
 from trail_scheduler.bench.servers import EndpointError, check_loopback, free_port, metric_sum, parse_metrics
 from trail_scheduler.bench.workload import (
     BURST,
@@ -299,6 +299,21 @@ def test_metrics_parsing_sums_matching_labels():
     assert metric_sum(samples, "absent") == 0.0
 
 
+def test_preemption_ages_come_from_trail_serves_histogram():
+    """Three preemptions in the run (one before it): at 2, 10 and 300 tokens."""
+
+    def histogram(count: int, total: int, within_16: int) -> dict:
+        name = "trail_preempted_generated_tokens"
+        return parse_metrics(
+            f'{name}_count{{reason="policy"}} {count}\n{name}_sum{{reason="policy"}} {total}\n'
+            f'{name}_bucket{{le="16.0",reason="policy"}} {within_16}\n'
+        )
+
+    ages = preemption_ages(histogram(1, 4, 1), histogram(4, 316, 3))
+    assert ages == {"mean_generated_at_preemption": pytest.approx(104.0), "preempted_within_16_tokens": 2 / 3}
+    assert preemption_ages({}, {}) == {"mean_generated_at_preemption": None, "preempted_within_16_tokens": None}
+
+
 def test_recomputed_tokens_are_trail_serves_count_and_an_upper_bound_on_stock_vllm():
     """trail serve counts what its resumed requests prefilled again (the prefix cache's share
     apart); stock vLLM counts nothing, so each preemption is charged prompt + half the output."""
@@ -474,6 +489,7 @@ def test_comparison_is_against_fcfs_on_the_same_seed_with_the_oracles_share():
     # Seed 0: 4 of the oracle's 5 s gained; seed 1: 5 of 10.
     assert trail["oracle_gain_share"] == pytest.approx([(0.8 + 0.5) / 2, 0.5, 0.8])
     assert trail["preemptions"] == 3
+    assert trail["preempted_within_16_tokens"] is None  # no engine count in these rows
     assert rows[("trail", "0.7x")]["oracle_gain_share"] is None  # no oracle run at that load
     assert ("fcfs", "burst") not in rows
 

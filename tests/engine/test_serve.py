@@ -184,6 +184,8 @@ def test_large_c_preempts_young_long_requests_for_short_ones(trail_server):
     trail_server.configure(policy="trail", c=100.0, maxWaitSeconds=None)
     resumed = ("trail_resumed_tokens_total", "prefix_cache"), ("trail_resumed_tokens_total", "recomputed")
     before = [trail_server.metric(name, source=source) for name, source in resumed]
+    ages = "trail_preempted_generated_tokens_count", "trail_preempted_generated_tokens_sum"
+    ages_before = [trail_server.metric(name, reason="policy") for name in ages]
     # Each long request is displaced once and waits until the short ones are done; a victim
     # that vLLM resumed at once would be displaced again every step (dozens).
     preemptions = _long_then_short(trail_server)
@@ -192,6 +194,9 @@ def test_large_c_preempts_young_long_requests_for_short_ones(trail_server):
     # prefix cache or by recomputing; at least its last token is always recomputed.
     cached, recomputed = (trail_server.metric(name, source=source) - b for (name, source), b in zip(resumed, before))
     assert recomputed >= preemptions and cached + recomputed > preemptions * 8, (cached, recomputed)
+    # Each was decoding when it was displaced: counted once, with the tokens it had.
+    count, total = (trail_server.metric(name, reason="policy") - b for name, b in zip(ages, ages_before))
+    assert count == preemptions and total >= preemptions, (count, total)
 
 
 def _finish_order_of_a_long_request_among_short_ones(server) -> tuple[int, float]:

@@ -104,7 +104,7 @@ def test_a_displaced_request_is_not_resumed_in_the_same_step(make_engine):
 
 
 @pytest.mark.parametrize("prefix_caching", [False, True], ids=["no-prefix-cache", "prefix-cache"])
-def test_a_resumed_request_counts_the_tokens_it_needed_again_by_source(make_engine, prefix_caching):
+def test_preemption_costs_are_counted_how_far_along_and_what_resuming_rebuilt(make_engine, prefix_caching):
     """Both victims rebuild their KV cache when they resume (prompt and generated tokens);
     with the prefix cache on, the full blocks they freed are found there, not recomputed."""
     engine = make_engine(policy="trail", c=100.0, prefix_caching=prefix_caching)
@@ -114,11 +114,19 @@ def test_a_resumed_request_counts_the_tokens_it_needed_again_by_source(make_engi
     needed = {r.request_id: r.num_tokens for r in (old, young)}
     assert all(n > 2 * BLOCK_SIZE for n in needed.values())
     engine.run_to_completion()
-    resumed = engine.scheduler.trail_drain_metrics().resumed_tokens
+    drained = engine.scheduler.trail_drain_metrics()
     # Cached: the full blocks short of the last token, which vLLM always computes.
     cached = sum((n - 1) // BLOCK_SIZE * BLOCK_SIZE for n in needed.values()) if prefix_caching else 0
-    assert resumed == {"prefix_cache": cached, "recomputed": sum(needed.values()) - cached}
-    assert engine.scheduler.trail_drain_metrics().resumed_tokens == {}  # drained once
+    assert drained.resumed_tokens == {"prefix_cache": cached, "recomputed": sum(needed.values()) - cached}
+    # How far along each victim was (the prompt is 16 tokens); under async, the token then
+    # in flight had not reached vLLM's count yet.
+    in_flight = engine.depth - 1
+    assert sorted(tokens for _, tokens in drained.preempted_generated) == sorted(
+        n - 16 - in_flight for n in needed.values()
+    )
+    assert {reason for reason, _ in drained.preempted_generated} == {"policy"}
+    again = engine.scheduler.trail_drain_metrics()  # drained once
+    assert again.resumed_tokens == {} and again.preempted_generated == []
 
 
 @pytest.mark.parametrize("young_arrived_first", [False, True], ids=["young-arrived-last", "young-arrived-first"])

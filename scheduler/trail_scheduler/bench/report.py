@@ -284,7 +284,8 @@ COMPARED = {
 
 def compare(summary: list[dict]) -> list[dict]:
     """Per policy and load: ratios to FCFS (mean, min, max over seeds), the share of the oracle's
-    gain over FCFS that the policy reached, and preemptions and recomputed tokens per run."""
+    gain over FCFS that the policy reached, preemptions and recomputed tokens per run, and the
+    share of preemptions within a victim's first 16 tokens."""
     import numpy as np
 
     by_run = {(row["policy"], row["rate"], row.get("seed", 0)): row for row in summary}
@@ -314,6 +315,9 @@ def compare(summary: list[dict]) -> list[dict]:
         row["oracle_gain_share"] = [float(np.mean(gains)), min(gains), max(gains)] if gains else None
         row["preemptions"] = float(np.mean([by_run[(policy, rate, s)]["preemptions"] for s in seeds]))
         row["recomputed_tokens"] = float(np.mean([by_run[(policy, rate, s)]["recomputed_tokens"] for s in seeds]))
+        # Of trail serve's preemptions, the share within a victim's first 16 tokens (churn).
+        early = [v for s in seeds if (v := by_run[(policy, rate, s)].get("preempted_within_16_tokens")) is not None]
+        row["preempted_within_16_tokens"] = float(np.mean(early)) if early else None
         rows.append(row)
     return sorted(rows, key=lambda r: (_rate_value(r["rate"]), r["policy"]))
 
@@ -331,6 +335,7 @@ def comparison_table(comparison: list[dict]):
     table = Table(title="against FCFS on the same requests: mean over seeds (min–max)")
     for header in ("policy", "load", "seeds", "mean lat", "TTFT", "p99", "tok/s", "oracle gain", "preempt", "recomp"):
         table.add_column(header, justify="left" if header in ("policy", "load") else "right")
+    table.add_column("≤16 tok", justify="right")  # the share of preemptions within a victim's first 16 tokens
     for row in comparison:
         table.add_row(
             row["policy"],
@@ -340,5 +345,6 @@ def comparison_table(comparison: list[dict]):
             _spread(row["oracle_gain_share"], "{:.0%}"),
             f"{row['preemptions']:.0f}",
             f"{row['recomputed_tokens']:.0f}",
+            "-" if row["preempted_within_16_tokens"] is None else f"{row['preempted_within_16_tokens']:.0%}",
         )
     return table

@@ -39,6 +39,13 @@ PREDICTION_ERROR = Histogram(
     ["stage"],
     buckets=TOKEN_BUCKETS,
 )
+PREEMPTED_GENERATED = Histogram(
+    "trail_preempted_generated_tokens",
+    "Tokens a request had generated when it was preempted, by reason: many near zero is churn "
+    "(admitted, a first token, displaced), which buys time to first token with recomputation",
+    ["reason"],
+    buckets=(0, *TOKEN_BUCKETS),
+)
 RESUMED_TOKENS = Counter(
     "trail_resumed_tokens",
     "Tokens a preempted request needed again when it resumed: source=prefix_cache (blocks still cached), "
@@ -73,6 +80,8 @@ def record(drained: MetricsDrain) -> None:
         PREDICTION_ERROR.labels(stage).observe(value)
     for value in drained.predicted_remaining:
         PREDICTED_REMAINING.observe(value)
+    for reason, generated in drained.preempted_generated:
+        PREEMPTED_GENERATED.labels(reason).observe(generated)
     for source, tokens in drained.resumed_tokens.items():
         RESUMED_TOKENS.labels(source).inc(tokens)
     PROBE_FAILURES.inc(drained.probe_failures)

@@ -42,6 +42,7 @@ class MetricsDrain(BaseModel):
     predicted_remaining: list[float] = Field(default_factory=list)
     probe_failures: int = 0  # failures the workers reported (each drops the probe it ran)
     resumed_tokens: dict[str, int] = Field(default_factory=dict)  # source -> tokens resumed requests needed again
+    preempted_generated: list[tuple[str, int]] = Field(default_factory=list)  # (reason, generated) per preemption
     config: ConfigView
 
 
