@@ -25,7 +25,7 @@ from trail_scheduler.bench.report import (
     summarise,
     write_report,
 )
-from trail_scheduler.bench.runner import preemption_ages, recomputed_tokens
+from trail_scheduler.bench.runner import estimated_recomputed_tokens, preemption_ages, recomputed_tokens
 from trail_scheduler.bench.servers import EndpointError, check_loopback, free_port, metric_sum, parse_metrics
 from trail_scheduler.bench.workload import (
     BURST,
@@ -321,10 +321,11 @@ def test_recomputed_tokens_are_trail_serves_count_and_an_upper_bound_on_stock_vl
     after = parse_metrics(
         'trail_resumed_tokens_total{source="recomputed"} 130\ntrail_resumed_tokens_total{source="prefix_cache"} 64\n'
     )
+    assert recomputed_tokens(before, after) == 30
+    assert recomputed_tokens({}, {}) == 0  # nothing resumed since it started
     records = [RequestRecord("a", 0, 0, 1, 2, prompt_tokens=10, output_tokens=40)]
-    assert recomputed_tokens(before, after, records, preemptions=2) == 30
-    assert recomputed_tokens({}, {}, records, preemptions=2) == 2 * (10 + 20)
-    assert recomputed_tokens({}, {}, records, preemptions=0) == 0
+    assert estimated_recomputed_tokens(records, preemptions=2) == 2 * (10 + 20)
+    assert estimated_recomputed_tokens(records, preemptions=0) == 0
 
 
 # -- the command's errors -----------------------------------------------------------------

@@ -1,11 +1,13 @@
-"""``trail bench``: every policy on the same work, one engine at a time, then a report.
+"""``trail bench``: every policy on the same work, runs alternating between engines, then a report.
 
 Flow: pick prompts (seeded), profile their natural (sampled, seeded) output lengths on the served model
-(cached), then for each engine (stock vLLM for ``fcfs``, one ``trail serve`` for the
-TRAIL policies, switched live through its admin API) and each policy and rate, send
-the same requests open-loop and record them. Engines are started here unless running
-endpoints are given. Preemptions are vLLM's own counter (``vllm:num_preemptions_total``)
-before and after each run; recomputed tokens as :func:`recomputed_tokens` says.
+(cached), then round by round (:meth:`BenchConfig.schedule`) send the same requests
+open-loop to each policy's engine (stock vLLM for ``fcfs``; ``trail serve`` for the TRAIL
+policies, set through its admin API before every run) and record them. Engines are
+started here, once each and kept up, unless running endpoints are given. Preemptions
+are vLLM's own counter (``vllm:num_preemptions_total``) before and after each run;
+recomputed tokens are ``trail serve``'s count (:func:`recomputed_tokens`) or, on stock
+vLLM, an estimate (:func:`estimated_recomputed_tokens`).
 """
 
 from __future__ import annotations
@@ -395,19 +397,18 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 # -- preemption cost ----------------------------------------------------------------------
 
 
-def recomputed_tokens(before: dict, after: dict, records: list[RequestRecord], preemptions: float) -> float:
-    """Tokens prefilled again after preemptions during a run.
+def recomputed_tokens(before: dict, after: dict) -> float:
+    """Tokens ``trail serve`` prefilled again as preempted requests resumed during a run
+    (its ``trail_resumed_tokens_total``; what the prefix cache still held is counted apart)."""
+    return metric_sum(after, RESUMED_METRIC, source="recomputed") - metric_sum(
+        before, RESUMED_METRIC, source="recomputed"
+    )
 
-    ``trail serve`` counts them exactly as each preempted request resumes (its
-    ``trail_resumed_tokens_total``, split into what the prefix cache still held and what
-    was recomputed). Stock vLLM counts neither (its prefix-cache metrics skip resumed
-    requests): there ``prompt + half the output`` per preemption is assumed, with no cache
-    hits, an upper bound (FCFS preempts only under KV pressure).
-    """
-    if RESUMED_METRIC in after:
-        return metric_sum(after, RESUMED_METRIC, source="recomputed") - metric_sum(
-            before, RESUMED_METRIC, source="recomputed"
-        )
+
+def estimated_recomputed_tokens(records: list[RequestRecord], preemptions: float) -> float:
+    """Stock vLLM counts no such thing (its prefix-cache metrics skip resumed requests):
+    ``prompt + half the output`` per preemption, no cache hits, an upper bound (FCFS
+    preempts only under KV pressure)."""
     done = [r for r in records if r.ok] or records
     if not preemptions or not done:
         return 0.0
@@ -492,7 +493,10 @@ def _run_one(
         - metric_sum(before, RESUMED_METRIC, source="prefix_cache"),
         **preemption_ages(before, after),
     }
-    recomputed = recomputed_tokens(before, after, records, preemptions)
+    if server.admin:  # trail serve
+        recomputed = recomputed_tokens(before, after)
+    else:
+        recomputed = estimated_recomputed_tokens(records, preemptions)
     return records, duration, preemptions, recomputed, counts
 
 
