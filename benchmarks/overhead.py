@@ -110,7 +110,7 @@ def profile_decide(waiting: int = 1000, running: int = 256, calls: int = 100) ->
 
 def _burst(server, model: str, requests, time_limit: float = 600) -> dict:
     from trail_scheduler.bench.loadgen import run_load
-    from trail_scheduler.bench.servers import metric_sum
+    from trail_scheduler.bench.servers import metric_delta
 
     itl = "vllm:inter_token_latency_seconds"
     before = server.metrics()
@@ -122,8 +122,8 @@ def _burst(server, model: str, requests, time_limit: float = 600) -> dict:
         raise RuntimeError(f"{len(failed)} requests failed: {failed[:3]}")
     tokens = sum(r.output_tokens for r in records)
     span = max(r.finished for r in records) - min(r.sent for r in records)
-    steps = metric_sum(after, f"{itl}_count") - metric_sum(before, f"{itl}_count")
-    step_time = (metric_sum(after, f"{itl}_sum") - metric_sum(before, f"{itl}_sum")) / steps
+    steps = metric_delta(before, after, f"{itl}_count")
+    step_time = metric_delta(before, after, f"{itl}_sum") / steps
     return {"output_tokens": tokens, "throughput_tok_s": tokens / span, "step_ms": step_time * 1e3}
 
 

@@ -40,7 +40,7 @@ from trail_scheduler.bench.report import (
 from trail_scheduler.bench.servers import (
     Server,
     check_loopback,
-    metric_sum,
+    metric_delta,
     start_stock_vllm,
     start_trail_serve,
 )
@@ -400,9 +400,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 def recomputed_tokens(before: dict, after: dict) -> float:
     """Tokens ``trail serve`` prefilled again as preempted requests resumed during a run
     (its ``trail_resumed_tokens_total``; what the prefix cache still held is counted apart)."""
-    return metric_sum(after, RESUMED_METRIC, source="recomputed") - metric_sum(
-        before, RESUMED_METRIC, source="recomputed"
-    )
+    return metric_delta(before, after, RESUMED_METRIC, source="recomputed")
 
 
 def estimated_recomputed_tokens(records: list[RequestRecord], preemptions: float) -> float:
@@ -421,7 +419,7 @@ def preemption_ages(before: dict, after: dict) -> dict:
     token, displaced (None without preemptions)."""
 
     def delta(suffix: str, **labels: str) -> float:
-        return metric_sum(after, PREEMPTED_AT + suffix, **labels) - metric_sum(before, PREEMPTED_AT + suffix, **labels)
+        return metric_delta(before, after, PREEMPTED_AT + suffix, **labels)
 
     count = delta("_count")
     if not count:
@@ -486,11 +484,10 @@ def _run_one(
     records, duration = asyncio.run(run_load(server.base, model, requests, time_limit, extra, on_done))
     time.sleep(1.5)  # vLLM's stat logger and the trail_ metrics' poll publish a moment after the last step
     after = server.metrics()
-    preemptions = metric_sum(after, PREEMPTIONS_METRIC) - metric_sum(before, PREEMPTIONS_METRIC)
+    preemptions = metric_delta(before, after, PREEMPTIONS_METRIC)
     counts = {
-        "prefix_cache_hit_tokens": metric_sum(after, PREFIX_HITS_METRIC) - metric_sum(before, PREFIX_HITS_METRIC),
-        "resumed_from_prefix_cache_tokens": metric_sum(after, RESUMED_METRIC, source="prefix_cache")
-        - metric_sum(before, RESUMED_METRIC, source="prefix_cache"),
+        "prefix_cache_hit_tokens": metric_delta(before, after, PREFIX_HITS_METRIC),
+        "resumed_from_prefix_cache_tokens": metric_delta(before, after, RESUMED_METRIC, source="prefix_cache"),
         **preemption_ages(before, after),
     }
     if server.admin:  # trail serve

@@ -69,6 +69,11 @@ def metric_sum(samples: dict[str, list[tuple[dict[str, str], float]]], name: str
     return sum(value for found, value in samples.get(name, []) if labels.items() <= found.items())
 
 
+def metric_delta(before: dict, after: dict, name: str, **labels: str) -> float:
+    """How much a counter's matching samples grew between two scrapes."""
+    return metric_sum(after, name, **labels) - metric_sum(before, name, **labels)
+
+
 @dataclass
 class Server:
     """A running OpenAI-compatible endpoint; ``admin`` is None for stock vLLM."""
