@@ -41,6 +41,7 @@ MAX_PREDICT_EVERY = 1_000_000  # tokens; longer than any context
 MAX_WAIT_SECONDS = 604_800.0  # one week
 MAX_PREEMPTION_MARGIN = 1_000_000.0  # tokens
 MAX_PREEMPTIONS = 1_000_000
+MAX_PROBE_RANKS_AFTER = 1_000_000  # tokens; longer than any context
 MAX_GENERATION = 2**63 - 1  # an int64, as Kubernetes' metadata.generation
 # The shipped starvation guard (measured in docs/benchmarks.md, "The starvation guard"): a
 # request is preempted at most once, so shortest-first cannot make it recompute again and
@@ -135,6 +136,14 @@ class SchedulerSettings(_Wire):
         "reading as independent evidence (the paper's); lower values temper readings that repeat token after token",
     )
 
+    probe_ranks_after: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_PROBE_RANKS_AFTER,
+        description="tokens a request generates before the probe's belief, rather than the prompt estimate it was "
+        "admitted on, ranks it (0: from the probe's first reading)",
+    )
+
     @field_validator("policy", "refinement_prior", mode="before")
     @classmethod
     def _known_choice(cls, value: Any, info: ValidationInfo) -> Enum:
@@ -184,6 +193,15 @@ class SchedulerSettings(_Wire):
     def _weight(cls, value: Any) -> Any:
         if not (_is_number(value) and 0 < value <= 1):
             raise ValueError(f"evidence_weight must be a number above 0 and at most 1, got {_shown(value)}")
+        return value
+
+    @field_validator("probe_ranks_after", mode="before")
+    @classmethod
+    def _tokens_before_the_probe_ranks(cls, value: Any) -> Any:
+        if not (_is_integer(value) and 0 <= value <= MAX_PROBE_RANKS_AFTER):
+            raise ValueError(
+                f"probe_ranks_after must be an integer from 0 to {MAX_PROBE_RANKS_AFTER} tokens, got {_shown(value)}"
+            )
         return value
 
     @field_validator("max_preemptions", mode="before")

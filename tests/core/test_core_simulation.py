@@ -84,6 +84,23 @@ def test_trail_preempts_for_a_shorter_arrival_and_the_victim_recomputes():
     assert patient.latency == (50, 49)
 
 
+@pytest.mark.parametrize("probe_ranks_after, preempted_at", [(0, 1), (5, 5), (40, None)])
+def test_a_request_admitted_on_its_prompt_estimate_is_displaced_once_its_belief_ranks(probe_ranks_after, preempted_at):
+    """The prompt predictor calls "a" short, the probe reads it long: it is admitted first and
+    displaced for "b" as soon as its belief ranks it, and never if the answer ends first."""
+    a = truthful("a", 40, estimate=10)
+    b = truthful("b", 20, estimate=20)
+    settings = TRAIL.model_copy(update={"probe_ranks_after": probe_ranks_after})
+    outcome = simulate([a, b], settings, BINS, slots=1)
+    if preempted_at is None:
+        assert outcome.preemptions == 0
+        assert outcome.latency == (40, 60)
+    else:
+        assert outcome.preemptions == 1
+        assert outcome.recomputed_tokens == 1 + preempted_at  # its prompt and what it had generated
+        assert outcome.latency == (60, preempted_at + 20)  # "a" waits out "b" whenever it goes
+
+
 def test_requests_arriving_later_wait_for_their_arrival():
     outcome = simulate([truthful("a", 2, arrival=10.0)], FCFS, BINS, slots=1)
     assert outcome.latency == (2,)
@@ -118,12 +135,14 @@ def test_an_answer_without_enough_readings_is_refused():
     lengths=st.lists(st.integers(1, 40), min_size=1, max_size=10),
     slots=st.integers(1, 4),
     prefill=st.sampled_from([math.inf, 3.0]),
+    probe_ranks_after=st.integers(0, 50),
 )
-def test_any_burst(lengths, slots, prefill):
+def test_any_burst(lengths, slots, prefill, probe_ranks_after):
     requests = [truthful(str(i), n, prompt_tokens=2) for i, n in enumerate(lengths)]
     fcfs = simulate(requests, FCFS, BINS, slots, prefill_tokens_per_step=prefill)
     oracle = simulate(requests, ORACLE, BINS, slots, prefill_tokens_per_step=prefill)
-    trail = simulate(requests, TRAIL, BINS, slots, prefill_tokens_per_step=prefill)
+    trail_settings = TRAIL.model_copy(update={"probe_ranks_after": probe_ranks_after})
+    trail = simulate(requests, trail_settings, BINS, slots, prefill_tokens_per_step=prefill)
     # In a burst the oracle is shortest-processing-time first, the best order there is.
     assert oracle.preemptions == 0
     assert oracle.mean_latency <= fcfs.mean_latency + 1e-9

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trail_scheduler.api import RefinementPrior
+from trail_scheduler.api import RefinementPrior, SchedulerSettings
 from trail_scheduler.core.bins import LengthBins
 from trail_scheduler.core.refine import shift
 from trail_scheduler.core.tracker import PredictionTracker
@@ -91,9 +91,12 @@ def test_new_bins_restart_beliefs_but_keep_estimates():
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 4), st.lists(st.floats(0, 1), min_size=10, max_size=10)), max_size=30))
-def test_beliefs_stay_normalised_and_estimates_finite(steps):
-    tracker = PredictionTracker(BINS)
+@given(
+    st.lists(st.tuples(st.integers(0, 4), st.lists(st.floats(0, 1), min_size=10, max_size=10)), max_size=30),
+    st.integers(0, 40),
+)
+def test_beliefs_stay_normalised_and_estimates_finite(steps, probe_ranks_after):
+    tracker = PredictionTracker(BINS, probe_ranks_after=probe_ranks_after)
     tracker.add("a")
     first = True
     for tokens, evidence in steps:
@@ -171,3 +174,46 @@ def test_the_evidence_weight_tempers_the_first_reading_and_every_token_reading_a
     tempered.observe(["a"], reading[None], [False])
     expected = shift(again, BINS, 1) * reading
     assert tempered.get("a").belief == pytest.approx(expected / expected.sum(), rel=1e-4)
+
+
+def test_the_prompt_estimate_ranks_until_the_request_has_generated_probe_ranks_after_tokens():
+    """Until then the belief is refined but not used; from the first reading at or past it on,
+    the belief ranks. A new value applies from the next reading on."""
+    tracker = PredictionTracker(BINS, probe_ranks_after=3)
+    tracker.add("a", prompt_estimate=40)
+    tracker.advance("a", 1)
+    tracker.observe(["a"], one_hot(8)[None], [True])
+    state = tracker.get("a")
+    assert state.belief_estimate == pytest.approx(BINS.representatives[8], rel=1e-3)
+    assert state.initial_prediction == pytest.approx(BINS.representatives[8] + 1, rel=1e-3)  # r is the probe's
+    assert state.predicted_remaining == 39  # the prompt estimate, counted down
+    tracker.advance("a", 1)
+    tracker.observe(["a"], one_hot(8)[None], [False])
+    assert state.predicted_remaining == 38
+    tracker.advance("a", 1)
+    assert state.predicted_remaining == 37  # three generated, but not read yet
+    tracker.observe(["a"], one_hot(8)[None], [False])
+    assert state.predicted_remaining == pytest.approx(BINS.representatives[8], rel=0.05)
+    assert state.history[:3] == [40, 39, 38]
+    tracker.follow(SchedulerSettings(probe_ranks_after=1000))
+    tracker.advance("a", 1)
+    tracker.observe(["a"], one_hot(8)[None], [False])
+    assert state.predicted_remaining > 100  # once ranked on its belief, a request stays so
+
+    tracker.add("b", prompt_estimate=40)
+    tracker.advance("b", 1)
+    tracker.observe(["b"], one_hot(8)[None], [True])
+    assert tracker.get("b").predicted_remaining == 39
+    tracker.follow(SchedulerSettings())  # 0: from the next reading on
+    tracker.advance("b", 1)
+    tracker.observe(["b"], one_hot(8)[None], [False])
+    assert tracker.get("b").predicted_remaining > 100
+
+
+@pytest.mark.parametrize("probe_ranks_after", [0, 1])
+def test_by_default_the_belief_ranks_from_the_first_reading(probe_ranks_after):
+    tracker = PredictionTracker(BINS, probe_ranks_after=probe_ranks_after)
+    tracker.add("a", prompt_estimate=40)
+    tracker.advance("a", 1)
+    tracker.observe(["a"], one_hot(8)[None], [True])
+    assert tracker.get("a").predicted_remaining == pytest.approx(BINS.representatives[8], rel=1e-3)

@@ -241,6 +241,28 @@ def test_an_evidence_weight_set_live_tempers_the_readings_that_follow(make_engin
     assert state.belief[2] < reading(2)[2] / reading(2).sum()  # less sure than the reading
 
 
+@pytest.mark.parametrize("probe_ranks_after", [0, 6])
+def test_an_admitted_request_keeps_its_prompt_estimates_rank_until_the_probe_ranks_it(
+    make_engine, probe_file, probe_ranks_after
+):
+    """One slot: "a" is admitted on its short prompt estimate and the probe reads it long.
+    It is displaced for "b" (predicted 100) once its belief ranks it: at its first reading
+    by default, after ``probeRanksAfter`` generated tokens if set (under async scheduling one
+    more is in flight when it goes)."""
+    path, _ = probe_file
+    engine = make_engine(probe_path=path, max_num_seqs=1, policy="trail", c=100.0)
+    assert apply(engine.scheduler, {"probeRanksAfter": probe_ranks_after}).error is None
+    a = make_request("a", max_tokens=40, estimate=10)
+    engine.add(a, make_request("b", max_tokens=40, estimate=100))
+    engine.readings["a"] = reading(BINS.count - 1)
+    outputs = []
+    while a.status != RequestStatus.PREEMPTED:
+        outputs.append(engine.step())
+        assert len(outputs) < 30
+    assert admitted(outputs) == ["a", "b"]
+    assert a.num_output_tokens + a.num_output_placeholders == max(1, probe_ranks_after) + engine.depth - 1
+
+
 def test_a_request_aborted_mid_prefill_leaves_nothing_behind(make_engine, probe_file):
     path, _ = probe_file
     engine = make_engine(probe_path=path, max_num_batched_tokens=64)

@@ -229,7 +229,7 @@ def test_eval_replays_the_prior_the_engine_would_use():
     predictor's; the probe prior's is p⁰; after the tokens' readings the three converge."""
     import numpy as np
 
-    from trail_scheduler.api import RefinementPrior
+    from trail_scheduler.api import RefinementPrior, SchedulerSettings
     from trail_scheduler.training.data import RequestStates
     from trail_scheduler.training.evaluate import replay
 
@@ -250,7 +250,9 @@ def test_eval_replays_the_prior_the_engine_would_use():
     short[0, 0] = 1.0  # the prompt predictor says "short"
     firsts = {}
     for prior in RefinementPrior:
-        errors, _, _, (predicted, true) = replay(states, p0, readings, [25.6], bins, 1, prior, (bins, short))
+        errors, _, _, (predicted, true) = replay(
+            states, p0, readings, [25.6], bins, SchedulerSettings(refinement_prior=prior), (bins, short)
+        )
         firsts[prior] = errors["first"][0]
         assert true == [length] and len(predicted) == 1
         assert errors["refined"][0] < 60
@@ -314,6 +316,10 @@ def test_simulated_bursts_can_be_drawn_to_chat_traffics_length_mix():
         ("--burst-size", "many", "not a whole number: 'many'"),
         ("--slots", "-2", "must be at least 1, got -2"),
         ("--evidence-weight", "0", "evidence_weight must be a number above 0"),
+        ("--evidence-weight", "heavy", "not a number: 'heavy'"),
+        ("--predict-every", "0", "predict_every must be an integer from 1"),
+        ("--probe-ranks-after", "-1", "probe_ranks_after must be an integer from 0"),
+        ("--probe-ranks-after", "1.5", "not a number: '1.5'"),
         ("--length-mix", "uniform", "invalid choice: 'uniform'"),
     ],
 )

@@ -86,7 +86,8 @@ def simulate(
     if not all(math.isfinite(r.arrival) and r.arrival >= 0 for r in requests):
         raise ValueError("arrival times must be finite and not negative")
     policy = Policy(settings)
-    tracker = PredictionTracker(bins, settings.refinement_prior, settings.evidence_weight)
+    tracker = PredictionTracker(bins)
+    tracker.follow(settings)
     pending = sorted(range(len(requests)), key=lambda i: (requests[i].arrival, i))
     served: dict[str, _Served] = {}
     waiting: list[str] = []

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from trail_scheduler.api import RefinementPrior
+from trail_scheduler.api import RefinementPrior, SchedulerSettings
 from trail_scheduler.core.bins import LengthBins
 from trail_scheduler.core.refine import expected_remaining, normalise, refine, update
 
@@ -27,13 +27,16 @@ class RequestPrediction:
     generated: int = 0
     tokens_since_evidence: int = 0
     belief_estimate: float | None = None  # E[q] at the last probe reading
+    # Whether the belief, rather than the prompt estimate, is what the request is ranked on
+    # (see PredictionTracker.probe_ranks_after).
+    belief_ranks: bool = False
     # Predicted remaining length before each generated token (for the refined error).
     history: list[float] = field(default_factory=list)
 
     @property
     def predicted_remaining(self) -> float:
         """Between probe readings the estimate counts down one per generated token."""
-        if self.belief_estimate is None:
+        if self.belief_estimate is None or not self.belief_ranks:
             return max(0.0, self.prompt_estimate - self.generated)
         return max(0.0, self.belief_estimate - self.tokens_since_evidence)
 
@@ -59,13 +62,35 @@ class PredictionErrors:
 
 
 class PredictionTracker:
+    """The scheduler's beliefs about every request's length.
+
+    ``probe_ranks_after`` (tokens) is when the probe's belief starts to rank a request: until
+    it has generated that many, the request is ranked on the prompt estimate it was admitted
+    on, counted down, as are the waiting requests it competes with. Two estimators compared
+    with each other would displace every admitted request whose first reading came out above
+    the queue's prompt estimates. The belief is refined all along; 0 (or 1: the prompt's
+    reading comes with the first token) ranks on it from the first reading.
+    """
+
     def __init__(
-        self, bins: LengthBins, prior: RefinementPrior = RefinementPrior.PROBE, evidence_weight: float = 1.0
+        self,
+        bins: LengthBins,
+        prior: RefinementPrior = RefinementPrior.PROBE,
+        evidence_weight: float = 1.0,
+        probe_ranks_after: int = 0,
     ) -> None:
         self.bins = bins
         self.prior = prior
         self.evidence_weight = evidence_weight  # the exponent on every probe reading (refine.update)
+        self.probe_ranks_after = probe_ranks_after
         self.requests: dict[str, RequestPrediction] = {}
+
+    def follow(self, settings: SchedulerSettings) -> None:
+        """Take the settings it reads: the prior for beliefs started from now on, the evidence
+        weight for readings from now on, and when the probe ranks for readings from now on."""
+        self.prior = settings.refinement_prior
+        self.evidence_weight = settings.evidence_weight
+        self.probe_ranks_after = settings.probe_ranks_after
 
     @property
     def unknown_estimate(self) -> float:
@@ -112,6 +137,11 @@ class PredictionTracker:
             return prior
         return update(prior, reading, self.evidence_weight)
 
+    def _rank_on_belief_if_due(self, state: RequestPrediction) -> None:
+        """After a reading: from ``probe_ranks_after`` generated tokens on, the belief ranks."""
+        if state.generated >= self.probe_ranks_after:
+            state.belief_ranks = True
+
     def get(self, request_id: str) -> RequestPrediction | None:
         return self.requests.get(request_id)
 
@@ -144,6 +174,7 @@ class PredictionTracker:
                 state.belief = self._start(state, evidence[row], prefill)
                 state.belief_estimate = float(expected_remaining(state.belief, self.bins))
                 state.tokens_since_evidence = 0
+                self._rank_on_belief_if_due(state)
                 if state.first_estimate is None:
                     state.first_estimate = state.belief_estimate + state.generated
                 continue
@@ -165,6 +196,7 @@ class PredictionTracker:
                 state.belief = posterior[j]
                 state.belief_estimate = float(estimates[j])
                 state.tokens_since_evidence = 0
+                self._rank_on_belief_if_due(state)
 
     def finish(self, request_id: str, true_length: int) -> PredictionErrors | None:
         """Forget a request; the absolute errors of its estimates against its true length."""

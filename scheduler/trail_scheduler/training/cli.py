@@ -131,15 +131,20 @@ def _probe_arguments(parser) -> None:
     )
 
 
-def _evidence_weight(text: str) -> float:
-    """Checked as the engine checks the setting, so eval never replays a weight serving refuses."""
+def _setting(name: str, parse):
+    """An argument type for the engine setting ``name``, checked as the engine checks it, so
+    eval never replays a value serving refuses."""
     from pydantic import ValidationError
 
-    try:
-        return SchedulerSettings(evidence_weight=float(text)).evidence_weight
-    except (ValueError, ValidationError) as error:
-        message = explain(error) if isinstance(error, ValidationError) else f"not a number: {text!r}"
-        raise argparse.ArgumentTypeError(message) from None
+    def checked(text: str):
+        try:
+            return getattr(SchedulerSettings(**{name: parse(text)}), name)
+        except ValidationError as error:
+            raise argparse.ArgumentTypeError(explain(error)) from None
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+    return checked
 
 
 def _share(text: str) -> float:
@@ -193,18 +198,31 @@ def add_training_commands(probe_sub, sub) -> None:
     evaluate.add_argument("--probe", required=True, type=Path)
     evaluate.add_argument("--prompt-predictor", required=True, type=Path)
     evaluate.add_argument("--split", default="test", choices=["test", "validation", "train"])
-    evaluate.add_argument("--predict-every", type=int, default=1)
+    defaults = SchedulerSettings()
+    evaluate.add_argument(
+        "--predict-every",
+        type=_setting("predict_every", int),
+        default=defaults.predict_every,
+        help="read the probe every k tokens, as the engine's setting of that name (default: the engine's)",
+    )
     evaluate.add_argument(
         "--refinement-prior",
         choices=[p.value for p in RefinementPrior],
-        default=SchedulerSettings().refinement_prior.value,
+        default=defaults.refinement_prior.value,
         help="where each belief starts, as the engine's setting of that name (default: the engine's default)",
     )
     evaluate.add_argument(
         "--evidence-weight",
-        type=_evidence_weight,
-        default=SchedulerSettings().evidence_weight,
+        type=_setting("evidence_weight", float),
+        default=defaults.evidence_weight,
         help="the exponent on each probe reading, as the engine's setting of that name (default: the engine's)",
+    )
+    evaluate.add_argument(
+        "--probe-ranks-after",
+        type=_setting("probe_ranks_after", int),
+        default=defaults.probe_ranks_after,
+        help="tokens before the probe's belief ranks a request, as the engine's setting of that name "
+        "(default: the engine's)",
     )
     evaluate.add_argument(
         "--bursts", type=_count, default=5, help="simulated bursts of held-out answers (default %(default)s)"
@@ -268,9 +286,12 @@ def _eval(args) -> int:
             args.prompt_predictor,
             output,
             args.split,
-            args.predict_every,
-            RefinementPrior(args.refinement_prior),
-            args.evidence_weight,
+            SchedulerSettings(
+                predict_every=args.predict_every,
+                refinement_prior=args.refinement_prior,
+                evidence_weight=args.evidence_weight,
+                probe_ranks_after=args.probe_ranks_after,
+            ),
             args.bursts,
             args.burst_size,
             args.slots,

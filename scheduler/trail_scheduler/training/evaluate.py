@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trail_scheduler.api import PolicyName, RefinementPrior, SchedulerSettings
+from trail_scheduler.api import PolicyName, SchedulerSettings
 from trail_scheduler.core.refine import expected_remaining
 from trail_scheduler.core.simulation import RecordedRequest, simulate
 from trail_scheduler.core.tracker import PredictionTracker
@@ -33,17 +33,15 @@ def evaluate(
     prompt_predictor_path,
     output_dir,
     split: str = "test",
-    predict_every: int = 1,
-    prior: RefinementPrior = RefinementPrior.PROBE,
-    evidence_weight: float = 1.0,
+    settings: SchedulerSettings = SchedulerSettings(),
     bursts: int = 5,
     burst_size: int = 32,
     slots: int = 8,
     length_mix: LengthMix | None = None,
 ) -> dict:
     """MAE (tokens) of the prompt predictor, of the first prediction, and of the refined
-    prediction along each answer, with the belief starting as ``prior`` says and each reading
-    weighted by ``evidence_weight`` (the engine's settings of those names); how well the
+    prediction along each answer, predicted as the engine would under ``settings`` (its
+    interval, prior, evidence weight and when the probe ranks); how well the
     estimate after a few tokens ranks the answers; what that order is worth in ``bursts``
     simulated bursts (:func:`simulated_bursts`, drawn to ``length_mix`` if given); a
     true-vs-predicted-bin heatmap (PNG) and a JSON report in ``output_dir``."""
@@ -70,13 +68,10 @@ def evaluate(
         readings,
         prompt_estimates,
         bins,
-        predict_every,
-        prior,
+        settings,
         (predictor.bins, distributions),
-        evidence_weight,
     )
     mae = {stage: round(float(np.mean(v)), 2) for stage, v in errors.items()}
-    settings = SchedulerSettings(predict_every=predict_every, refinement_prior=prior, evidence_weight=evidence_weight)
     recorded = [
         RecordedRequest(
             request_id=request_id,
@@ -105,9 +100,10 @@ def evaluate(
             "prompt_reading": probe.prompt_reading,
         },
         "prompt_predictor": {"path": str(prompt_predictor_path), "sha256": predictor.loaded.sha256},
-        "predict_every": predict_every,
-        "refinement_prior": prior.value,
-        "evidence_weight": evidence_weight,
+        "predict_every": settings.predict_every,
+        "refinement_prior": settings.refinement_prior.value,
+        "evidence_weight": settings.evidence_weight,
+        "probe_ranks_after": settings.probe_ranks_after,
         f"rank_correlation_after_{RANKED_AFTER}_tokens": round(rank_correlation(*ranked), 3),
         "simulated_bursts": simulated_bursts(
             recorded, settings, bins, bursts, burst_size, slots, length_mix, collection.info["sampling"]["max_tokens"]
@@ -141,10 +137,8 @@ def replay(
     readings: np.ndarray,
     prompt_estimates,
     bins,
-    predict_every: int = 1,
-    prior: RefinementPrior = RefinementPrior.PROBE,
+    settings: SchedulerSettings = SchedulerSettings(),
     prompt_distributions=None,
-    evidence_weight: float = 1.0,
 ):
     """Feed each request's probe readings to a :class:`PredictionTracker` as the scheduler
     does; returns the per-request errors by stage, (true bin, predicted bin) pairs (per
@@ -155,7 +149,8 @@ def replay(
     token (rows as in ``states.offsets``); ``prompt_estimates``: per request, or None;
     ``prompt_distributions``: the prompt predictor's ``(bins, [R, K'])``, or None.
     """
-    tracker = PredictionTracker(bins, prior, evidence_weight)
+    tracker = PredictionTracker(bins)
+    tracker.follow(settings)
     errors = {"prompt": [], "first": [], "refined": []}
     prompt_pairs, refined_pairs = [], []
     ranked_predicted, ranked_true = [], []
@@ -171,7 +166,7 @@ def replay(
         rows = readings[states.offsets[r] : states.offsets[r + 1]]
         for j in range(length - 1):  # output token j is fed back; its state is read
             tracker.advance(request_id, 1)
-            if (j + 1) % predict_every == 0:
+            if (j + 1) % settings.predict_every == 0:
                 tracker.observe([request_id], rows[j : j + 1], [False])
         history = np.asarray(tracker.get(request_id).history)
         result = tracker.finish(request_id, length)

@@ -135,9 +135,8 @@ class TrailSchedulingMixin:
         self.trail_policy = self._trail_make_policy()
         self.trail_generation = config.generation
         self.trail_probe: ProbeIdentity | None = None
-        self.trail_tracker = PredictionTracker(
-            LengthBins.uniform(), config.settings.refinement_prior, config.settings.evidence_weight
-        )
+        self.trail_tracker = PredictionTracker(LengthBins.uniform())
+        self.trail_tracker.follow(config.settings)
         # A waiting request's view does not change while it waits (nothing is generated, no
         # probe reads it): built once when it starts waiting, dropped when it stops.
         self._trail_waiting_views: dict[str, WaitingRequest] = {}
@@ -191,8 +190,7 @@ class TrailSchedulingMixin:
         except ValueError as error:
             return ApplyReply(error=str(error))
         self.trail_settings = settings
-        self.trail_tracker.prior = settings.refinement_prior  # for beliefs started from now on
-        self.trail_tracker.evidence_weight = settings.evidence_weight  # for readings from now on
+        self.trail_tracker.follow(settings)
         self.trail_generation = self.trail_generation + 1 if update.generation is None else update.generation
         if probe is not None:
             self.trail_set_probe(probe)
