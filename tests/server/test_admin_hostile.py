@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trail_scheduler.api import ConfigView, SchedulerSettings
+from trail_scheduler.api import SETTING_KEYS, ConfigView, SchedulerSettings
 from trail_scheduler.server.admin import AdminToken, build_admin_app
 from trail_scheduler.server.probe_source import ProbeSources
 
@@ -269,6 +269,11 @@ HOSTILE_BODIES: dict[str, tuple[object, int, str]] = {
     "evidenceWeight above one": ({"evidenceWeight": 1.5}, 422, "above 0 and at most 1"),
     "evidenceWeight string": ({"evidenceWeight": "0.5"}, 422, "evidenceWeight"),
     "evidenceWeight null": ({"evidenceWeight": None}, 422, "evidenceWeight"),
+    "probeRanksAfter negative": ({"probeRanksAfter": -1}, 422, "from 0 to 1000000 tokens"),
+    "probeRanksAfter float": ({"probeRanksAfter": 8.0}, 422, "probeRanksAfter"),
+    "probeRanksAfter string": ({"probeRanksAfter": "8"}, 422, "probeRanksAfter"),
+    "probeRanksAfter null": ({"probeRanksAfter": None}, 422, "probeRanksAfter"),
+    "probeRanksAfter over 2**64": ({"probeRanksAfter": BIG}, 422, "probeRanksAfter"),
     "maxPreemptions float": ({"maxPreemptions": 1.5}, 422, "maxPreemptions"),
     "maxPreemptions negative": ({"maxPreemptions": -1}, 422, "maxPreemptions"),
     "maxPreemptions over 2**64": ({"maxPreemptions": BIG}, 422, "maxPreemptions"),
@@ -351,20 +356,7 @@ JSON_VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
     max_leaves=12,
 )
-FIELDS = st.sampled_from(
-    [
-        "c",
-        "policy",
-        "predictEvery",
-        "maxWaitSeconds",
-        "preemptionMargin",
-        "maxPreemptions",
-        "refinementPrior",
-        "evidenceWeight",
-        "generation",
-        "probe",
-    ]
-)
+FIELDS = st.sampled_from([*SETTING_KEYS, "generation", "probe"])
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
