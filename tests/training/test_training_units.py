@@ -259,6 +259,11 @@ def test_eval_replays_the_prior_the_engine_would_use():
     assert firsts[RefinementPrior.PROMPT] == pytest.approx(abs(25.6 + 1 - length), abs=0.5)
     assert firsts[RefinementPrior.PROBE] > 400  # p⁰: about 460 tokens
     assert firsts[RefinementPrior.BOTH] < firsts[RefinementPrior.PROBE]
+    # Ranked on the prompt estimate for the whole answer, the refined error is its countdown's.
+    errors, *_ = replay(states, p0, readings, [25.6], bins, SchedulerSettings(probe_ranks_after=1000))
+    steps = np.arange(length)
+    assert errors["refined"][0] == pytest.approx(np.mean(np.abs(np.maximum(0, 25.6 - steps) - (length - steps))))
+    assert errors["first"][0] > 400  # the probe's first reading is still taken
 
 
 def test_simulated_bursts_credit_exact_prompt_estimates_with_the_oracles_gain():
@@ -319,7 +324,7 @@ def test_simulated_bursts_can_be_drawn_to_chat_traffics_length_mix():
         ("--evidence-weight", "heavy", "not a number: 'heavy'"),
         ("--predict-every", "0", "predict_every must be an integer from 1"),
         ("--probe-ranks-after", "-1", "probe_ranks_after must be an integer from 0"),
-        ("--probe-ranks-after", "1.5", "not a number: '1.5'"),
+        ("--probe-ranks-after", "1.5", "not a whole number: '1.5'"),
         ("--length-mix", "uniform", "invalid choice: 'uniform'"),
     ],
 )

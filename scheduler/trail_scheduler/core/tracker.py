@@ -66,10 +66,12 @@ class PredictionTracker:
 
     ``probe_ranks_after`` (tokens) is when the probe's belief starts to rank a request: until
     it has generated that many, the request is ranked on the prompt estimate it was admitted
-    on, counted down, as are the waiting requests it competes with. Two estimators compared
-    with each other would displace every admitted request whose first reading came out above
-    the queue's prompt estimates. The belief is refined all along; 0 (or 1: the prompt's
-    reading comes with the first token) ranks on it from the first reading.
+    on, counted down, as are the waiting requests it competes with. At the hand-over, a
+    request whose belief comes out above the queue's prompt estimates is displaced, so the
+    setting chooses when that happens: a few tokens in (every request gets its first tokens
+    early) or after the probe has read more of the answer. The belief is refined all along;
+    0 (or 1: the prompt's reading comes with the first token) ranks on it from the first
+    reading.
     """
 
     def __init__(

@@ -142,7 +142,8 @@ def _setting(name: str, parse):
         except ValidationError as error:
             raise argparse.ArgumentTypeError(explain(error)) from None
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+            kind = "whole number" if parse is int else "number"
+            raise argparse.ArgumentTypeError(f"not a {kind}: {text!r}") from None
 
     return checked
 
