@@ -96,7 +96,7 @@ def test_new_bins_restart_beliefs_but_keep_estimates():
     st.integers(0, 40),
 )
 def test_beliefs_stay_normalised_and_estimates_finite(steps, probe_ranks_after):
-    tracker = PredictionTracker(BINS, probe_ranks_after=probe_ranks_after)
+    tracker = PredictionTracker(BINS, SchedulerSettings(probe_ranks_after=probe_ranks_after))
     tracker.add("a")
     first = True
     for tokens, evidence in steps:
@@ -113,7 +113,7 @@ PROMPT_DISTRIBUTION = (PROMPT_BINS, np.array([0.0, 0.0, 0.0, 0.0, 1.0]))  # "lon
 
 
 def started(prior: RefinementPrior, reading: np.ndarray, distribution=PROMPT_DISTRIBUTION):
-    tracker = PredictionTracker(BINS, prior)
+    tracker = PredictionTracker(BINS, SchedulerSettings(refinement_prior=prior))
     tracker.add("a", prompt_estimate=460, prompt_distribution=distribution)
     tracker.advance("a", 1)
     tracker.observe(["a"], reading[None], [True])
@@ -155,7 +155,7 @@ def test_the_evidence_weight_tempers_the_first_reading_and_every_token_reading_a
     """Under weight w a reading r moves the belief as r^w: the first reading of the prompt
     and each token's reading alike; a new weight applies from the next reading on."""
     reading = 0.6 * one_hot(2) + 0.04
-    full, tempered = PredictionTracker(BINS), PredictionTracker(BINS, evidence_weight=0.25)
+    full, tempered = PredictionTracker(BINS), PredictionTracker(BINS, SchedulerSettings(evidence_weight=0.25))
     for tracker in (full, tempered):
         tracker.add("a", prompt_estimate=300)
         tracker.advance("a", 1)
@@ -179,7 +179,7 @@ def test_the_evidence_weight_tempers_the_first_reading_and_every_token_reading_a
 def test_the_prompt_estimate_ranks_until_the_request_has_generated_probe_ranks_after_tokens():
     """Until then the belief is refined but not used; from the first reading at or past it on,
     the belief ranks. A new value applies from the next reading on."""
-    tracker = PredictionTracker(BINS, probe_ranks_after=3)
+    tracker = PredictionTracker(BINS, SchedulerSettings(probe_ranks_after=3))
     tracker.add("a", prompt_estimate=40)
     tracker.advance("a", 1)
     tracker.observe(["a"], one_hot(8)[None], [True])
@@ -212,7 +212,7 @@ def test_the_prompt_estimate_ranks_until_the_request_has_generated_probe_ranks_a
 
 @pytest.mark.parametrize("probe_ranks_after", [0, 1])
 def test_by_default_the_belief_ranks_from_the_first_reading(probe_ranks_after):
-    tracker = PredictionTracker(BINS, probe_ranks_after=probe_ranks_after)
+    tracker = PredictionTracker(BINS, SchedulerSettings(probe_ranks_after=probe_ranks_after))
     tracker.add("a", prompt_estimate=40)
     tracker.advance("a", 1)
     tracker.observe(["a"], one_hot(8)[None], [True])

@@ -86,8 +86,7 @@ def simulate(
     if not all(math.isfinite(r.arrival) and r.arrival >= 0 for r in requests):
         raise ValueError("arrival times must be finite and not negative")
     policy = Policy(settings)
-    tracker = PredictionTracker(bins)
-    tracker.follow(settings)
+    tracker = PredictionTracker(bins, settings)
     pending = sorted(range(len(requests)), key=lambda i: (requests[i].arrival, i))
     served: dict[str, _Served] = {}
     waiting: list[str] = []

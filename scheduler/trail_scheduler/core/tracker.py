@@ -74,23 +74,16 @@ class PredictionTracker:
     reading.
     """
 
-    def __init__(
-        self,
-        bins: LengthBins,
-        prior: RefinementPrior = RefinementPrior.PROBE,
-        evidence_weight: float = 1.0,
-        probe_ranks_after: int = 0,
-    ) -> None:
+    def __init__(self, bins: LengthBins, settings: SchedulerSettings = SchedulerSettings()) -> None:
         self.bins = bins
-        self.prior = prior
-        self.evidence_weight = evidence_weight  # the exponent on every probe reading (refine.update)
-        self.probe_ranks_after = probe_ranks_after
         self.requests: dict[str, RequestPrediction] = {}
+        self.follow(settings)
 
     def follow(self, settings: SchedulerSettings) -> None:
         """Take the settings it reads: the prior for beliefs started from now on, the evidence
-        weight for readings from now on, and when the probe ranks for readings from now on."""
-        self.prior = settings.refinement_prior
+        weight (the exponent on every probe reading, refine.update) and when the probe ranks
+        for readings from now on."""
+        self.prior: RefinementPrior = settings.refinement_prior
         self.evidence_weight = settings.evidence_weight
         self.probe_ranks_after = settings.probe_ranks_after
 

@@ -149,8 +149,7 @@ def replay(
     token (rows as in ``states.offsets``); ``prompt_estimates``: per request, or None;
     ``prompt_distributions``: the prompt predictor's ``(bins, [R, K'])``, or None.
     """
-    tracker = PredictionTracker(bins)
-    tracker.follow(settings)
+    tracker = PredictionTracker(bins, settings)
     errors = {"prompt": [], "first": [], "refined": []}
     prompt_pairs, refined_pairs = [], []
     ranked_predicted, ranked_true = [], []

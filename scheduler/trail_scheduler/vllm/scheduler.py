@@ -135,8 +135,7 @@ class TrailSchedulingMixin:
         self.trail_policy = self._trail_make_policy()
         self.trail_generation = config.generation
         self.trail_probe: ProbeIdentity | None = None
-        self.trail_tracker = PredictionTracker(LengthBins.uniform())
-        self.trail_tracker.follow(config.settings)
+        self.trail_tracker = PredictionTracker(LengthBins.uniform(), config.settings)
         # A waiting request's view does not change while it waits (nothing is generated, no
         # probe reads it): built once when it starts waiting, dropped when it stops.
         self._trail_waiting_views: dict[str, WaitingRequest] = {}
