@@ -72,19 +72,7 @@ def evaluate(
         (predictor.bins, distributions),
     )
     mae = {stage: round(float(np.mean(v)), 2) for stage, v in errors.items()}
-    recorded = [
-        RecordedRequest(
-            request_id=request_id,
-            arrival=0.0,
-            length=int(states.lengths[r]),
-            prompt_tokens=int(prompts[request_id]["prompt_tokens"]),
-            first_reading=first[r],
-            readings=readings[states.offsets[r] : states.offsets[r + 1]],
-            prompt_estimate=float(prompt_estimates[r]),
-            prompt_distribution=(predictor.bins, distributions[r]),
-        )
-        for r, request_id in enumerate(states.ids)
-    ]
+    recorded = recorded_requests(states, prompts, first, readings, prompt_estimates, (predictor.bins, distributions))
     report = {
         "split": split,
         "requests": len(states.ids),
@@ -129,6 +117,29 @@ def evaluate(
     report["heatmap"] = str(output_dir / "heatmap.png")
     (output_dir / "eval.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def recorded_requests(
+    states, prompts: dict, first: np.ndarray, readings: np.ndarray, prompt_estimates, prompt_distributions=None
+) -> list[RecordedRequest]:
+    """The split's answers as the ideal engine replays them (:func:`simulated_bursts`), each
+    with its probe readings and the prompt estimate it is ranked on while it waits;
+    ``prompt_distributions``: the prompt predictor's ``(bins, [R, K'])``, or None."""
+    return [
+        RecordedRequest(
+            request_id=request_id,
+            arrival=0.0,
+            length=int(states.lengths[r]),
+            prompt_tokens=int(prompts[request_id]["prompt_tokens"]),
+            first_reading=first[r],
+            readings=readings[states.offsets[r] : states.offsets[r + 1]],
+            prompt_estimate=float(prompt_estimates[r]),
+            prompt_distribution=None
+            if prompt_distributions is None
+            else (prompt_distributions[0], prompt_distributions[1][r]),
+        )
+        for r, request_id in enumerate(states.ids)
+    ]
 
 
 def replay(
