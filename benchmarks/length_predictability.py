@@ -175,13 +175,9 @@ def plot(report: dict, lengths: tuple[list[float], list[float]], path: Path) -> 
     left.set_title(f"two samples of {report['prompts']} prompts: rank correlation {pairs[0]:.2f}")
     rows = report["ranked_while_waiting_by"]
     names = list(rows)
-    first = rows[names[0]]["bursts"]
+    oracle = rows[names[0]]["bursts"]["trail+"]["mean_latency_ratio"]  # the same bursts for every estimate
     labels = ["FCFS"] + names + ["oracle (the sampled length)"]
-    c0 = (
-        [1.0]
-        + [rows[n]["bursts"]["trail, c=0"]["mean_latency_ratio"] for n in names]
-        + [first["trail+"]["mean_latency_ratio"]]
-    )
+    c0 = [1.0] + [rows[n]["bursts"]["trail, c=0"]["mean_latency_ratio"] for n in names] + [oracle]
     defaults = [np.nan] + [rows[n]["bursts"]["trail"]["mean_latency_ratio"] for n in names] + [np.nan]
     y = np.arange(len(labels))
     right.barh(y - 0.2, c0, height=0.4, label="c = 0 (order only)")
