@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from trail_scheduler.api import SchedulerSettings
 from trail_scheduler.core.refine import expected_remaining
@@ -42,7 +41,12 @@ from trail_scheduler.predictors import SHIPPED_PROBE, SHIPPED_PROMPT_PREDICTOR
 from trail_scheduler.probe import load_probe
 from trail_scheduler.probe.prompt import load_prompt_predictor
 from trail_scheduler.training.data import Collection
-from trail_scheduler.training.evaluate import rank_correlation, recorded_requests, simulated_bursts
+from trail_scheduler.training.evaluate import (
+    probe_readings,
+    rank_correlation,
+    recorded_requests,
+    simulated_bursts,
+)
 
 SEED_STRIDE = 100_003  # sample s, request k: seed s * SEED_STRIDE + k (no two requests share one)
 
@@ -114,9 +118,7 @@ def analyse(collection: Collection, split: str, resamples: dict, bursts: int, bu
     fresh = np.array([[resamples[s][i] for s in sorted(resamples, key=int)] for i in states.ids], dtype=np.float64)
     lengths = np.hstack([collected[:, None], fresh])
     cap = collection.info["sampling"]["max_tokens"]
-    with torch.inference_mode():
-        first = probe.module.probabilities(states.prompt).double().numpy()
-        readings = probe.module.probabilities(states.tokens.float()).double().numpy()
+    first, readings = probe_readings(probe, states)
     distributions = predictor.probabilities([prompts[i]["rendered"] for i in states.ids])
     shipped = np.atleast_1d(expected_remaining(distributions, predictor.bins))
 

@@ -58,9 +58,7 @@ def evaluate(
     texts = [prompts[i]["rendered"] for i in states.ids]
     distributions = predictor.probabilities(texts)
     prompt_estimates = np.atleast_1d(expected_remaining(distributions, predictor.bins))
-    with torch.inference_mode():
-        first = probe.module.probabilities(states.prompt).double().numpy()
-        readings = probe.module.probabilities(states.tokens.float()).double().numpy()
+    first, readings = probe_readings(probe, states)
     bins = probe.bins
     errors, prompt_pairs, refined_pairs, ranked = replay(
         states,
@@ -117,6 +115,15 @@ def evaluate(
     report["heatmap"] = str(output_dir / "heatmap.png")
     (output_dir / "eval.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def probe_readings(probe, states) -> tuple[np.ndarray, np.ndarray]:
+    """The probe on a split's recorded states: ``p⁰`` per request ``[R, K]`` (its prompt
+    reading) and the reading of every output token ``[T, K]`` (rows as in ``states.offsets``)."""
+    with torch.inference_mode():
+        first = probe.module.probabilities(states.prompt).double().numpy()
+        readings = probe.module.probabilities(states.tokens.float()).double().numpy()
+    return first, readings
 
 
 def recorded_requests(
