@@ -7,6 +7,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -100,6 +101,23 @@ def sharegpt_first_turns(limit: int | None = None) -> Iterator[tuple[str, str]]:
                             return
         except ijson.common.IncompleteJSONError:
             return
+
+
+# Requests of the kind chat users send most: one line, short, an instruction or a question.
+# Selected by the request's form only, never by its answer, so the workload's answer lengths
+# are what the model gives such requests (ShareGPT first turns are often pasted documents
+# and multi-part tasks, on which the bundled model runs to the cap on about half).
+SHORT_REQUEST_CHARS = 200
+_SHORT_REQUEST_START = re.compile(
+    r"(?:write|give|list|explain|summari[sz]e|describe|create|generate|suggest|tell|name|translate|rewrite|compose|"
+    r"provide|make|draft|define|compare|outline|brainstorm|what|what's|how|why|who|can you|could you|please)\b",
+    re.IGNORECASE,
+)
+
+
+def is_short_request(text: str) -> bool:
+    text = text.strip()
+    return len(text) <= SHORT_REQUEST_CHARS and "\n" not in text and bool(_SHORT_REQUEST_START.match(text))
 
 
 class PromptFileError(TrailError):

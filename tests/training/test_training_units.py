@@ -139,6 +139,19 @@ def test_split_is_by_prompt_seeded_and_independent_of_the_limit(tmp_path):
     assert other_seed["validation"] != split["validation"]
 
 
+def test_short_requests_first_sets_the_benchmark_aside_from_them_and_collects_the_rest_first(tmp_path):
+    ids = [f"p{i}" for i in range(400)]
+    short = {f"p{i}" for i in range(0, 400, 4)}  # 100 of them
+    options = CollectOptions(output=tmp_path, benchmark_size=30, seed=3, short_requests_first=True)
+    order, split = assign_splits(ids, options, short)
+    assert set(split["benchmark"]) <= short and len(split["benchmark"]) == 30
+    assert set(order[:70]) == short - set(split["benchmark"]) and not set(order[70:]) & short
+    # The split of each collected prompt is still its hash's: the same as without the option.
+    _, plain = assign_splits(ids, CollectOptions(output=tmp_path, benchmark_size=30, seed=3))
+    for name in ("train", "validation", "test"):
+        assert set(split[name]) - set(plain["benchmark"]) == set(plain[name]) - set(split["benchmark"])
+
+
 def test_a_probe_is_not_taken_for_a_prompt_predictor(tmp_path):
     path = tmp_path / "probe.safetensors"
     save_probe(LengthProbe(576, 10), LengthBins.uniform(), path, model="m", layer=10, training={})

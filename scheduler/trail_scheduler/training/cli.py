@@ -57,6 +57,12 @@ def add_probe_commands(probe_sub) -> None:
         default=d.benchmark_size,
         help="prompts set aside for `trail bench` (not collected)",
     )
+    collect.add_argument(
+        "--short-requests-first",
+        action="store_true",
+        help="draw the benchmark split from the short requests (one line, an instruction or a question) "
+        "and collect the rest of them before the other prompts",
+    )
     collect.add_argument("--validation-fraction", type=float, default=d.validation_fraction)
     collect.add_argument("--test-fraction", type=float, default=d.test_fraction)
     collect.add_argument(

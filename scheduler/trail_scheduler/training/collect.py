@@ -16,7 +16,7 @@ import random
 import time
 from pathlib import Path
 
-from trail_scheduler.assets import read_prompt_file, sharegpt_first_turns, unique_prompts
+from trail_scheduler.assets import is_short_request, read_prompt_file, sharegpt_first_turns, unique_prompts
 from trail_scheduler.training.data import SPLITS, Collection, CollectionError
 from trail_scheduler.training.options import CollectOptions
 
@@ -65,12 +65,19 @@ def _fraction(seed: int, prompt_id: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def assign_splits(ids: list[str], options: CollectOptions) -> tuple[list[str], dict[str, list[str]]]:
+def assign_splits(
+    ids: list[str], options: CollectOptions, short: set[str] = frozenset()
+) -> tuple[list[str], dict[str, list[str]]]:
     """Seeded: a shuffled order, the first ``benchmark_size`` set aside for benchmarks, the
     rest train/validation/test by a hash of (seed, id) — a prompt's split never depends
-    on how many are collected. Returns the collection order and the ids per split."""
+    on how many are collected. Returns the collection order and the ids per split.
+
+    With ``short_requests_first``, the ``short`` ids lead the order: the benchmark split is
+    drawn from them, and the rest of them are collected before the other prompts."""
     order = list(ids)
     random.Random(options.seed).shuffle(order)
+    if options.short_requests_first:
+        order.sort(key=lambda prompt_id: prompt_id not in short)  # stable: shuffled within each group
     bench = order[: options.benchmark_size]
     rest = order[options.benchmark_size :]
     split = {name: [] for name in SPLITS}
@@ -123,6 +130,8 @@ def prepare(options: CollectOptions) -> tuple[dict, list[dict]]:
         "split": {
             "seed": options.seed,
             "benchmark_size": options.benchmark_size,
+            # recorded only when on, so collections made before the option still resume
+            **({"short_requests_first": True} if options.short_requests_first else {}),
             "validation_fraction": options.validation_fraction,
             "test_fraction": options.test_fraction,
         },
@@ -158,7 +167,8 @@ def prepare(options: CollectOptions) -> tuple[dict, list[dict]]:
             rows.append({"id": prompt_id, "prompt": text, "rendered": rendered, "prompt_tokens": count})
         if not rows:
             raise CollectionError(f"no prompt fits max_prompt_tokens={options.max_prompt_tokens}")
-        order, split = assign_splits([r["id"] for r in rows], options)
+        short = {r["id"] for r in rows if is_short_request(r["prompt"])}
+        order, split = assign_splits([r["id"] for r in rows], options, short)
         by_split = {i: name for name, ids in split.items() for i in ids}
         for row in rows:
             row["split"] = by_split[row["id"]]

@@ -21,6 +21,9 @@ class CollectOptions:
     top_p: float = 0.9
     seed: int = 0
     benchmark_size: int = 500
+    # The benchmark split drawn from the short requests (one line, an instruction or a question:
+    # chosen by form, never by answer), and the remaining ones collected before other prompts.
+    short_requests_first: bool = False
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
     max_prompt_tokens: int = 1024
