@@ -111,10 +111,11 @@ def profile_decide(waiting: int = 1000, running: int = 256, calls: int = 100) ->
 def _burst(server, model: str, requests, time_limit: float = 600) -> dict:
     from trail_scheduler.bench.loadgen import run_load
     from trail_scheduler.bench.servers import metric_delta
+    from trail_scheduler.bench.workload import GREEDY
 
     itl = "vllm:inter_token_latency_seconds"
     before = server.metrics()
-    records, duration = asyncio.run(run_load(server.base, model, requests, time_limit))
+    records, duration = asyncio.run(run_load(server.base, model, requests, GREEDY, time_limit))
     time.sleep(1.5)
     after = server.metrics()
     failed = [r.error for r in records if not r.ok]

@@ -92,7 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _add_bench_command(sub: argparse._SubParsersAction) -> None:
-    from trail_scheduler.bench.runner import add_arguments
+    from trail_scheduler.bench.config import add_arguments
 
     bench = sub.add_parser(
         "bench",

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from trail_scheduler.bench.config import PRESETS
 from trail_scheduler.bench.policies import BASE_ENTRIES
 from trail_scheduler.bench.probes import untrained_probe
 from trail_scheduler.bench.report import SUMMARY_FIELDS
-from trail_scheduler.bench.runner import PRESETS
 
 pytestmark = pytest.mark.engine
 
@@ -52,7 +52,7 @@ def test_quick_preset_runs_every_policy_and_writes_a_well_formed_report(tmp_path
     assert set(report["ideal_ratio"]) == rates and all(0 < r < 1.5 for r in report["ideal_ratio"].values())
     comparison = {(row["policy"], row["rate"]) for row in report["comparison"]}
     assert comparison == set(rows) - {("fcfs", rate) for rate in rates}
-    expected = {(name, rate) for name in ("fcfs", "sjf", "trail-prompt", "trail", "trail+") for rate in rates}
+    expected = {(name, rate) for name in ("fcfs", "sjf", "spf", "trail-prompt", "trail", "trail+") for rate in rates}
     highest = "burst"  # the sweep runs at the highest rate only; a burst is the highest
     expected |= {(f"trail@c={c:g}", highest) for c in preset.c_sweep}
     assert set(rows) == expected
@@ -74,10 +74,14 @@ def test_quick_preset_runs_every_policy_and_writes_a_well_formed_report(tmp_path
             assert math.isfinite(row[field]) and row[field] > 0, (field, row)
         assert row["mean_ttft_s"] <= row["mean_latency_s"] <= row["p99_latency_s"] + 1e-9
         assert row["preemptions"] >= 0 and row["recomputed_tokens"] >= 0
-    # Every request got exactly its profiled length, under every policy.
+    # Every request got exactly its profiled answer, under every policy: its length, and the very
+    # text it was profiled with (greedy decoding at profiling and at serving alike).
+    assert report["config"]["decoding"]["name"] == "greedy"
     sent = [r for r in report["requests"] if r["error"] is None]
     assert len(sent) == len(expected) * preset.requests
     assert all(r["output_tokens"] == r["expected_tokens"] for r in sent)
+    assert all(r["matches_profile"] is True for r in sent)
+    assert all(row["served_as_profiled"] == 1.0 for row in rows.values())
     lengths = report["lengths"]
     assert lengths["count"] == preset.requests and 1 <= lengths["min"] <= lengths["max"] <= preset.output_cap
 

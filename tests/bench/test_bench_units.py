@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trail_scheduler.api import SchedulerSettings
-from trail_scheduler.assets import PromptFileError
+from trail_scheduler.assets import PromptFileError, is_short_request
 from trail_scheduler.bench import policies as P
 from trail_scheduler.bench.loadgen import RequestRecord
 from trail_scheduler.bench.report import (
@@ -29,17 +29,19 @@ from trail_scheduler.bench.runner import estimated_recomputed_tokens, preemption
 from trail_scheduler.bench.servers import EndpointError, check_loopback, free_port, metric_sum, parse_metrics
 from trail_scheduler.bench.workload import (
     BURST,
+    DECODINGS,
+    GREEDY,
+    Answer,
     Load,
     Prompt,
     WorkloadError,
     _profile_key,
     arrival_times,
     build_requests,
-    is_short_request,
     length_summary,
     load_prompts,
     parse_loads,
-    profile_lengths,
+    profile_answers,
     sample_mixed,
     sample_prompts,
 )
@@ -116,29 +118,72 @@ def test_a_chat_mixed_sample_of_profiled_prompts_says_which_bin_the_pool_lacks()
 def test_the_default_pool_is_the_benchmark_split_the_shipped_predictors_never_saw():
     split = json.loads(SHIPPED_BENCHMARK_SPLIT.read_text())
     pool = load_prompts()
-    assert sorted(p.id for p in pool) == sorted(split["ids"]) and len(pool) == split["benchmark_size"] == 500
-    assert all(p.prompt.strip() for p in pool)
+    assert sorted(p.id for p in pool) == sorted(split["ids"]) and len(pool) == split["benchmark_size"] == 600
+    # Chosen by their form (one-line instructions and questions), never by their answers.
+    assert split["short_requests_first"] and all(is_short_request(p.prompt) for p in pool)
 
 
-def test_a_larger_cap_profile_answers_a_smaller_cap_without_any_request(tmp_path):
-    """Seeded answers are prefixes of each other: min(length at cap 512, 256) needs no engine."""
+def test_cached_answers_are_kept_per_decoding_and_never_reused_across_decodings(tmp_path):
     prompts = [Prompt("a", "short one"), Prompt("b", "long one")]
-    cache = tmp_path / "lengths.json"
-    cache.write_text(json.dumps({_profile_key("m", 512, prompts[0]): 40, _profile_key("m", 512, prompts[1]): 512}))
+    sampled = DECODINGS["sampled"]
+    cache = tmp_path / "answers.json"
+    cache.write_text(
+        json.dumps(
+            {
+                _profile_key("m", 512, prompts[0], GREEDY): {"tokens": 40, "text_sha256": "x"},
+                _profile_key("m", 512, prompts[1], GREEDY): {"tokens": 0, "text_sha256": "y"},
+            }
+        )
+    )
     unreachable = f"http://127.0.0.1:{free_port()}"
-    assert profile_lengths(unreachable, "m", prompts, 256, cache=cache) == {"a": 40, "b": 256}
-    # A changed prompt text is profiled afresh: here that needs the (unreachable) engine.
+    # An empty answer still costs one token, and has no text to check against.
+    assert profile_answers(unreachable, "m", prompts, 512, GREEDY, cache=cache) == {
+        "a": Answer(40, "x"),
+        "b": Answer(1, None),
+    }
     import httpx
 
-    with pytest.raises(httpx.ConnectError):
-        profile_lengths(unreachable, "m", [Prompt("a", "changed text")], 256, cache=cache)
+    # The same prompts under sampling, a changed prompt text, or another cap: profiled afresh,
+    # which here needs the (unreachable) engine.
+    for prompt, cap, decoding in (
+        (prompts[0], 512, sampled),
+        (Prompt("a", "changed"), 512, GREEDY),
+        (prompts[0], 256, GREEDY),
+    ):
+        with pytest.raises(httpx.ConnectError):
+            profile_answers(unreachable, "m", [prompt], cap, decoding, cache=cache)
+
+
+def test_each_request_carries_the_sampling_its_profile_was_made_with():
+    from trail_scheduler.bench.loadgen import request_body
+    from trail_scheduler.bench.workload import BenchRequest, prompt_seed
+
+    request = BenchRequest("p1", "Give three tips.", 33, 0.0, "sha", 12)
+    greedy = request_body("m", request, GREEDY)
+    assert greedy["temperature"] == 0 and "seed" not in greedy and "top_p" not in greedy
+    sampled = request_body("m", request, DECODINGS["sampled"])
+    assert (sampled["temperature"], sampled["top_p"], sampled["seed"]) == (0.7, 0.9, prompt_seed("p1"))
+    for body in (greedy, sampled):
+        assert body["max_tokens"] == 33 and body["ignore_eos"] is True
+
+
+def test_a_predictor_counts_as_trained_on_a_decoding_only_with_the_same_sampling():
+    sampled = DECODINGS["sampled"]
+    assert GREEDY.trained_on({"temperature": 0.0, "top_p": 1.0, "max_tokens": 512})
+    assert GREEDY.trained_on({"temperature": 0})
+    assert not GREEDY.trained_on({"temperature": 0.7, "top_p": 0.9})
+    assert sampled.trained_on({"temperature": 0.7, "top_p": 0.9})
+    assert not sampled.trained_on({"temperature": 0.0})
+    assert not sampled.trained_on({"temperature": 0.7, "top_p": 1.0})
+    assert not GREEDY.trained_on({})
 
 
 def test_every_policy_gets_the_same_requests():
     prompts = [Prompt(str(i), f"p{i}") for i in range(5)]
-    lengths = {str(i): 10 * (i + 1) for i in range(5)}
-    one, two = build_requests(prompts, lengths, 1.0, seed=1), build_requests(prompts, lengths, 1.0, seed=1)
+    answers = {str(i): Answer(10 * (i + 1), f"h{i}") for i in range(5)}
+    one, two = build_requests(prompts, answers, 1.0, seed=1), build_requests(prompts, answers, 1.0, seed=1)
     assert one == two and [r.output_tokens for r in one] == [10, 20, 30, 40, 50]
+    assert [r.text_sha256 for r in one] == [f"h{i}" for i in range(5)]
 
 
 def test_length_summary_counts_answers_at_the_cap():
@@ -185,7 +230,7 @@ def test_policy_order_puts_probe_entries_after_probe_free_ones():
 
 
 def test_runs_alternate_round_by_round_so_drift_favours_no_policy():
-    from trail_scheduler.bench.runner import add_arguments, config_from_args
+    from trail_scheduler.bench.config import add_arguments, config_from_args
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -346,9 +391,9 @@ def test_cli_missing_probe_file(tmp_path):
 
 
 def test_cli_refinement_without_a_probe(monkeypatch, tmp_path):
-    from trail_scheduler.bench import runner
+    from trail_scheduler.bench import config
 
-    monkeypatch.setattr(runner, "SHIPPED_PROBE", tmp_path / "not-shipped.safetensors")
+    monkeypatch.setattr(config, "SHIPPED_PROBE", tmp_path / "not-shipped.safetensors")
     assert "needs a probe" in bench_error("--quick", "--policies", "fcfs,trail")
 
 
@@ -397,7 +442,7 @@ def test_an_endpoint_that_cannot_empty_its_prefix_cache_is_noted_once(status, bo
     import http.server
     import threading
 
-    from trail_scheduler.bench.runner import _empty_prefix_cache
+    from trail_scheduler.bench.engines import empty_prefix_cache
     from trail_scheduler.bench.servers import Server
 
     class Reply(http.server.BaseHTTPRequestHandler):
@@ -414,7 +459,7 @@ def test_an_endpoint_that_cannot_empty_its_prefix_cache_is_noted_once(status, bo
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         server, notes = Server(f"http://127.0.0.1:{httpd.server_address[1]}"), []
         assert server.reset_prefix_cache(attempts=2) is expected
-        assert _empty_prefix_cache(server, notes) is expected and _empty_prefix_cache(server, notes) is expected
+        assert empty_prefix_cache(server, notes) is expected and empty_prefix_cache(server, notes) is expected
         httpd.shutdown()
     assert len(notes) == 1 and why in notes[0] and notes[0].startswith(server.base), notes
 
@@ -500,7 +545,7 @@ def test_cli_relative_loads_need_fcfs_or_a_capacity():
     assert "more requests than batch slots" in bench_error("--quick", "--requests", "2")
     assert "not run" in bench_error("--quick", "--seeded-loads", "0.5")
     # The preset's seeded loads apply where they are run: the full preset's 1.2x is not asked for here.
-    from trail_scheduler.bench.runner import add_arguments, config_from_args
+    from trail_scheduler.bench.config import add_arguments, config_from_args
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -559,3 +604,24 @@ def test_no_request_beats_its_own_decode_time_and_one_slot_shortest_first_is_opt
         assert mean_latency(lengths, arrivals, slots, shortest_first) >= floor - 1e-6
     if slots == 1:
         assert mean_latency(lengths, arrivals, 1, True) <= mean_latency(lengths, arrivals, 1, False) + 1e-6
+
+
+def test_the_bench_refuses_predictors_trained_on_another_decoding(tmp_path):
+    import torch
+
+    from trail_scheduler.core.bins import LengthBins
+    from trail_scheduler.probe import LengthProbe, save_probe
+
+    def probe(name: str, sampling: dict) -> str:
+        path = tmp_path / name
+        training = {"data": {"sampling": sampling}}
+        save_probe(LengthProbe(576, 10).eval(), LengthBins.uniform(), path, model="m", layer=10, training=training)
+        return str(path)
+
+    torch.manual_seed(0)
+    sampled = probe("sampled.safetensors", {"temperature": 0.7, "top_p": 0.9, "max_tokens": 512})
+    greedy = probe("greedy.safetensors", {"temperature": 0.0, "top_p": 1.0, "max_tokens": 512})
+    message = bench_error("--quick", "--policies", "fcfs,trail", "--probe", sampled, "--decoding", "greedy")
+    assert "trained on answers decoded with" in message and "'greedy'" in message
+    message = bench_error("--quick", "--policies", "fcfs,trail", "--probe", greedy, "--decoding", "sampled")
+    assert "'sampled'" in message and "--decoding" in message

@@ -1,9 +1,10 @@
 """Open-loop load generator: streams chat completions and times every request.
 
 Requests are sent at their arrival times whether or not earlier ones have finished
-(open loop, as in the reference), each with ``ignore_eos`` and ``max_tokens`` equal
-to its profiled length. Per request it records the send, first-token and finish
-times and the token counts the server reports. A run is bounded by its request
+(open loop, as in the reference), each with ``ignore_eos``, ``max_tokens`` equal to its
+profiled length and the decoding its profile was made with. Per request it records the
+send, first-token and finish times, the token counts the server reports, and whether the
+served text is the profiled one. A run is bounded by its request
 count and a time limit; requests still open at the limit are cancelled and counted.
 """
 
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from trail_scheduler.bench.workload import BenchRequest
+from trail_scheduler.bench.workload import BenchRequest, Decoding, text_sha256
 
 
 @dataclass
@@ -30,6 +31,7 @@ class RequestRecord:
     prompt_tokens: int = 0
     output_tokens: int = 0
     expected_tokens: int = 0
+    matches_profile: bool | None = None  # served text == profiled text (None: no profile to compare)
     error: str | None = None
 
     @property
@@ -45,21 +47,24 @@ class RequestRecord:
         return self.first_token - self.sent
 
 
-def request_body(model: str, request: BenchRequest, extra: dict | None = None) -> dict:
+def request_body(model: str, request: BenchRequest, decoding: Decoding, extra: dict | None = None) -> dict:
     """The streamed chat request; ``extra`` adds top-level fields (``request_id``, ``vllm_xargs``)."""
     body = {
         "model": model,
         "messages": [{"role": "user", "content": request.prompt}],
         "max_tokens": request.output_tokens,
         "ignore_eos": True,
-        "temperature": 0,
+        **decoding.body(request.id),
         "stream": True,
         "stream_options": {"include_usage": True},
     }
     return {**body, **(extra or {})}
 
 
-async def _stream_one(client: httpx.AsyncClient, base: str, body: dict, record: RequestRecord, start: float) -> None:
+async def _stream_one(
+    client: httpx.AsyncClient, base: str, body: dict, record: RequestRecord, start: float, expected_sha: str | None
+) -> None:
+    text: list[str] = []
     record.sent = time.perf_counter() - start
     async with client.stream("POST", f"{base}/v1/chat/completions", json=body) as reply:
         if reply.status_code != 200:
@@ -73,9 +78,14 @@ async def _stream_one(client: httpx.AsyncClient, base: str, body: dict, record: 
                 record.prompt_tokens = chunk["usage"].get("prompt_tokens", 0)
                 record.output_tokens = chunk["usage"].get("completion_tokens", 0)
             choices = chunk.get("choices") or []
-            if record.first_token is None and choices and (choices[0].get("delta") or {}).get("content"):
-                record.first_token = time.perf_counter() - start
+            content = (choices[0].get("delta") or {}).get("content") if choices else None
+            if content:
+                if record.first_token is None:
+                    record.first_token = time.perf_counter() - start
+                text.append(content)
     record.finished = time.perf_counter() - start
+    if expected_sha is not None:
+        record.matches_profile = text_sha256("".join(text)) == expected_sha
     if record.first_token is None:  # an answer whose tokens decode to no text
         record.first_token = record.finished
 
@@ -84,6 +94,7 @@ async def run_load(
     base: str,
     model: str,
     requests: Sequence[BenchRequest],
+    decoding: Decoding,
     time_limit: float,
     extra: Callable[[BenchRequest], dict | None] = lambda r: None,
     on_done: Callable[[RequestRecord], None] | None = None,
@@ -97,7 +108,8 @@ async def run_load(
         async def one(request: BenchRequest, record: RequestRecord) -> None:
             await asyncio.sleep(max(0.0, request.arrival - (time.perf_counter() - start)))
             try:
-                await _stream_one(client, base, request_body(model, request, extra(request)), record, start)
+                body = request_body(model, request, decoding, extra(request))
+                await _stream_one(client, base, body, record, start, request.text_sha256)
             except httpx.HTTPError as error:
                 record.error = f"{type(error).__name__}: {error}"
             if on_done is not None:

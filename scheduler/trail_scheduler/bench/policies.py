@@ -2,7 +2,8 @@
 
 Each entry names its engine (stock vLLM or ``trail serve``), the admin-API settings
 it runs under, whether it needs the probe (embedding refinement) or must run without
-one (prompt predictor alone), and whether requests carry their oracle length.
+one (prompt predictor alone), and which length hint requests carry (the true length for
+the oracle, the prompt's length for shortest-prompt-first).
 Probe-free TRAIL entries and those with the probe run on two ``trail serve`` engines (a
 loaded probe cannot be unloaded), and runs on all the engines alternate (see
 ``BenchConfig.schedule``).
@@ -31,7 +32,9 @@ class PolicyEntry:
     policy: str | None = None  # trail serve's policy
     c: float | None = None
     probe: bool = False  # True: needs the probe; False: runs with none loaded
-    oracle: bool = False  # send trail_oracle_length
+    # The length hint each request carries (``trail_oracle_length``): "output", its true length
+    # (TRAIL+), or "prompt", its prompt's length (shortest prompt first); None: no hint.
+    hint: str | None = None
     overrides: tuple[tuple[str, Any], ...] = ()  # settings named in the entry (wire names)
     sweep: bool = False  # an extra of --c-sweep: heaviest load and first seed only
 
@@ -56,10 +59,13 @@ BASE_ENTRIES = {
     ),
     "trail": PolicyEntry("trail", "TRAIL (c=0.8) with embedding refinement (probe)", TRAIL, "trail", 0.8, probe=True),
     "trail+": PolicyEntry(
-        "trail+", "TRAIL+ (c=0.8) ranked by the true (profiled) lengths", TRAIL, "trail-oracle", 0.8, oracle=True
+        "trail+", "TRAIL+ (c=0.8) ranked by the true (profiled) lengths", TRAIL, "trail-oracle", 0.8, hint="output"
     ),
+    # What SGLang and TensorRT-LLM users reach for: order by the prompt's length, which every
+    # server knows for free (TRAIL+'s order fed the prompt's length; c = 0, so no preemption).
+    "spf": PolicyEntry("spf", "shortest prompt first, no preemption", TRAIL, "trail-oracle", 0.0, hint="prompt"),
 }
-DEFAULT_POLICIES = ("fcfs", "sjf", "trail-prompt", "trail", "trail+")
+DEFAULT_POLICIES = ("fcfs", "sjf", "spf", "trail-prompt", "trail", "trail+")
 DEFAULT_C_SWEEP = (0.0, 0.5, 2.0)  # beside the main entries' c = 0.8
 
 
@@ -134,5 +140,5 @@ def resolve(
         raise PolicyError("no policies to run")
     order = {(STOCK, False): 0, (TRAIL, False): 1, (TRAIL, True): 2}
     # Stable: keeps the given order within a group.
-    entries.sort(key=lambda e: (order[(e.engine, e.probe)], not e.oracle))
+    entries.sort(key=lambda e: (order[(e.engine, e.probe)], e.hint != "output"))
     return entries, notes

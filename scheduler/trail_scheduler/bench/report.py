@@ -29,6 +29,7 @@ SUMMARY_FIELDS = (
     "duration_s",
     "preemptions",
     "recomputed_tokens",
+    "served_as_profiled",
     "load_avg_1m",
 )
 
@@ -95,8 +96,16 @@ def summarise(
         "duration_s": duration,
         "preemptions": preemptions,
         "recomputed_tokens": recomputed_tokens,
+        # Share of the completed requests whose served text was their profiled text: below 1.0
+        # the predictors read answers other than the ones whose lengths are scored.
+        "served_as_profiled": served_as_profiled(done),
         "load_avg_1m": None,  # filled in by the runner
     }
+
+
+def served_as_profiled(done: Sequence[RequestRecord]) -> float:
+    checked = [r.matches_profile for r in done if r.matches_profile is not None]
+    return sum(checked) / len(checked) if checked else math.nan
 
 
 def _json_safe(value):

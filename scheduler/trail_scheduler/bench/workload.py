@@ -1,12 +1,13 @@
-"""Benchmark workloads: prompts, their profiled output lengths, and arrival times.
+"""Benchmark workloads: prompts, their profiled answers, and arrival times.
 
 Every policy must serve exactly the same work, so (as the reference's benchmark does)
-each prompt's natural output length is measured once on the served model, cached, and
-every later request is sent with ``ignore_eos`` and ``max_tokens`` equal to that length.
-Lengths are measured as chat clients sample (temperature 0.7, top-p 0.9, the sampling the
-predictors are trained with), with a seed fixed per prompt so the measurement repeats; the
-bundled model's greedy answers loop to the cap on most prompts, which no chat user sees.
-A seed fixes the sample of prompts, their order and the arrival times.
+each prompt is answered once on the served model, its length and text cached, and every
+later request is sent with ``ignore_eos`` and ``max_tokens`` equal to that length, under
+the *same decoding* that produced it: greedy (the default, the TRAIL paper's protocol), or
+seeded sampling with the seed fixed per prompt. The served text is then the profiled text,
+so a probe reading it is scored against the length of the answer it reads (the loadgen
+checks this per request). A seed fixes the sample of prompts, their order and the arrival
+times.
 """
 
 from __future__ import annotations
@@ -16,37 +17,26 @@ import hashlib
 import json
 import math
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from trail_scheduler.assets import cache_dir, read_prompt_file, sharegpt_first_turns, unique_prompts
+from trail_scheduler.assets import (
+    cache_dir,
+    is_short_request,
+    read_prompt_file,
+    sharegpt_first_turns,
+    unique_prompts,
+)
 from trail_scheduler.errors import TrailError
 from trail_scheduler.length_mix import LengthMix
 from trail_scheduler.predictors import SHIPPED_BENCHMARK_SPLIT
 
 DEFAULT_OUTPUT_CAP = 512
-MAX_PROMPT_TOKENS = 1024  # prompt + answer must fit max-model-len 2048
-
-
-# Requests of the kind chat users send most: one line, short, an instruction or a question.
-# Selected by the request's form only, never by its answer, so the workload's answer lengths
-# are what the model gives such requests (ShareGPT first turns are often pasted documents
-# and multi-part tasks, on which the bundled model runs to the cap on about half).
-SHORT_REQUEST_CHARS = 200
-_SHORT_REQUEST_START = re.compile(
-    r"(?:write|give|list|explain|summari[sz]e|describe|create|generate|suggest|tell|name|translate|rewrite|compose|"
-    r"provide|make|draft|define|compare|outline|brainstorm|what|what's|how|why|who|can you|could you|please)\b",
-    re.IGNORECASE,
-)
-
-
-def is_short_request(text: str) -> bool:
-    text = text.strip()
-    return len(text) <= SHORT_REQUEST_CHARS and "\n" not in text and bool(_SHORT_REQUEST_START.match(text))
+MAX_MODEL_LEN = 2048  # trail serve's for the bundled model
+MAX_PROMPT_TOKENS = 1024  # prompt + answer must fit the model length
 
 
 class WorkloadError(TrailError):
@@ -60,6 +50,50 @@ class Prompt:
 
 
 @dataclass(frozen=True)
+class Decoding:
+    """How every request of a run is decoded, at profiling and at serving alike.
+
+    ``temperature`` 0 is greedy: the answer is a function of the prompt. Otherwise each
+    request carries a seed derived from its prompt id, so its answer repeats exactly."""
+
+    name: str
+    temperature: float
+    top_p: float
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def body(self, prompt_id: str) -> dict:
+        """The sampling fields of a chat request for this prompt."""
+        if self.greedy:
+            return {"temperature": 0}
+        return {"temperature": self.temperature, "top_p": self.top_p, "seed": prompt_seed(prompt_id)}
+
+    def key(self) -> str:
+        return "greedy" if self.greedy else f"temperature={self.temperature:g},top_p={self.top_p:g},seeded"
+
+    def trained_on(self, sampling: dict) -> bool:
+        """Whether a predictor whose training answers were drawn with ``sampling`` (its
+        metadata's ``temperature``/``top_p``) saw answers decoded this way."""
+        temperature = float(sampling.get("temperature", math.nan))
+        if self.greedy or temperature == 0:
+            return self.greedy and temperature == 0
+        return temperature == self.temperature and float(sampling.get("top_p", 1.0)) == self.top_p
+
+
+DECODINGS = {
+    "greedy": Decoding("greedy", 0.0, 1.0),
+    "sampled": Decoding("sampled", 0.7, 0.9),  # as chat clients sample
+}
+GREEDY = DECODINGS["greedy"]
+
+
+def prompt_seed(prompt_id: str) -> int:
+    return int(hashlib.sha256(prompt_id.encode()).hexdigest()[:8], 16)
+
+
+@dataclass(frozen=True)
 class BenchRequest:
     """One request of a run: what to send and when (seconds after the run starts)."""
 
@@ -67,6 +101,8 @@ class BenchRequest:
     prompt: str
     output_tokens: int  # the profiled natural length: max_tokens, with ignore_eos
     arrival: float
+    text_sha256: str | None = None  # the profiled answer's text, to check the served one against
+    prompt_tokens: int = 0  # as the server counts them (chat template included)
 
 
 def load_prompts(path: Path | None = None, short_requests: bool = False) -> list[Prompt]:
@@ -213,91 +249,93 @@ def arrival_times(count: int, rate: float | None, seed: int) -> list[float]:
 
 
 def build_requests(
-    prompts: Sequence[Prompt], lengths: dict[str, int], rate: float | None, seed: int
+    prompts: Sequence[Prompt],
+    answers: dict[str, Answer],
+    rate: float | None,
+    seed: int,
+    prompt_tokens: dict[str, int] | None = None,
 ) -> list[BenchRequest]:
     times = arrival_times(len(prompts), rate, seed)
-    return [BenchRequest(p.id, p.prompt, lengths[p.id], t) for p, t in zip(prompts, times)]
+    return [
+        BenchRequest(
+            p.id, p.prompt, answers[p.id].tokens, t, answers[p.id].text_sha256, (prompt_tokens or {}).get(p.id, 0)
+        )
+        for p, t in zip(prompts, times)
+    ]
 
 
-# -- natural output lengths -------------------------------------------------------------
+# -- profiled answers --------------------------------------------------------------------
 
 
-PROFILE_SAMPLING = {"temperature": 0.7, "top_p": 0.9}
+@dataclass(frozen=True)
+class Answer:
+    """A prompt's profiled answer: its length in tokens and a hash of its text."""
+
+    tokens: int
+    text_sha256: str | None = None
 
 
-def _profile_key(model: str, cap: int, prompt: Prompt) -> str:
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _profile_key(model: str, cap: int, prompt: Prompt, decoding: Decoding) -> str:
     digest = hashlib.sha256(prompt.prompt.encode()).hexdigest()[:16]
-    sampling = ",".join(f"{k}={v}" for k, v in PROFILE_SAMPLING.items())
-    return f"{model}|{cap}|{prompt.id}|{digest}|{sampling}"
-
-
-def _prompt_seed(prompt: Prompt) -> int:
-    return int(hashlib.sha256(prompt.id.encode()).hexdigest()[:8], 16)
-
-
-def _cached_caps(known: dict[str, int]) -> set[int]:
-    return {int(key.split("|")[1]) for key in known}
+    return f"{model}|{cap}|{prompt.id}|{digest}|{decoding.key()}"
 
 
 def length_cache_path() -> Path:
-    return cache_dir() / "bench" / "lengths.json"
+    return cache_dir() / "bench" / "answers.json"
 
 
-async def _natural_length(client: httpx.AsyncClient, base: str, model: str, prompt: Prompt, cap: int) -> int:
+def _read_cache(cache: Path) -> dict[str, dict]:
+    return json.loads(cache.read_text()) if cache.exists() else {}
+
+
+async def _profile_one(
+    client: httpx.AsyncClient, base: str, model: str, prompt: Prompt, cap: int, decoding: Decoding
+) -> dict:
     body = {
         "model": model,
         "messages": [{"role": "user", "content": prompt.prompt}],
         "max_tokens": cap,
-        **PROFILE_SAMPLING,
-        "seed": _prompt_seed(prompt),
+        **decoding.body(prompt.id),
     }
     reply = await client.post(f"{base}/v1/chat/completions", json=body)
     if reply.status_code != 200:
         raise WorkloadError(f"profiling prompt {prompt.id} failed: {reply.status_code} {reply.text[:300]}")
-    return int(reply.json()["usage"]["completion_tokens"])
+    result = reply.json()
+    text = result["choices"][0]["message"].get("content") or ""
+    return {"tokens": int(result["usage"]["completion_tokens"]), "text_sha256": text_sha256(text)}
 
 
-def _known_lengths(model: str, prompts: Sequence[Prompt], cap: int, cache: Path) -> dict[str, int]:
-    """The cache, with answers under a larger cap filled in for this cap."""
-    known: dict[str, int] = json.loads(cache.read_text()) if cache.exists() else {}
-    # Seeded sampling is deterministic and causal: the answer under a smaller cap is a
-    # prefix of the answer under a larger one, so a larger-cap profile gives min(L, cap).
-    for prompt in prompts:
-        key = _profile_key(model, cap, prompt)
-        if key not in known:
-            larger = [
-                known[k]
-                for k in (_profile_key(model, c, prompt) for c in _cached_caps(known))
-                if k in known and int(k.split("|")[1]) >= cap
-            ]
-            if larger:
-                known[key] = min(larger[0], cap)
-    return known
+def unprofiled(
+    model: str, prompts: Sequence[Prompt], cap: int, decoding: Decoding, cache: Path | None = None
+) -> list[Prompt]:
+    """The prompts whose answer under ``decoding`` is not cached yet (profiling them needs an engine)."""
+    known = _read_cache(cache or length_cache_path())
+    return [p for p in prompts if _profile_key(model, cap, p, decoding) not in known]
 
 
-def unprofiled(model: str, prompts: Sequence[Prompt], cap: int, cache: Path | None = None) -> list[Prompt]:
-    """The prompts whose natural length is not cached yet (profiling them needs an engine)."""
-    known = _known_lengths(model, prompts, cap, cache or length_cache_path())
-    return [p for p in prompts if _profile_key(model, cap, p) not in known]
-
-
-def profile_lengths(
+def profile_answers(
     base: str,
     model: str,
     prompts: Sequence[Prompt],
     cap: int,
+    decoding: Decoding,
     cache: Path | None = None,
     concurrency: int = 16,
     progress=None,
-) -> dict[str, int]:
-    """Natural (sampled, seeded) output length of each prompt on the served model, capped; cached on disk.
+) -> dict[str, Answer]:
+    """Each prompt's answer on the served model under ``decoding``, capped; cached on disk.
 
-    The cache key holds the model name, the cap and a hash of the prompt, so a
-    different model, cap or prompt text is profiled afresh.
+    The cache key holds the model name, the cap, a hash of the prompt and the decoding, so
+    a different model, cap, prompt text or decoding is profiled afresh: answers are never
+    reused across decodings.
     """
     cache = cache or length_cache_path()
-    known = _known_lengths(model, prompts, cap, cache)
-    missing = [p for p in prompts if _profile_key(model, cap, p) not in known]
+    known = _read_cache(cache)
+    missing = [p for p in prompts if _profile_key(model, cap, p, decoding) not in known]
 
     async def run() -> None:
         limit = asyncio.Semaphore(concurrency)
@@ -305,7 +343,8 @@ def profile_lengths(
 
             async def one(prompt: Prompt) -> None:
                 async with limit:
-                    known[_profile_key(model, cap, prompt)] = await _natural_length(client, base, model, prompt, cap)
+                    answer = await _profile_one(client, base, model, prompt, cap, decoding)
+                    known[_profile_key(model, cap, prompt, decoding)] = answer
                 if progress is not None:
                     progress()
 
@@ -317,8 +356,12 @@ def profile_lengths(
         partial = cache.with_suffix(".partial")
         partial.write_text(json.dumps(known, indent=0, sort_keys=True))
         partial.replace(cache)
-    # An answer of zero tokens cannot be forced with ignore_eos; one token is the floor.
-    return {p.id: max(1, known[_profile_key(model, cap, p)]) for p in prompts}
+    answers = {}
+    for p in prompts:
+        entry = known[_profile_key(model, cap, p, decoding)]
+        # An answer of zero tokens cannot be forced with ignore_eos; one token is the floor.
+        answers[p.id] = Answer(max(1, entry["tokens"]), entry["text_sha256"] if entry["tokens"] >= 1 else None)
+    return answers
 
 
 def length_summary(lengths: Sequence[int], cap: int) -> dict:
