@@ -254,8 +254,8 @@ class BenchConfig:
         """Every run, in the order it is made: one round per (load, seed), in which every entry
         that runs it takes its turn, the turns reversed every other round. So each ratio
         compares runs minutes apart, and a machine that drifts faster or slower over the hour
-        favours no policy (docs/benchmarks.md measured stock vLLM's own time per token drift
-        by 15% in 17 minutes). The first round is the first entry's first run (the capacity burst, if
+        favours no policy (stock vLLM's own time per token was measured drifting by 15% in 17
+        minutes). The first round is the first entry's first run (the capacity burst, if
         measured) in the given order: FCFS, then the oracle, then TRAIL."""
         rounds: dict[tuple[Load, int], list[P.PolicyEntry]] = {}
         for entry in self.entries:
