@@ -194,6 +194,17 @@ def _seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
+def engine_args(max_num_seqs: int, decoding: Decoding) -> tuple[str, ...]:
+    """Arguments every engine of a run starts with. Under seeded sampling, no chunked prefill on
+    any engine: stock vLLM 0.32 on CPU dies on a seeded request whose prompt is prefilled in
+    chunks (its sampler rewinds the request's generator, which CPU generators cannot), so every
+    engine gets whole-prompt prefills and a token budget that fits the longest request."""
+    args = ("--max-num-seqs", str(max_num_seqs))
+    if not decoding.greedy:
+        args += ("--no-enable-chunked-prefill", "--max-num-batched-tokens", str(MAX_MODEL_LEN))
+    return args
+
+
 @dataclass
 class BenchConfig:
     preset: str
@@ -221,14 +232,7 @@ class BenchConfig:
 
     @property
     def engine_args(self) -> tuple[str, ...]:
-        """Arguments every engine of the run starts with. Under seeded sampling, no chunked
-        prefill on any engine: stock vLLM 0.32 on CPU dies on a seeded request whose prompt is
-        prefilled in chunks (its sampler rewinds the request's generator, which CPU generators
-        cannot), so every engine gets whole-prompt prefills and a token budget that fits one."""
-        args = ("--max-num-seqs", str(self.max_num_seqs))
-        if not self.decoding.greedy:
-            args += ("--no-enable-chunked-prefill", "--max-num-batched-tokens", str(MAX_MODEL_LEN))
-        return args
+        return engine_args(self.max_num_seqs, self.decoding)
 
     @property
     def relative(self) -> bool:
@@ -271,6 +275,53 @@ class BenchConfig:
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """Validate everything before any engine starts; bad inputs are clear errors."""
     preset = PRESETS[args.preset or "full"]
+    loads, seeded = _loads(args, preset)
+    max_num_seqs = args.max_num_seqs or preset.max_num_seqs
+    requests = args.requests or preset.requests
+    output_cap = args.output_cap or preset.output_cap
+    if max_num_seqs < 1:
+        raise BenchError("--max-num-seqs must be at least 1")
+    if requests < 1 or output_cap < 1:
+        raise BenchError("--requests and --output-cap must be at least 1")
+    if args.probe is None and SHIPPED_PROBE.is_file():  # the probe trained for the bundled model
+        args.probe = SHIPPED_PROBE
+    for flag, path in (("probe", args.probe), ("prompts", args.prompts)):
+        if path is not None and not path.is_file():
+            raise BenchError(f"{flag} file {path} not found")
+    decoding = DECODINGS[args.decoding]
+    entries, notes = _entries(args, preset, decoding)
+    if any(load.share is not None for load in loads) and args.capacity is None:
+        _check_capacity_measurable(entries, requests, max_num_seqs)
+    trail_endpoint, stock_endpoint = _endpoints(args, entries)
+    return BenchConfig(
+        preset=args.preset or "full",
+        requests=requests,
+        loads=loads,
+        output_cap=output_cap,
+        entries=entries,
+        sweep_rates=args.sweep_rates or preset.sweep_rates,
+        time_limit=args.time_limit or preset.time_limit,
+        max_prompt_tokens=preset.max_prompt_tokens,
+        seeds=_seeds(args.seeds) if args.seeds else preset.seeds,
+        seeded_loads=frozenset(seeded),
+        capacity=args.capacity,
+        max_num_seqs=max_num_seqs,
+        max_wait_seconds=args.max_wait_seconds,
+        probe=args.probe,
+        prompts=args.prompts,
+        short_requests=args.short_requests,
+        length_mix=args.length_mix or preset.length_mix,
+        decoding=decoding,
+        output=args.output or Path("bench-results") / time.strftime("%Y%m%d-%H%M%S"),
+        notes=notes,
+        trail_endpoint=trail_endpoint,
+        stock_endpoint=stock_endpoint,
+    )
+
+
+def _loads(args: argparse.Namespace, preset: Preset) -> tuple[tuple[Load, ...], set[str]]:
+    """The loads to run (the capacity burst added when relative loads need it) and those run
+    with every seed."""
     try:
         if args.rates:
             loads = parse_loads(args.rates, relative=False)
@@ -291,38 +342,35 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         raise BenchError(f"--capacity must be a positive number of output tokens/s, got {args.capacity}")
     if relative and args.capacity is None and BURST not in loads:
         loads = (*loads, BURST)  # the capacity is measured on stock vLLM's burst
-    seeds = _seeds(args.seeds) if args.seeds else preset.seeds
-    max_num_seqs = args.max_num_seqs or preset.max_num_seqs
-    if max_num_seqs < 1:
-        raise BenchError("--max-num-seqs must be at least 1")
-    requests = args.requests or preset.requests
-    output_cap = args.output_cap or preset.output_cap
-    if requests < 1 or output_cap < 1:
-        raise BenchError("--requests and --output-cap must be at least 1")
-    if args.probe is None and SHIPPED_PROBE.is_file():  # the probe trained for the bundled model
-        args.probe = SHIPPED_PROBE
-    if args.probe is not None and not args.probe.is_file():
-        raise BenchError(f"probe file {args.probe} not found")
-    decoding = DECODINGS[args.decoding]
-    if args.prompts is not None and not args.prompts.is_file():
-        raise BenchError(f"prompts file {args.prompts} not found")
+    return loads, seeded
+
+
+def _entries(args: argparse.Namespace, preset: Preset, decoding: Decoding) -> tuple[list[P.PolicyEntry], list[str]]:
+    """The policy entries, and notes; predictors trained on another decoding are refused."""
     names = [n.strip() for n in args.policies.split(",") if n.strip()] if args.policies else list(preset.policies)
     c_sweep = _floats(args.c_sweep) if args.c_sweep is not None else preset.c_sweep
     entries, notes = P.resolve(names, c_sweep, have_probe=args.probe is not None, explicit=bool(args.policies))
     if any(e.engine == P.TRAIL for e in entries) and not args.trail_endpoint:
         predictors = [SHIPPED_PROMPT_PREDICTOR] + ([args.probe] if any(e.probe for e in entries) else [])
         notes += check_decoding(predictors, decoding)
-    if relative and args.capacity is None:
-        if not any(e.name == "fcfs" for e in entries):
-            raise BenchError(
-                "loads relative to capacity need the 'fcfs' policy (the capacity is measured on stock vLLM's burst) "
-                "or --capacity TOKENS_PER_S"
-            )
-        if requests <= max_num_seqs:
-            raise BenchError(
-                f"measuring the capacity needs more requests than batch slots ({requests} ≤ --max-num-seqs "
-                f"{max_num_seqs}): raise --requests or give --capacity"
-            )
+    return entries, notes
+
+
+def _check_capacity_measurable(entries: list[P.PolicyEntry], requests: int, max_num_seqs: int) -> None:
+    if not any(e.name == "fcfs" for e in entries):
+        raise BenchError(
+            "loads relative to capacity need the 'fcfs' policy (the capacity is measured on stock vLLM's burst) "
+            "or --capacity TOKENS_PER_S"
+        )
+    if requests <= max_num_seqs:
+        raise BenchError(
+            f"measuring the capacity needs more requests than batch slots ({requests} ≤ --max-num-seqs "
+            f"{max_num_seqs}): raise --requests or give --capacity"
+        )
+
+
+def _endpoints(args: argparse.Namespace, entries: list[P.PolicyEntry]) -> tuple[Server | None, Server | None]:
+    """Running servers given instead of started ones, checked reachable before any work."""
     trail_endpoint = stock_endpoint = None
     if args.trail_endpoint:
         if not args.admin_endpoint:
@@ -346,31 +394,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     for server in (trail_endpoint, stock_endpoint):
         if server is not None:
             server.served_model()  # reachable and OpenAI-compatible, before any work
-    output = args.output or Path("bench-results") / time.strftime("%Y%m%d-%H%M%S")
-    return BenchConfig(
-        preset=args.preset or "full",
-        requests=requests,
-        loads=loads,
-        output_cap=output_cap,
-        entries=entries,
-        sweep_rates=args.sweep_rates or preset.sweep_rates,
-        time_limit=args.time_limit or preset.time_limit,
-        max_prompt_tokens=preset.max_prompt_tokens,
-        seeds=seeds,
-        seeded_loads=frozenset(seeded),
-        capacity=args.capacity,
-        max_num_seqs=max_num_seqs,
-        max_wait_seconds=args.max_wait_seconds,
-        probe=args.probe,
-        prompts=args.prompts,
-        short_requests=args.short_requests,
-        length_mix=args.length_mix or preset.length_mix,
-        decoding=decoding,
-        output=output,
-        notes=notes,
-        trail_endpoint=trail_endpoint,
-        stock_endpoint=stock_endpoint,
-    )
+    return trail_endpoint, stock_endpoint
 
 
 def check_decoding(predictors, decoding: Decoding) -> list[str]:
