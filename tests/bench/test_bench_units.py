@@ -625,3 +625,13 @@ def test_the_bench_refuses_predictors_trained_on_another_decoding(tmp_path):
     assert "trained on answers decoded with" in message and "'greedy'" in message
     message = bench_error("--quick", "--policies", "fcfs,trail", "--probe", greedy, "--decoding", "sampled")
     assert "'sampled'" in message and "--decoding" in message
+
+
+def test_only_the_sampled_protocol_turns_chunked_prefill_off_on_every_engine():
+    from trail_scheduler.bench.config import engine_args
+    from trail_scheduler.bench.workload import MAX_MODEL_LEN
+
+    assert engine_args(8, GREEDY) == ("--max-num-seqs", "8")
+    sampled = engine_args(8, DECODINGS["sampled"])
+    assert "--no-enable-chunked-prefill" in sampled
+    assert int(sampled[sampled.index("--max-num-batched-tokens") + 1]) >= MAX_MODEL_LEN  # every request fits a step
