@@ -1,5 +1,5 @@
 """Pure manifest builders: an LLMServer (name, namespace, uid, parsed spec) → the
-Deployment, Service, ConfigMap, Secret (and NetworkPolicy) it owns.
+Deployment, Service, ConfigMap, Secret, PodDisruptionBudget (and NetworkPolicy) it owns.
 
 No I/O here: the handlers fetch what these need (the admin token, the probe bytes of a
 ConfigMap probe source, the operator's default images and settings) and pass it in.
@@ -101,6 +101,7 @@ def names(owner: Owner) -> dict[str, str]:
         "configmap": f"{owner.name}-scheduler",
         "secret": f"{owner.name}-admin",
         "networkpolicy": owner.name,
+        "poddisruptionbudget": owner.name,
     }
 
 
@@ -447,7 +448,30 @@ def build_deployment(owner: Owner, spec: LLMServerSpec, images: Images) -> dict[
         "spec": {
             "replicas": spec.replicas,
             "selector": {"matchLabels": selector_labels(owner)},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {
+                    "maxSurge": spec.update_strategy.max_surge,
+                    "maxUnavailable": spec.update_strategy.max_unavailable,
+                },
+            },
             "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": pod_spec},
+        },
+    }
+
+
+def build_disruption_budget(owner: Owner, spec: LLMServerSpec) -> dict[str, Any]:
+    """Voluntary evictions (drains, cluster-autoscaler scale-downs) take at most
+    ``disruptionBudget.maxUnavailable`` ready pods at a time. ``AlwaysAllow``: a pod that is
+    not ready (crash-looping, still loading the model) serves nothing, so it never blocks a drain."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(owner, names(owner)["poddisruptionbudget"]),
+        "spec": {
+            "selector": {"matchLabels": selector_labels(owner)},
+            "maxUnavailable": spec.disruption_budget.max_unavailable,
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }
 
@@ -490,7 +514,12 @@ def build_all(
 ) -> list[dict[str, Any]]:
     """Everything one LLMServer owns, in the order to apply it (what pods mount first; the
     NetworkPolicy, when ``peer`` is given, before the pods it guards)."""
-    objects = [build_secret(owner, token), build_configmap(owner, spec, generation, probe_data), build_service(owner)]
+    objects = [
+        build_secret(owner, token),
+        build_configmap(owner, spec, generation, probe_data),
+        build_service(owner),
+        build_disruption_budget(owner, spec),
+    ]
     if peer is not None:
         objects.append(build_network_policy(owner, peer))
     return [*objects, build_deployment(owner, spec, images)]

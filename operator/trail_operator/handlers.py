@@ -15,7 +15,11 @@
   and its garbage collector the objects it owns (owner references), operator or not.
 - ``@kopf.on.event`` on the owned Deployments and Pods (by label) runs a pass when what
   the status shows of them changes: replica counts, a pod's readiness or address, and a
-  Deployment's generation (a hand edit, which the pass then undoes).
+  Deployment's generation (a hand edit, which the pass then undoes). The API server does
+  the label filtering (``settings.watching.label_selectors``: kopf adds it to the watch's
+  ``labelSelector``), so the operator never receives the cluster's other Pods; a handler's
+  ``labels=`` is only kopf's client-side filter, kept for API servers that ignore the
+  selector (kmock in tests).
 
 kopf serialises the handlers of one object's events, but the resync loop and the handlers
 of other resources (Pods, Deployments) run as tasks of their own. So every pass holds
@@ -44,6 +48,7 @@ TICK_SECONDS = min(1.0, RESYNC_SECONDS / 2)  # how often the resync loop looks f
 FINALIZER = "trail.dev/operator"
 LLMSERVERS = (crd.GROUP, crd.VERSION, crd.PLURAL)
 OWNED_LABELS = {builders.LABEL_SERVER: kopf.PRESENT}
+OWNED_WATCHES = (("v1", "pods"), ("apps", "v1", "deployments"))
 
 
 @kopf.on.startup()
@@ -54,7 +59,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logg
     # kopf's own bookkeeping (retry state, the last handled spec) in annotations, not in the status.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=crd.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=crd.GROUP)
-    settings.posting.level = logging.WARNING  # Kubernetes Events for warnings and errors
+    settings.posting.level = logging.WARNING  # log lines as Events: warnings and errors (reconcile posts Normal ones)
+    for resource in OWNED_WATCHES:
+        settings.watching.label_selectors[resource] = builders.LABEL_SERVER  # the label exists
     webhook.configure(settings)  # the admission webhook (trail_operator.webhook), when the chart enables it
     memo.ctx = Context(kube.connect(), RetuneClient(), Images.from_env(), Peer.from_env())
     memo.locks = {}  # (namespace, name) -> asyncio.Lock; every object's memo shares this dict
@@ -149,7 +156,7 @@ async def _owned_changed(memo: kopf.Memo, namespace: str, server: str, seen: Any
         logger.warning(f"LLMServer {namespace}/{server}: {error}")
 
 
-@kopf.on.event("v1", "pods", labels=OWNED_LABELS)
+@kopf.on.event(*OWNED_WATCHES[0], labels=OWNED_LABELS)
 async def pod_changed(
     type: str, body: kopf.Body, labels: kopf.Labels, namespace: str, memo: kopf.Memo, logger: Any, **_: Any
 ) -> None:
@@ -157,7 +164,7 @@ async def pod_changed(
     await _owned_changed(memo, namespace, labels[builders.LABEL_SERVER], seen, logger)
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=OWNED_LABELS)
+@kopf.on.event(*OWNED_WATCHES[1], labels=OWNED_LABELS)
 async def deployment_changed(
     type: str, body: kopf.Body, labels: kopf.Labels, namespace: str, memo: kopf.Memo, logger: Any, **_: Any
 ) -> None:

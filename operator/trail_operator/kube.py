@@ -20,6 +20,7 @@ from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import ConfigMap, Pod, Secret, Service
 from lightkube.resources.networking_v1 import NetworkPolicy
+from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import PatchType
 
 from trail_operator import crd
@@ -32,6 +33,7 @@ RESOURCES = {
     "Pod": Pod,
     "Deployment": Deployment,
     "NetworkPolicy": NetworkPolicy,
+    "PodDisruptionBudget": PodDisruptionBudget,
     "LLMServer": LLMServer,
 }
 

@@ -6,7 +6,8 @@ Why each rule:
   last handled spec, retry state; and removes an older version's finalizer); each
   reconcile pass reads the LLMServer afresh. /status patch: the status. /finalizers
   update: owner references with blockOwnerDeletion on the objects we create.
-- deployments, services, configmaps, networkpolicies get/create/patch: the owned objects
+- deployments, services, configmaps, networkpolicies, poddisruptionbudgets
+  get/create/patch: the owned objects
   (created, then merge-patched; deleted by owner-reference garbage collection).
   deployments list/watch: kopf runs a pass when a Deployment changes (its status, or a
   hand edit to undo). configmaps get also reads a probe ConfigMap.
@@ -30,6 +31,7 @@ PERMISSIONS: list[dict[str, list[str]]] = [
     {"apiGroups": [""], "resources": ["services", "configmaps"], "verbs": ["get", "create", "patch"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "delete"]},
     {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "create", "patch"]},
+    {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["get", "create", "patch"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},

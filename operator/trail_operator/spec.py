@@ -158,8 +158,25 @@ class Scheduler(SchedulerSettings):
         return self
 
 
+class UpdateStrategy(_Model):
+    max_surge: int = Field(ge=0, le=1000)
+    max_unavailable: int = Field(ge=0, le=1000)
+
+    @model_validator(mode="after")
+    def _can_progress(self) -> UpdateStrategy:
+        if self.max_surge == 0 and self.max_unavailable == 0:
+            raise ValueError("updateStrategy: maxSurge and maxUnavailable must not both be 0")
+        return self
+
+
+class DisruptionBudget(_Model):
+    max_unavailable: int = Field(ge=0, le=1000)
+
+
 class LLMServerSpec(_Model):
     replicas: int = Field(ge=0, le=1000)
+    update_strategy: UpdateStrategy
+    disruption_budget: DisruptionBudget
     model: ModelSource
     engine: Engine
     resources: Resources

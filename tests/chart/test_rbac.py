@@ -21,7 +21,17 @@ CLUSTER_SCOPED = {
     "clusterrolebindings",
     "storageclasses",
 }
-NAMESPACED_SCOPED = {"deployments", "services", "configmaps", "secrets", "pods", "events", "leases", "networkpolicies"}
+NAMESPACED_SCOPED = {
+    "deployments",
+    "services",
+    "configmaps",
+    "secrets",
+    "pods",
+    "events",
+    "leases",
+    "networkpolicies",
+    "poddisruptionbudgets",
+}
 
 
 def is_cluster_scoped(resource: str) -> bool:

@@ -8,7 +8,7 @@ subclass adds exactly that, as a real server would:
 - a ``/status`` write changes only ``status``, a write to the object never changes it;
   ``/scale`` reads and writes ``spec.replicas`` through a ``Scale`` object;
 - discovery names the core group ``v1``; list replies carry ``kind``/``apiVersion``
-  (kubectl refuses them otherwise) and honour equality ``labelSelector``s.
+  (kubectl refuses them otherwise) and honour equality and existence ``labelSelector``s.
 
 It is served over HTTPS with a CA of its own, so pods reach it the way they reach a
 cluster's API server: through ``KUBERNETES_SERVICE_HOST`` and the service-account files.
@@ -48,12 +48,13 @@ def merge(target: Any, patch: Any) -> Any:
 
 
 def _labels_match(obj: dict[str, Any], selector: str | None) -> bool:
+    """Equality (``key=value``) and existence (``key``) terms, the ones kubectl and the operator send."""
     if not selector:
         return True
     labels = (obj.get("metadata") or {}).get("labels") or {}
     for term in selector.split(","):
-        key, _, value = term.partition("=")
-        if labels.get(key.strip()) != value.lstrip("=").strip():
+        key, equals, value = term.partition("=")
+        if key.strip() not in labels or (equals and labels[key.strip()] != value.lstrip("=").strip()):
             return False
     return True
 

@@ -100,6 +100,7 @@ async def test_create_produces_owned_objects_and_status(cluster):
         ("v1/services", "smollm2"),
         ("v1/configmaps", "smollm2-scheduler"),
         ("v1/secrets", "smollm2-admin"),
+        ("policy/v1/poddisruptionbudgets", "smollm2"),
     ]:
         owned = obj(cluster, resource, name)
         assert owned is not None, f"{resource} {name} missing"
@@ -496,3 +497,70 @@ async def test_network_policies_when_the_chart_turns_them_on(cluster, monkeypatc
         "app.kubernetes.io/name": "trail-operator"
     }
     assert len(requests_to(cluster, "networkpolicies", "POST")) == 1
+
+
+def posted_events(cluster, name):
+    """The (type, reason, message) of the Events the operator posted about LLMServer ``name``."""
+    return [
+        (r.data["type"], r.data["reason"], r.data["message"])
+        for r in requests_to(cluster, "events", "POST")
+        if r.data["involvedObject"]["name"] == name and r.data["involvedObject"]["kind"] == "LLMServer"
+    ]
+
+
+async def test_an_autoscaler_scaling_the_llmserver_is_followed_and_never_reverted(cluster):
+    """An HPA (or KEDA) writes spec.replicas through the LLMServer's scale subresource: the
+    operator carries it to the Deployment and never writes the LLMServer's spec itself."""
+    async with running_operator():
+        await create(cluster, "smollm2", CPU_SPEC)
+        await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
+        response = await cluster.patch(
+            f"/apis/trail.dev/v1alpha1/namespaces/{NS}/llmservers/smollm2/scale",
+            json={"spec": {"replicas": 3}, "metadata": {"generation": 2}},
+        )
+        assert response.status == 200, await response.text()
+        await eventually(
+            lambda: obj(cluster, "apps/v1/deployments", "smollm2")["spec"]["replicas"] == 3, what="scaled to 3"
+        )
+        await passes(cluster, "smollm2", 3)  # resyncs too
+        events = posted_events(cluster, "smollm2")
+    assert obj(cluster, LLMS, "smollm2")["spec"]["replicas"] == 3
+    assert obj(cluster, "apps/v1/deployments", "smollm2")["spec"]["replicas"] == 3
+    operator_writes = [
+        r.data
+        for r in requests_to(cluster, "llmservers", "PATCH")
+        if r.headers.get("User-Agent", "").startswith(("kopf/", "python-httpx2/"))
+    ]
+    assert operator_writes and not any("spec" in body for body in operator_writes)
+    assert ("Normal", "Scaled", "Deployment scaled from 1 to 3 replicas") in events
+    assert events[0][:2] == ("Normal", "Created")
+
+
+async def test_passes_post_normal_events_for_the_lifecycle(cluster):
+    async with running_operator():
+        await create(cluster, "smollm2", CPU_SPEC)
+        await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
+        await edit_spec(cluster, "smollm2", {"scheduler": {"c": 1.5}}, generation=2)
+        await eventually(lambda: settings(cluster, "smollm2")["c"] == 1.5, what="edit")
+        await cluster.patch(  # what the Deployment controller reports once the pod serves
+            f"/apis/apps/v1/namespaces/{NS}/deployments/smollm2/status",
+            json={"status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1}},
+        )
+        await eventually(lambda: any(e[1] == "Ready" for e in posted_events(cluster, "smollm2")), what="Ready event")
+        await passes(cluster, "smollm2", 3)  # resyncs post nothing more
+    events = posted_events(cluster, "smollm2")
+    assert [reason for _, reason, _ in events] == ["Created", "Retuned", "Ready"]
+    assert {kind for kind, _, _ in events} == {"Normal"}
+    assert events[0][2] == "created Secret, ConfigMap, Service, PodDisruptionBudget, Deployment"
+    assert events[1][2] == "scheduler settings generation 2: 0/0 ready pods run them"
+
+
+async def test_the_api_server_filters_the_pod_and_deployment_watches_by_label(cluster):
+    """The operator asks for its own Pods and Deployments only: a cluster's other Pods never reach it."""
+    async with running_operator():
+        await create(cluster, "smollm2", CPU_SPEC)
+        await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
+    for plural in ("pods", "deployments"):
+        reads = [r for r in requests_to(cluster, plural, "GET") if r.headers.get("User-Agent", "").startswith("kopf/")]
+        assert reads, plural
+        assert {r.params.get("labelSelector") for r in reads} == {"trail.dev/llmserver"}, plural
