@@ -76,7 +76,7 @@ def test_only_expected_kinds_lack_a_kubernetes_schema(helm):
 
 def test_everything_lands_in_the_release_namespace(default_manifests):
     for manifest in default_manifests:
-        if manifest["kind"] in {"ClusterRole", "ClusterRoleBinding"}:
+        if manifest["kind"] in {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}:
             assert "namespace" not in manifest["metadata"]
         else:
             assert manifest["metadata"]["namespace"] == NAMESPACE, manifest["metadata"]
