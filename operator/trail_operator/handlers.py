@@ -21,6 +21,10 @@
   ``labels=`` is only kopf's client-side filter, kept for API servers that ignore the
   selector (kmock in tests).
 
+With ``--peering`` (the chart's two replicas) kopf pauses the handlers of every replica
+but the leader; the resync loop, not kopf's, asks the peering objects before each round
+(trail_operator.peering), so a paused replica runs no pass at all.
+
 kopf serialises the handlers of one object's events, but the resync loop and the handlers
 of other resources (Pods, Deployments) run as tasks of their own. So every pass holds
 its LLMServer's ``asyncio.Lock`` from its reads to its status write: passes, and the
@@ -31,13 +35,14 @@ under the lock, so whichever handler started it, it works from the current spec.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
 from typing import Any
 
 import kopf
 
-from trail_operator import builders, crd, kube, webhook
+from trail_operator import builders, crd, kube, peering, webhook
 from trail_operator.builders import Images, Peer
 from trail_operator.reconcile import Context, backoff, reconcile
 from trail_operator.retune import RetuneClient, ready_targets
@@ -54,7 +59,7 @@ OWNED_WATCHES = (("v1", "pods"), ("apps", "v1", "deployments"))
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     crd.load_crd()  # fail at start, not at the first resource, if the CRD file is missing
-    settings.peering.standalone = True  # one operator replica; no peering resources needed
+    settings.peering.lifetime = peering.LIFETIME_SECONDS  # with --peering: a killed leader's standby takes over
     settings.persistence.finalizer = FINALIZER
     # kopf's own bookkeeping (retry state, the last handled spec) in annotations, not in the status.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=crd.GROUP)
@@ -64,6 +69,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logg
         settings.watching.label_selectors[resource] = builders.LABEL_SERVER  # the label exists
     webhook.configure(settings)  # the admission webhook (trail_operator.webhook), when the chart enables it
     memo.ctx = Context(kube.connect(), RetuneClient(), Images.from_env(), Peer.from_env())
+    memo.setdefault("peering", None)  # trail_operator.peering.Peering with --peering (cli), else standalone
+    if memo.peering is not None:
+        await memo.peering.ensure(memo.ctx.client)
     memo.locks = {}  # (namespace, name) -> asyncio.Lock; every object's memo shares this dict
     memo.due = {}  # (namespace, name) -> (loop time of its next resync, retries so far)
     memo.resyncs = set()  # the resync passes running
@@ -130,12 +138,27 @@ async def _resync(memo: kopf.Memo, key: tuple[str, str], retry: int, logger: Any
         _schedule(memo, key, RESYNC_SECONDS, 0)
 
 
+async def _leads(memo: kopf.Memo, logger: Any) -> bool:
+    """Whether this replica acts (always when standalone); unknown counts as no: a resync
+    missed is made up later, two replicas acting at once is what peering prevents."""
+    if memo.peering is None:
+        return True
+    try:
+        return await memo.peering.leads(memo.ctx.client, datetime.datetime.now(datetime.UTC))
+    except kube.KubeError as error:
+        logger.warning(f"cannot read the peering objects, no resync now: {error}")
+        return False
+
+
 async def _resync_loop(memo: kopf.Memo, logger: Any) -> None:
     """Start the resync passes that are due, each as a task of its own (a slow pod must not
-    hold back the other LLMServers)."""
+    hold back the other LLMServers), while this replica leads (kopf pauses only its handlers)."""
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(TICK_SECONDS)
+        due = [key for key, (when, _) in memo.due.items() if when <= loop.time()]
+        if not due or not await _leads(memo, logger):
+            continue
         for key, (when, retry) in list(memo.due.items()):
             if when <= loop.time():
                 memo.due[key] = (float("inf"), retry)  # until this pass schedules the next

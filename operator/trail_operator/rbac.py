@@ -17,12 +17,17 @@ Why each rule:
 - pods list/watch: each pass lists the pods to retune the ready ones; kopf watches them.
 - events create: kopf reports warnings as Kubernetes Events.
 - customresourcedefinitions list/watch: kopf observes CRDs to discover resources.
+- kopfpeerings (namespaced mode) and clusterkopfpeerings (all namespaces)
+  get/list/watch/create/patch: kopf's peering between operator replicas (it watches the
+  peering object and patches its keep-alive into it; each replica creates the object if
+  it is missing; the resync loop reads it to know whether it leads).
 Watching namespaces by glob (``--namespace 'team-*'``) would also need namespaces
 list/watch; the operator does not need it for all namespaces or exact names.
 """
 
 from __future__ import annotations
 
+PEERING_VERBS = ["get", "list", "watch", "create", "patch"]
 PERMISSIONS: list[dict[str, list[str]]] = [
     {"apiGroups": ["trail.dev"], "resources": ["llmservers"], "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": ["trail.dev"], "resources": ["llmservers/status"], "verbs": ["get", "patch"]},
@@ -34,5 +39,7 @@ PERMISSIONS: list[dict[str, list[str]]] = [
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["get", "create", "patch"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"], "verbs": PEERING_VERBS},
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
+    {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"], "verbs": PEERING_VERBS},
 ]

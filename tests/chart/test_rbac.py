@@ -20,6 +20,7 @@ CLUSTER_SCOPED = {
     "clusterroles",
     "clusterrolebindings",
     "storageclasses",
+    "clusterkopfpeerings",
 }
 NAMESPACED_SCOPED = {
     "deployments",
@@ -31,6 +32,7 @@ NAMESPACED_SCOPED = {
     "leases",
     "networkpolicies",
     "poddisruptionbudgets",
+    "kopfpeerings",
 }
 
 

@@ -5,7 +5,8 @@ does a little more that our operator, kubectl and the node stand-in rely on, so 
 subclass adds exactly that, as a real server would:
 - ``metadata.uid``, ``resourceVersion``, ``creationTimestamp`` and ``generation`` on
   create; ``generation`` bumped when a write changes ``spec``;
-- a ``/status`` write changes only ``status``, a write to the object never changes it;
+- a ``/status`` write changes only ``status``, a write to the object never changes it
+  (when the resource has a status subresource: kopf's peering objects have none);
   ``/scale`` reads and writes ``spec.replicas`` through a ``Scale`` object;
 - discovery names the core group ``v1``; list replies carry ``kind``/``apiVersion``
   (kubectl refuses them otherwise) and honour equality and existence ``labelSelector``s.
@@ -91,8 +92,8 @@ class ApiServer(kmock.KubernetesEmulator):
                         status = data.get("status")
                         data.clear()
                         data["status"] = status
-                    elif request.subresource != "scale":
-                        data.pop("status", None)
+                    elif request.subresource != "scale" and "status" in self.resources[request.resource].subresources:
+                        data.pop("status", None)  # (without a status subresource, status is written like spec)
                     data.setdefault("metadata", {})
                     for key in ("uid", "generation", "creationTimestamp"):
                         data["metadata"].pop(key, None)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import copy
+import datetime
 import json
 import socket
 import time
@@ -20,12 +22,14 @@ from kopf_harness import (
     eventually,
     new_server,
     obj,
+    operator_reads,
     passes,
     requests_to,
     running_operator,
     write_kubeconfig,
 )
 
+from trail_operator.peering import Peering, leads
 from trail_operator.rbac import PERMISSIONS
 from trail_scheduler.api import ADMIN_PREFIX, ConfigView
 
@@ -56,6 +60,15 @@ async def edit_spec(cluster, name, spec_patch, generation):
         json={"spec": spec_patch, "metadata": {"generation": generation}},
     )
     assert response.status == 200, await response.text()
+
+
+def obj_at(cluster, resource, name):
+    """A cluster-scoped object, or None."""
+    try:
+        found = cluster.objects[resource, None, name]
+    except KeyError:
+        return None
+    return None if found.deleted else dict(found.raw)
 
 
 def settings(cluster, name):
@@ -564,3 +577,43 @@ async def test_the_api_server_filters_the_pod_and_deployment_watches_by_label(cl
         reads = [r for r in requests_to(cluster, plural, "GET") if r.headers.get("User-Agent", "").startswith("kopf/")]
         assert reads, plural
         assert {r.params.get("labelSelector") for r in reads} == {"trail.dev/llmserver"}, plural
+
+
+async def test_a_replica_that_does_not_lead_acts_on_nothing_resyncs_included(cluster):
+    """kopf pauses a replica's handlers while a live peer outranks it; the resync loop (the
+    operator's own task) must stop too, and both resume when the peer is gone."""
+    me = Peering("trail-operator", "me", priority=10)
+    path = "/apis/kopf.dev/v1/clusterkopfpeerings/trail-operator"
+    async with running_operator(me):
+        assert obj_at(cluster, "kopf.dev/v1/clusterkopfpeerings", "trail-operator") is not None  # made at start
+        await create(cluster, "smollm2", CPU_SPEC)
+        await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
+        await passes(cluster, "smollm2")  # resyncs run: it leads
+        seen = datetime.datetime.now(datetime.UTC).isoformat()
+        rival = {"priority": 20, "lifetime": 60, "lastseen": seen}
+        response = await cluster.patch(path, json={"status": {"other": rival}})
+        assert response.status == 200, await response.text()
+        await asyncio.sleep(1.5)  # kopf sees the peer and pauses
+        response = await cluster.delete(f"/apis/apps/v1/namespaces/{NS}/deployments/smollm2")
+        assert response.status == 200, await response.text()
+        reads = operator_reads(cluster, "smollm2")
+        await asyncio.sleep(3.0)  # six resync intervals
+        assert operator_reads(cluster, "smollm2") == reads, "a paused replica ran passes"
+        assert obj(cluster, "apps/v1/deployments", "smollm2") is None
+        await cluster.patch(path, json={"status": {"other": None}})  # the peer left
+        await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="the Deployment again")
+
+
+def test_kopfs_rule_for_who_leads():
+    now = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
+
+    def peer(priority, seconds_ago, lifetime=15):
+        lastseen = (now - datetime.timedelta(seconds=seconds_ago)).isoformat()
+        return {"priority": priority, "lifetime": lifetime, "lastseen": lastseen}
+
+    assert leads({}, "me", 5, now)
+    assert leads({"me": peer(5, 0), "b": peer(4, 0)}, "me", 5, now)  # outranks the other
+    assert not leads({"me": peer(5, 0), "b": peer(6, 0)}, "me", 5, now)
+    assert not leads({"b": peer(5, 0)}, "me", 5, now)  # a tie pauses both, as in kopf
+    assert leads({"b": peer(6, 20)}, "me", 5, now)  # dead: no keep-alive within its lifetime
+    assert leads({"b": None, "c": {"priority": 9}}, "me", 5, now)  # left, or not a keep-alive

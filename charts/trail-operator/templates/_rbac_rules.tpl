@@ -35,12 +35,18 @@ namespace; rules on cluster-scoped resources can only be granted by a ClusterRol
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+- apiGroups: ["kopf.dev"]
+  resources: ["kopfpeerings"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 {{- end }}
 
 {{- define "trail-operator.clusterRules" -}}
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
+- apiGroups: ["kopf.dev"]
+  resources: ["clusterkopfpeerings"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 {{- end }}
 
 {{/* Who gets the rules: the operator's ServiceAccount. */}}
