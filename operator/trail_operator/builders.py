@@ -1,5 +1,6 @@
 """Pure manifest builders: an LLMServer (name, namespace, uid, parsed spec) → the
-Deployment, Service, ConfigMap, Secret, PodDisruptionBudget (and NetworkPolicy) it owns.
+Deployment, Service, ConfigMap, Secret, PodDisruptionBudget (and NetworkPolicy,
+InferencePool) it owns.
 
 No I/O here: the handlers fetch what these need (the admin token, the probe bytes of a
 ConfigMap probe source, the operator's default images and settings) and pass it in.
@@ -102,6 +103,7 @@ def names(owner: Owner) -> dict[str, str]:
         "secret": f"{owner.name}-admin",
         "networkpolicy": owner.name,
         "poddisruptionbudget": owner.name,
+        "inferencepool": owner.name,
     }
 
 
@@ -476,6 +478,30 @@ def build_disruption_budget(owner: Owner, spec: LLMServerSpec) -> dict[str, Any]
     }
 
 
+INFERENCE_POOL_API = "inference.networking.k8s.io/v1"
+
+
+def build_inference_pool(owner: Owner, spec: LLMServerSpec) -> dict[str, Any]:
+    """The Gateway API Inference Extension pool of the server pods: a gateway asks the
+    endpoint picker it names which pod's OpenAI port gets each request."""
+    picker = spec.routing.inference_pool.endpoint_picker
+    return {
+        "apiVersion": INFERENCE_POOL_API,
+        "kind": "InferencePool",
+        "metadata": _metadata(owner, names(owner)["inferencepool"]),
+        "spec": {
+            "selector": {"matchLabels": selector_labels(owner)},
+            "targetPorts": [{"number": HTTP_PORT}],
+            "endpointPickerRef": {
+                "kind": "Service",
+                "name": picker.name or f"{owner.name}-epp",
+                "port": {"number": picker.port},
+                "failureMode": picker.failure_mode,
+            },
+        },
+    }
+
+
 def build_network_policy(owner: Owner, peer: Peer) -> dict[str, Any]:
     """Ingress to the server pods: the OpenAI port from anywhere, the admin port from the
     operator's pods only (every other port: nobody)."""
@@ -520,6 +546,8 @@ def build_all(
         build_service(owner),
         build_disruption_budget(owner, spec),
     ]
+    if spec.routing.inference_pool.enabled:
+        objects.append(build_inference_pool(owner, spec))
     if peer is not None:
         objects.append(build_network_policy(owner, peer))
     return [*objects, build_deployment(owner, spec, images)]

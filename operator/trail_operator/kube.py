@@ -26,6 +26,7 @@ from lightkube.types import PatchType
 from trail_operator import crd
 
 LLMServer = create_namespaced_resource(crd.GROUP, crd.VERSION, crd.KIND, crd.PLURAL)
+InferencePool = create_namespaced_resource("inference.networking.k8s.io", "v1", "InferencePool", "inferencepools")
 # kopf's peering objects (trail_operator.peering reads who leads from them).
 ClusterKopfPeering = create_global_resource("kopf.dev", "v1", "ClusterKopfPeering", "clusterkopfpeerings")
 KopfPeering = create_namespaced_resource("kopf.dev", "v1", "KopfPeering", "kopfpeerings")
@@ -38,6 +39,7 @@ RESOURCES = {
     "NetworkPolicy": NetworkPolicy,
     "PodDisruptionBudget": PodDisruptionBudget,
     "LLMServer": LLMServer,
+    "InferencePool": InferencePool,
     "ClusterKopfPeering": ClusterKopfPeering,
     "KopfPeering": KopfPeering,
 }

@@ -17,6 +17,9 @@ Why each rule:
 - pods list/watch: each pass lists the pods to retune the ready ones; kopf watches them.
 - events create: kopf reports warnings as Kubernetes Events.
 - customresourcedefinitions list/watch: kopf observes CRDs to discover resources.
+- inferencepools (inference.networking.k8s.io) get/create/patch/delete: the pool an
+  LLMServer owns with routing.inferencePool on, deleted when it is turned off (read on
+  every pass: a cluster without the CRD answers 404, which reads as "none").
 - kopfpeerings (namespaced mode) and clusterkopfpeerings (all namespaces)
   get/list/watch/create/patch: kopf's peering between operator replicas (it watches the
   peering object and patches its keep-alive into it; each replica creates the object if
@@ -39,6 +42,11 @@ PERMISSIONS: list[dict[str, list[str]]] = [
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["get", "create", "patch"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {
+        "apiGroups": ["inference.networking.k8s.io"],
+        "resources": ["inferencepools"],
+        "verbs": ["get", "create", "patch", "delete"],
+    },
     {"apiGroups": ["kopf.dev"], "resources": ["kopfpeerings"], "verbs": PEERING_VERBS},
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
     {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"], "verbs": PEERING_VERBS},

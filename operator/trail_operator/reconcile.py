@@ -31,7 +31,7 @@ import kopf
 from lightkube import AsyncClient
 
 from trail_operator import builders, kube
-from trail_operator.apply import OwnershipError, canonical, execute, needs_write, plan
+from trail_operator.apply import OwnershipError, canonical, execute, needs_write, plan, removals
 from trail_operator.builders import Images, Owner, Peer
 from trail_operator.events import build_event, lifecycle_events
 from trail_operator.retune import PodReport, RetuneClient, ready_targets
@@ -44,6 +44,7 @@ OWNED = (
     ("ConfigMap", "configmap"),
     ("Service", "service"),
     ("PodDisruptionBudget", "poddisruptionbudget"),
+    ("InferencePool", "inferencepool"),
     ("NetworkPolicy", "networkpolicy"),
     ("Deployment", "deployment"),
 )
@@ -228,6 +229,8 @@ async def reconcile(
         probe_data = await read_probe(ctx.client, namespace, spec)
         desired = desire(owner, spec, ctx.images, meta.get("generation"), live.owned, probe_data, ctx.peer)
         writes = plan(owner.uid, desired.objects, [live.owned[obj["kind"]] for obj in desired.objects])
+        wanted = {obj["kind"] for obj in desired.objects}
+        writes += removals(owner.uid, [obj for kind, obj in live.owned.items() if kind not in wanted])
         written = await execute(ctx.client, namespace, writes)
     except (kube.KubeError, OwnershipError, ProbeSourceError) as error:
         await write_status(ctx.client, server, Observation(apply_error=str(error), **context))

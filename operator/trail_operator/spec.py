@@ -173,6 +173,21 @@ class DisruptionBudget(_Model):
     max_unavailable: int = Field(ge=0, le=1000)
 
 
+class EndpointPicker(_Model):
+    name: str | None = Field(default=None, min_length=1, max_length=253)
+    port: int = Field(ge=1, le=65535)
+    failure_mode: Literal["FailOpen", "FailClose"]
+
+
+class InferencePool(_Model):
+    enabled: bool
+    endpoint_picker: EndpointPicker
+
+
+class Routing(_Model):
+    inference_pool: InferencePool
+
+
 class LLMServerSpec(_Model):
     replicas: int = Field(ge=0, le=1000)
     update_strategy: UpdateStrategy
@@ -184,6 +199,7 @@ class LLMServerSpec(_Model):
     tolerations: tuple[Toleration, ...] = ()
     affinity: dict[str, Any] | None = None
     runtime_class_name: str | None = None
+    routing: Routing
     scheduler: Scheduler
 
     @model_validator(mode="after")

@@ -40,6 +40,12 @@ def declare_resources(server: kmock.KubernetesEmulator) -> None:
         subresources=set(crd.version_entry()["subresources"]),
         namespaced=True,
     )
+    server.resources["inference.networking.k8s.io/v1/inferencepools"] = kmock.ResourceInfo(
+        kind="InferencePool",
+        singular="inferencepool",
+        verbs={"get", "list", "watch", "create", "patch", "delete"},
+        namespaced=True,
+    )
     for kind, plural, namespaced in (
         ("ClusterKopfPeering", "clusterkopfpeerings", False),
         ("KopfPeering", "kopfpeerings", True),

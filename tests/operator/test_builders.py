@@ -345,3 +345,20 @@ def test_update_strategy_reaches_the_deployment(cpu_example, given, expected) ->
     """The default starts a new pod before stopping an old one; a full GPU pool asks for maxSurge 0."""
     deployment = build({**cpu_example["spec"], "updateStrategy": given})[1][-1]
     assert deployment["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": expected}
+
+
+def test_an_inference_pool_only_when_routing_asks_for_one(cpu_example) -> None:
+    assert "InferencePool" not in [o["kind"] for o in build(cpu_example["spec"])[1]]
+    routing = {"inferencePool": {"enabled": True, "endpointPicker": {"failureMode": "FailOpen"}}}
+    _, objects = build({**cpu_example["spec"], "routing": routing})
+    pool, deployment = next(o for o in objects if o["kind"] == "InferencePool"), objects[-1]
+    assert pool["apiVersion"] == "inference.networking.k8s.io/v1"
+    assert pool["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
+    assert pool["spec"]["selector"] == deployment["spec"]["selector"]  # the pods, and only them
+    assert pool["spec"]["targetPorts"] == [{"number": builders.HTTP_PORT}]
+    assert pool["spec"]["endpointPickerRef"] == {
+        "kind": "Service",
+        "name": "demo-epp",  # default: NAME-epp
+        "port": {"number": 9002},
+        "failureMode": "FailOpen",
+    }

@@ -617,3 +617,19 @@ def test_kopfs_rule_for_who_leads():
     assert not leads({"b": peer(5, 0)}, "me", 5, now)  # a tie pauses both, as in kopf
     assert leads({"b": peer(6, 20)}, "me", 5, now)  # dead: no keep-alive within its lifetime
     assert leads({"b": None, "c": {"priority": 9}}, "me", 5, now)  # left, or not a keep-alive
+
+
+async def test_an_inference_pool_is_created_with_routing_on_and_deleted_with_it_off(cluster):
+    pools = "inference.networking.k8s.io/v1/inferencepools"
+    async with running_operator():
+        server = await create(cluster, "smollm2", CPU_SPEC)
+        await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
+        assert obj(cluster, pools, "smollm2") is None  # off by default
+        await edit_spec(cluster, "smollm2", {"routing": {"inferencePool": {"enabled": True}}}, generation=2)
+        pool = await eventually(lambda: obj(cluster, pools, "smollm2"), what="InferencePool")
+        await edit_spec(cluster, "smollm2", {"routing": {"inferencePool": {"enabled": False}}}, generation=3)
+        await eventually(lambda: obj(cluster, pools, "smollm2") is None, what="InferencePool deleted")
+        await passes(cluster, "smollm2")
+    assert pool["metadata"]["ownerReferences"][0]["uid"] == server["metadata"]["uid"]  # deleted with the LLMServer too
+    assert pool["spec"]["endpointPickerRef"]["name"] == "smollm2-epp"
+    assert obj(cluster, "apps/v1/deployments", "smollm2") is not None  # only the pool went

@@ -20,6 +20,7 @@ from trail_operator.apply import (
     merge_patch,
     needs_write,
     plan,
+    removals,
     with_record,
 )
 from trail_operator.builders import Images, Owner
@@ -356,3 +357,16 @@ def test_an_event_names_its_llmserver_and_is_normal():
     assert (first["type"], first["reason"], first["message"]) == ("Normal", "Scaled", "from 1 to 3")
     assert first["lastTimestamp"] == "2026-01-02T03:04:05Z"
     assert first["metadata"]["name"].startswith("demo.") and first["metadata"]["name"] != second["metadata"]["name"]
+
+
+def test_only_owned_objects_no_longer_wanted_are_removed():
+    ours = {
+        "kind": "InferencePool",
+        "metadata": {"name": "demo", "ownerReferences": [{"uid": OWNER.uid, "controller": True}]},
+    }
+    theirs = {
+        "kind": "InferencePool",
+        "metadata": {"name": "demo", "ownerReferences": [{"uid": "x", "controller": True}]},
+    }
+    assert removals(OWNER.uid, [ours, None]) == [Write("delete", "InferencePool", "demo", {})]
+    assert removals(OWNER.uid, [theirs]) == []
