@@ -18,7 +18,7 @@ import httpx2
 from lightkube import ApiError, AsyncClient, KubeConfig, codecs
 from lightkube.generic_resource import create_global_resource, create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
-from lightkube.resources.core_v1 import ConfigMap, Pod, Secret, Service
+from lightkube.resources.core_v1 import ConfigMap, PersistentVolumeClaim, Pod, Secret, Service
 from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import PatchType
@@ -38,6 +38,7 @@ RESOURCES = {
     "Deployment": Deployment,
     "NetworkPolicy": NetworkPolicy,
     "PodDisruptionBudget": PodDisruptionBudget,
+    "PersistentVolumeClaim": PersistentVolumeClaim,
     "LLMServer": LLMServer,
     "InferencePool": InferencePool,
     "ClusterKopfPeering": ClusterKopfPeering,

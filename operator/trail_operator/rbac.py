@@ -17,6 +17,9 @@ Why each rule:
 - pods list/watch: each pass lists the pods to retune the ready ones; kopf watches them.
 - events create: kopf reports warnings as Kubernetes Events.
 - customresourcedefinitions list/watch: kopf observes CRDs to discover resources.
+- persistentvolumeclaims get/create/patch/delete: the model cache's claim (NAME-cache)
+  with cache.persistentVolumeClaim set, its size grown by a patch, deleted when the
+  spec stops asking for it.
 - inferencepools (inference.networking.k8s.io) get/create/patch/delete: the pool an
   LLMServer owns with routing.inferencePool on, deleted when it is turned off (read on
   every pass: a cluster without the CRD answers 404, which reads as "none").
@@ -38,6 +41,7 @@ PERMISSIONS: list[dict[str, list[str]]] = [
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "create", "patch"]},
     {"apiGroups": [""], "resources": ["services", "configmaps"], "verbs": ["get", "create", "patch"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "delete"]},
+    {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "create", "patch", "delete"]},
     {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "create", "patch"]},
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["get", "create", "patch"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},

@@ -45,6 +45,7 @@ OWNED = (
     ("Service", "service"),
     ("PodDisruptionBudget", "poddisruptionbudget"),
     ("InferencePool", "inferencepool"),
+    ("PersistentVolumeClaim", "cache"),
     ("NetworkPolicy", "networkpolicy"),
     ("Deployment", "deployment"),
 )

@@ -79,6 +79,19 @@ class ModelSource(_Model):
         return self
 
 
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+
+
+class CacheClaim(_Model):
+    storage_class_name: str | None = Field(default=None, min_length=1)
+    access_mode: Literal["ReadWriteMany", "ReadWriteOnce"]
+
+
+class Cache(_Model):
+    size: str = Field(pattern=QUANTITY)
+    persistent_volume_claim: CacheClaim | None = None
+
+
 class EnvVar(_Model):
     name: str = Field(min_length=1)
     value: str = ""
@@ -193,6 +206,7 @@ class LLMServerSpec(_Model):
     update_strategy: UpdateStrategy
     disruption_budget: DisruptionBudget
     model: ModelSource
+    cache: Cache
     engine: Engine
     resources: Resources
     node_selector: dict[str, str] = Field(default_factory=dict)

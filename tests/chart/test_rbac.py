@@ -34,6 +34,7 @@ NAMESPACED_SCOPED = {
     "poddisruptionbudgets",
     "kopfpeerings",
     "inferencepools",
+    "persistentvolumeclaims",
 }
 
 
@@ -94,6 +95,7 @@ def test_bindings_give_the_roles_to_the_operators_service_account(helm, values):
 DELETABLE = {
     ("", "secrets"),  # replacing an admin-token Secret that is not as written (rotation)
     ("inference.networking.k8s.io", "inferencepools"),  # an owned pool, when routing.inferencePool turns off
+    ("", "persistentvolumeclaims"),  # the cache's claim, when cache.persistentVolumeClaim is removed
 }
 
 

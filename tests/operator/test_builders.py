@@ -362,3 +362,33 @@ def test_an_inference_pool_only_when_routing_asks_for_one(cpu_example) -> None:
         "port": {"number": 9002},
         "failureMode": "FailOpen",
     }
+
+
+def test_the_cache_is_a_sized_emptydir_requested_from_the_nodes_disk_by_default() -> None:
+    _, objects = build({"model": {"url": {"url": "https://x.example/m.tar", "maxBytes": 1 << 30}}})
+    deployment = objects[-1]
+    assert {"name": "cache", "emptyDir": {"sizeLimit": "20Gi"}} in deployment["spec"]["template"]["spec"]["volumes"]
+    # the cache (20 GiB) and the url download (twice 1 GiB) stay on the node
+    assert container(deployment)["resources"]["requests"]["ephemeral-storage"] == str((20 << 30) + (2 << 30))
+    assert "PersistentVolumeClaim" not in [o["kind"] for o in objects]
+    mine = build({"model": {"bundled": True}, "resources": {"requests": {"ephemeral-storage": "5Gi"}}})[1][-1]
+    assert container(mine)["resources"]["requests"]["ephemeral-storage"] == "5Gi"  # an explicit request wins
+
+
+def test_a_cache_claim_is_shared_by_every_replica_and_restart() -> None:
+    cache = {"size": "60Gi", "persistentVolumeClaim": {"storageClassName": "filestore"}}
+    _, objects = build({"model": {"huggingFace": {"id": "meta-llama/Meta-Llama-3-8B-Instruct"}}, "cache": cache})
+    claim, deployment = next(o for o in objects if o["kind"] == "PersistentVolumeClaim"), objects[-1]
+    kubernetes_validate.validate(claim, "1.30", strict=True)
+    assert claim["metadata"]["name"] == "demo-cache" and claim["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteMany"],  # replicas on different nodes
+        "resources": {"requests": {"storage": "60Gi"}},
+        "storageClassName": "filestore",
+    }
+    pod = deployment["spec"]["template"]["spec"]
+    assert {"name": "cache", "persistentVolumeClaim": {"claimName": "demo-cache"}} in pod["volumes"]
+    env = {e["name"]: e.get("value") for e in container(deployment)["env"]}
+    assert env["HF_HOME"].startswith(builders.CACHE_DIR)  # the downloads land in the claim
+    assert "ephemeral-storage" not in container(deployment).get("resources", {}).get("requests", {})
+    assert objects.index(claim) < objects.index(deployment)  # the claim exists before pods mount it

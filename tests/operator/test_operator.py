@@ -633,3 +633,27 @@ async def test_an_inference_pool_is_created_with_routing_on_and_deleted_with_it_
     assert pool["metadata"]["ownerReferences"][0]["uid"] == server["metadata"]["uid"]  # deleted with the LLMServer too
     assert pool["spec"]["endpointPickerRef"]["name"] == "smollm2-epp"
     assert obj(cluster, "apps/v1/deployments", "smollm2") is not None  # only the pool went
+
+
+async def test_a_cache_claim_is_made_for_the_llmserver_and_mounted_by_its_pods(cluster):
+    claims = "v1/persistentvolumeclaims"
+    spec = {**CPU_SPEC, "cache": {"size": "2Gi", "persistentVolumeClaim": {"accessMode": "ReadWriteOnce"}}}
+    async with running_operator():
+        server = await create(cluster, "smollm2", spec)
+        claim = await eventually(lambda: obj(cluster, claims, "smollm2-cache"), what="the cache claim")
+        deployment = await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
+        await edit_spec(cluster, "smollm2", {"cache": {"persistentVolumeClaim": None}}, generation=2)
+        await eventually(lambda: obj(cluster, claims, "smollm2-cache") is None, what="the claim deleted")
+        volumes = await eventually(
+            lambda: (
+                (v := obj(cluster, "apps/v1/deployments", "smollm2")["spec"]["template"]["spec"]["volumes"])
+                and {"name": "cache", "emptyDir": {"sizeLimit": "2Gi"}} in v
+                and v
+            ),
+            what="the pods back on an emptyDir",
+        )
+    assert claim["metadata"]["ownerReferences"][0]["uid"] == server["metadata"]["uid"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert {"name": "cache", "persistentVolumeClaim": {"claimName": "smollm2-cache"}} in pod["volumes"]
+    assert volumes
