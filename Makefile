@@ -7,7 +7,7 @@ ENV_STAMP := $(VENV)/.trail-env
 MODEL_STAMP := $(VENV)/.trail-model
 PYTEST_ARGS ?=
 
-.PHONY: env serve test test-fast lint format clean-env
+.PHONY: env serve test test-fast lint format clean-env images
 
 env: $(ENV_STAMP) $(MODEL_STAMP)
 
@@ -40,6 +40,18 @@ lint: $(ENV_STAMP)
 format: $(ENV_STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# The operator, CPU server and GPU server images, for this machine's platform, tagged
+# REGISTRY/NAME:VERSION (the chart's appVersion); CONTAINER=podman works too. The release
+# workflow (.github/workflows/release.yml) builds them for amd64 and arm64 and pins them.
+REGISTRY  ?= ghcr.io/trail-k8s
+VERSION   ?= $(shell sed -n 's/^appVersion: *"*\([^"]*\)"*/\1/p' charts/trail-operator/Chart.yaml)
+CONTAINER ?= docker
+
+images:
+	$(CONTAINER) build -f images/operator/Dockerfile   -t $(REGISTRY)/trail-operator:$(VERSION) .
+	$(CONTAINER) build -f images/server-cpu/Dockerfile -t $(REGISTRY)/trail-server-cpu:$(VERSION) .
+	$(CONTAINER) build -f images/server-gpu/Dockerfile -t $(REGISTRY)/trail-server-gpu:$(VERSION) .
 
 clean-env:
 	rm -rf $(VENV)

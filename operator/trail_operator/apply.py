@@ -176,6 +176,18 @@ def plan(owner_uid: str, desired: list[dict[str, Any]], live: list[dict[str, Any
     return writes
 
 
+def removals(owner_uid: str, unwanted: list[dict[str, Any] | None]) -> list[Write]:
+    """Deletes of the objects in ``unwanted`` (owned kinds the spec no longer asks for: an
+    InferencePool turned off) that this LLMServer controls; anyone else's are left alone."""
+    writes = []
+    for live in unwanted:
+        refs = ((live or {}).get("metadata") or {}).get("ownerReferences") or []
+        if any(ref.get("uid") == owner_uid and ref.get("controller") for ref in refs):
+            assert live is not None
+            writes.append(Write("delete", live["kind"], live["metadata"]["name"], {}))
+    return writes
+
+
 async def execute(client: AsyncClient, namespace: str, writes: list[Write]) -> dict[str, dict[str, Any]]:
     """Perform the writes in order (what pods mount exists before the Deployment that
     mounts it); the objects as written, by kind."""

@@ -1,5 +1,6 @@
 """Pure manifest builders: an LLMServer (name, namespace, uid, parsed spec) → the
-Deployment, Service, ConfigMap, Secret (and NetworkPolicy) it owns.
+Deployment, Service, ConfigMap, Secret, PodDisruptionBudget (and NetworkPolicy,
+InferencePool, cache PersistentVolumeClaim) it owns.
 
 No I/O here: the handlers fetch what these need (the admin token, the probe bytes of a
 ConfigMap probe source, the operator's default images and settings) and pass it in.
@@ -18,6 +19,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+
+from lightkube.utils.quantity import parse_quantity
 
 from trail_operator.crd import API_VERSION, KIND
 from trail_operator.spec import LLMServerSpec
@@ -101,6 +104,9 @@ def names(owner: Owner) -> dict[str, str]:
         "configmap": f"{owner.name}-scheduler",
         "secret": f"{owner.name}-admin",
         "networkpolicy": owner.name,
+        "poddisruptionbudget": owner.name,
+        "inferencepool": owner.name,
+        "cache": f"{owner.name}-cache",
     }
 
 
@@ -308,8 +314,21 @@ def server_args(spec: LLMServerSpec) -> list[str]:
     return args + list(engine.extra_args)
 
 
+def node_storage_bytes(spec: LLMServerSpec) -> int:
+    """What the pod keeps on the node's disk (its disk-backed emptyDirs at their limits):
+    the cache unless it is a claim, and a model.url download."""
+    total = 0 if spec.cache.persistent_volume_claim is not None else int(parse_quantity(spec.cache.size))
+    if spec.model.url is not None:
+        total += 2 * spec.model.url.max_bytes
+    return total
+
+
 def _resources(spec: LLMServerSpec) -> dict[str, Any]:
     requests = {key: str(value) for key, value in spec.resources.requests.items()}
+    on_node = node_storage_bytes(spec)
+    if on_node and "ephemeral-storage" not in requests:
+        # Scheduled where the disk has room, not evicted for filling it (an explicit request wins).
+        requests["ephemeral-storage"] = str(on_node)
     limits = {key: str(value) for key, value in spec.resources.limits.items()}
     if spec.resources.gpus > 0:
         # Extended resources are requested through limits (requests must equal them).
@@ -343,6 +362,34 @@ def pod_security() -> dict[str, Any]:
     }
 
 
+def cache_volume(owner: Owner, spec: LLMServerSpec) -> dict[str, Any]:
+    """The Hugging Face cache: the LLMServer's claim, shared by every replica and restart,
+    or the pod's own emptyDir (filled again by each new pod)."""
+    if spec.cache.persistent_volume_claim is not None:
+        return {"persistentVolumeClaim": {"claimName": names(owner)["cache"]}}
+    return {"emptyDir": {"sizeLimit": spec.cache.size}}
+
+
+def build_cache_claim(owner: Owner, spec: LLMServerSpec) -> dict[str, Any]:
+    """The cache's claim: the first pod downloads the weights into it, every other replica
+    and restart finds them there (huggingface_hub's file locks keep concurrent first pods
+    from downloading the same file twice, on file systems whose locks work across nodes)."""
+    claim = spec.cache.persistent_volume_claim
+    assert claim is not None
+    claim_spec: dict[str, Any] = {
+        "accessModes": [claim.access_mode],
+        "resources": {"requests": {"storage": spec.cache.size}},
+    }
+    if claim.storage_class_name:
+        claim_spec["storageClassName"] = claim.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _metadata(owner, names(owner)["cache"]),
+        "spec": claim_spec,
+    }
+
+
 def build_deployment(owner: Owner, spec: LLMServerSpec, images: Images) -> dict[str, Any]:
     n = names(owner)
     health = {"httpGet": {"path": "/health", "port": HTTP_PORT_NAME}}
@@ -367,7 +414,7 @@ def build_deployment(owner: Owner, spec: LLMServerSpec, images: Images) -> dict[
     volumes: list[dict[str, Any]] = [
         {"name": "scheduler", "configMap": {"name": n["configmap"]}},
         {"name": "admin-token", "secret": {"secretName": n["secret"], "defaultMode": TOKEN_MODE}},
-        {"name": "cache", "emptyDir": {}},
+        {"name": "cache", **cache_volume(owner, spec)},
     ]
     init_containers: list[dict[str, Any]] = []
     if spec.model.pvc is not None:
@@ -447,7 +494,54 @@ def build_deployment(owner: Owner, spec: LLMServerSpec, images: Images) -> dict[
         "spec": {
             "replicas": spec.replicas,
             "selector": {"matchLabels": selector_labels(owner)},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {
+                    "maxSurge": spec.update_strategy.max_surge,
+                    "maxUnavailable": spec.update_strategy.max_unavailable,
+                },
+            },
             "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": pod_spec},
+        },
+    }
+
+
+def build_disruption_budget(owner: Owner, spec: LLMServerSpec) -> dict[str, Any]:
+    """Voluntary evictions (drains, cluster-autoscaler scale-downs) take at most
+    ``disruptionBudget.maxUnavailable`` ready pods at a time. ``AlwaysAllow``: a pod that is
+    not ready (crash-looping, still loading the model) serves nothing, so it never blocks a drain."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(owner, names(owner)["poddisruptionbudget"]),
+        "spec": {
+            "selector": {"matchLabels": selector_labels(owner)},
+            "maxUnavailable": spec.disruption_budget.max_unavailable,
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+
+
+INFERENCE_POOL_API = "inference.networking.k8s.io/v1"
+
+
+def build_inference_pool(owner: Owner, spec: LLMServerSpec) -> dict[str, Any]:
+    """The Gateway API Inference Extension pool of the server pods: a gateway asks the
+    endpoint picker it names which pod's OpenAI port gets each request."""
+    picker = spec.routing.inference_pool.endpoint_picker
+    return {
+        "apiVersion": INFERENCE_POOL_API,
+        "kind": "InferencePool",
+        "metadata": _metadata(owner, names(owner)["inferencepool"]),
+        "spec": {
+            "selector": {"matchLabels": selector_labels(owner)},
+            "targetPorts": [{"number": HTTP_PORT}],
+            "endpointPickerRef": {
+                "kind": "Service",
+                "name": picker.name or f"{owner.name}-epp",
+                "port": {"number": picker.port},
+                "failureMode": picker.failure_mode,
+            },
         },
     }
 
@@ -490,7 +584,16 @@ def build_all(
 ) -> list[dict[str, Any]]:
     """Everything one LLMServer owns, in the order to apply it (what pods mount first; the
     NetworkPolicy, when ``peer`` is given, before the pods it guards)."""
-    objects = [build_secret(owner, token), build_configmap(owner, spec, generation, probe_data), build_service(owner)]
+    objects = [
+        build_secret(owner, token),
+        build_configmap(owner, spec, generation, probe_data),
+        build_service(owner),
+        build_disruption_budget(owner, spec),
+    ]
+    if spec.cache.persistent_volume_claim is not None:
+        objects.append(build_cache_claim(owner, spec))
+    if spec.routing.inference_pool.enabled:
+        objects.append(build_inference_pool(owner, spec))
     if peer is not None:
         objects.append(build_network_policy(owner, peer))
     return [*objects, build_deployment(owner, spec, images)]

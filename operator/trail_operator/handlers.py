@@ -15,7 +15,15 @@
   and its garbage collector the objects it owns (owner references), operator or not.
 - ``@kopf.on.event`` on the owned Deployments and Pods (by label) runs a pass when what
   the status shows of them changes: replica counts, a pod's readiness or address, and a
-  Deployment's generation (a hand edit, which the pass then undoes).
+  Deployment's generation (a hand edit, which the pass then undoes). The API server does
+  the label filtering (``settings.watching.label_selectors``: kopf adds it to the watch's
+  ``labelSelector``), so the operator never receives the cluster's other Pods; a handler's
+  ``labels=`` is only kopf's client-side filter, kept for API servers that ignore the
+  selector (kmock in tests).
+
+With ``--peering`` (the chart's two replicas) kopf pauses the handlers of every replica
+but the leader; the resync loop, not kopf's, asks the peering objects before each round
+(trail_operator.peering), so a paused replica runs no pass at all.
 
 kopf serialises the handlers of one object's events, but the resync loop and the handlers
 of other resources (Pods, Deployments) run as tasks of their own. So every pass holds
@@ -27,13 +35,14 @@ under the lock, so whichever handler started it, it works from the current spec.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
 from typing import Any
 
 import kopf
 
-from trail_operator import builders, crd, kube, webhook
+from trail_operator import builders, crd, kube, peering, webhook
 from trail_operator.builders import Images, Peer
 from trail_operator.reconcile import Context, backoff, reconcile
 from trail_operator.retune import RetuneClient, ready_targets
@@ -44,19 +53,25 @@ TICK_SECONDS = min(1.0, RESYNC_SECONDS / 2)  # how often the resync loop looks f
 FINALIZER = "trail.dev/operator"
 LLMSERVERS = (crd.GROUP, crd.VERSION, crd.PLURAL)
 OWNED_LABELS = {builders.LABEL_SERVER: kopf.PRESENT}
+OWNED_WATCHES = (("v1", "pods"), ("apps", "v1", "deployments"))
 
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     crd.load_crd()  # fail at start, not at the first resource, if the CRD file is missing
-    settings.peering.standalone = True  # one operator replica; no peering resources needed
+    settings.peering.lifetime = peering.LIFETIME_SECONDS  # with --peering: a killed leader's standby takes over
     settings.persistence.finalizer = FINALIZER
     # kopf's own bookkeeping (retry state, the last handled spec) in annotations, not in the status.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=crd.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=crd.GROUP)
-    settings.posting.level = logging.WARNING  # Kubernetes Events for warnings and errors
+    settings.posting.level = logging.WARNING  # log lines as Events: warnings and errors (reconcile posts Normal ones)
+    for resource in OWNED_WATCHES:
+        settings.watching.label_selectors[resource] = builders.LABEL_SERVER  # the label exists
     webhook.configure(settings)  # the admission webhook (trail_operator.webhook), when the chart enables it
     memo.ctx = Context(kube.connect(), RetuneClient(), Images.from_env(), Peer.from_env())
+    memo.setdefault("peering", None)  # trail_operator.peering.Peering with --peering (cli), else standalone
+    if memo.peering is not None:
+        await memo.peering.ensure(memo.ctx.client)
     memo.locks = {}  # (namespace, name) -> asyncio.Lock; every object's memo shares this dict
     memo.due = {}  # (namespace, name) -> (loop time of its next resync, retries so far)
     memo.resyncs = set()  # the resync passes running
@@ -123,12 +138,27 @@ async def _resync(memo: kopf.Memo, key: tuple[str, str], retry: int, logger: Any
         _schedule(memo, key, RESYNC_SECONDS, 0)
 
 
+async def _leads(memo: kopf.Memo, logger: Any) -> bool:
+    """Whether this replica acts (always when standalone); unknown counts as no: a resync
+    missed is made up later, two replicas acting at once is what peering prevents."""
+    if memo.peering is None:
+        return True
+    try:
+        return await memo.peering.leads(memo.ctx.client, datetime.datetime.now(datetime.UTC))
+    except kube.KubeError as error:
+        logger.warning(f"cannot read the peering objects, no resync now: {error}")
+        return False
+
+
 async def _resync_loop(memo: kopf.Memo, logger: Any) -> None:
     """Start the resync passes that are due, each as a task of its own (a slow pod must not
-    hold back the other LLMServers)."""
+    hold back the other LLMServers), while this replica leads (kopf pauses only its handlers)."""
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(TICK_SECONDS)
+        due = [key for key, (when, _) in memo.due.items() if when <= loop.time()]
+        if not due or not await _leads(memo, logger):
+            continue
         for key, (when, retry) in list(memo.due.items()):
             if when <= loop.time():
                 memo.due[key] = (float("inf"), retry)  # until this pass schedules the next
@@ -149,7 +179,7 @@ async def _owned_changed(memo: kopf.Memo, namespace: str, server: str, seen: Any
         logger.warning(f"LLMServer {namespace}/{server}: {error}")
 
 
-@kopf.on.event("v1", "pods", labels=OWNED_LABELS)
+@kopf.on.event(*OWNED_WATCHES[0], labels=OWNED_LABELS)
 async def pod_changed(
     type: str, body: kopf.Body, labels: kopf.Labels, namespace: str, memo: kopf.Memo, logger: Any, **_: Any
 ) -> None:
@@ -157,7 +187,7 @@ async def pod_changed(
     await _owned_changed(memo, namespace, labels[builders.LABEL_SERVER], seen, logger)
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=OWNED_LABELS)
+@kopf.on.event(*OWNED_WATCHES[1], labels=OWNED_LABELS)
 async def deployment_changed(
     type: str, body: kopf.Body, labels: kopf.Labels, namespace: str, memo: kopf.Memo, logger: Any, **_: Any
 ) -> None:

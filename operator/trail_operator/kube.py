@@ -16,15 +16,20 @@ from typing import Any
 
 import httpx2
 from lightkube import ApiError, AsyncClient, KubeConfig, codecs
-from lightkube.generic_resource import create_namespaced_resource
+from lightkube.generic_resource import create_global_resource, create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
-from lightkube.resources.core_v1 import ConfigMap, Pod, Secret, Service
+from lightkube.resources.core_v1 import ConfigMap, PersistentVolumeClaim, Pod, Secret, Service
 from lightkube.resources.networking_v1 import NetworkPolicy
+from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import PatchType
 
 from trail_operator import crd
 
 LLMServer = create_namespaced_resource(crd.GROUP, crd.VERSION, crd.KIND, crd.PLURAL)
+InferencePool = create_namespaced_resource("inference.networking.k8s.io", "v1", "InferencePool", "inferencepools")
+# kopf's peering objects (trail_operator.peering reads who leads from them).
+ClusterKopfPeering = create_global_resource("kopf.dev", "v1", "ClusterKopfPeering", "clusterkopfpeerings")
+KopfPeering = create_namespaced_resource("kopf.dev", "v1", "KopfPeering", "kopfpeerings")
 RESOURCES = {
     "ConfigMap": ConfigMap,
     "Secret": Secret,
@@ -32,7 +37,12 @@ RESOURCES = {
     "Pod": Pod,
     "Deployment": Deployment,
     "NetworkPolicy": NetworkPolicy,
+    "PodDisruptionBudget": PodDisruptionBudget,
+    "PersistentVolumeClaim": PersistentVolumeClaim,
     "LLMServer": LLMServer,
+    "InferencePool": InferencePool,
+    "ClusterKopfPeering": ClusterKopfPeering,
+    "KopfPeering": KopfPeering,
 }
 
 
@@ -60,8 +70,8 @@ def connect(timeout: float = 30.0) -> AsyncClient:
     return AsyncClient(KubeConfig.from_env(), timeout=httpx2.Timeout(timeout))
 
 
-async def get(client: AsyncClient, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-    """The object, or None when it does not exist."""
+async def get(client: AsyncClient, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+    """The object, or None when it does not exist (``namespace`` None: a cluster-scoped kind)."""
     try:
         with _errors(f"get {kind} {namespace}/{name}"):
             return (await client.get(RESOURCES[kind], name, namespace=namespace)).to_dict()
@@ -80,8 +90,9 @@ async def list_labelled(client: AsyncClient, kind: str, namespace: str, labels: 
 
 async def create(client: AsyncClient, obj: dict[str, Any]) -> dict[str, Any]:
     meta = obj["metadata"]
-    with _errors(f"create {obj['kind']} {meta['namespace']}/{meta['name']}"):
-        return (await client.create(codecs.from_dict(obj), namespace=meta["namespace"])).to_dict()
+    namespace = meta.get("namespace")  # None: a cluster-scoped kind
+    with _errors(f"create {obj['kind']} {namespace or ''}/{meta['name']}"):
+        return (await client.create(codecs.from_dict(obj), namespace=namespace)).to_dict()
 
 
 async def patch(

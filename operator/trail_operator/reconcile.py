@@ -31,8 +31,9 @@ import kopf
 from lightkube import AsyncClient
 
 from trail_operator import builders, kube
-from trail_operator.apply import OwnershipError, canonical, execute, needs_write, plan
+from trail_operator.apply import OwnershipError, canonical, execute, needs_write, plan, removals
 from trail_operator.builders import Images, Owner, Peer
+from trail_operator.events import build_event, lifecycle_events
 from trail_operator.retune import PodReport, RetuneClient, ready_targets
 from trail_operator.spec import LLMServerSpec, SecretKeyRef, SpecError, parse_spec
 from trail_operator.status import Observation, compute_status
@@ -42,6 +43,9 @@ OWNED = (
     ("Secret", "secret"),
     ("ConfigMap", "configmap"),
     ("Service", "service"),
+    ("PodDisruptionBudget", "poddisruptionbudget"),
+    ("InferencePool", "inferencepool"),
+    ("PersistentVolumeClaim", "cache"),
     ("NetworkPolicy", "networkpolicy"),
     ("Deployment", "deployment"),
 )
@@ -166,12 +170,14 @@ async def read_probe(client: AsyncClient, namespace: str, spec: LLMServerSpec) -
     return probe_bytes(await kube.get(client, "ConfigMap", namespace, ref.name), ref, namespace)
 
 
-async def write_status(client: AsyncClient, server: dict[str, Any], obs: Observation) -> None:
+async def write_status(client: AsyncClient, server: dict[str, Any], obs: Observation) -> dict[str, Any]:
+    """Write the status ``obs`` implies when it changed; the status, written or not."""
     current = server.get("status") or {}
     status = compute_status(obs, current, datetime.datetime.now(datetime.UTC))
     if canonical({key: current.get(key) for key in status}) != canonical(status):
         meta = server["metadata"]
         await kube.patch(client, "LLMServer", meta["namespace"], meta["name"], {"status": status}, status=True)
+    return status
 
 
 def held_back(server: dict[str, Any], desired: Desired) -> str | None:
@@ -224,6 +230,8 @@ async def reconcile(
         probe_data = await read_probe(ctx.client, namespace, spec)
         desired = desire(owner, spec, ctx.images, meta.get("generation"), live.owned, probe_data, ctx.peer)
         writes = plan(owner.uid, desired.objects, [live.owned[obj["kind"]] for obj in desired.objects])
+        wanted = {obj["kind"] for obj in desired.objects}
+        writes += removals(owner.uid, [obj for kind, obj in live.owned.items() if kind not in wanted])
         written = await execute(ctx.client, namespace, writes)
     except (kube.KubeError, OwnershipError, ProbeSourceError) as error:
         await write_status(ctx.client, server, Observation(apply_error=str(error), **context))
@@ -241,5 +249,13 @@ async def reconcile(
     context["deployment"] = written.get("Deployment", live.owned["Deployment"])
     context["refused"] = refusal(desired, reports, refused)
     obs = Observation(reports=reports, scheduler_generation=desired.scheduler_generation, **context)
-    await write_status(ctx.client, server, obs)
+    status = await write_status(ctx.client, server, obs)
+    old_status, deployment = server.get("status"), live.owned["Deployment"]
+    generation = desired.scheduler_generation
+    for reason, message in lifecycle_events(writes, deployment, spec.replicas, generation, reports, old_status, status):
+        event = build_event(server, reason, message, datetime.datetime.now(datetime.UTC))
+        try:
+            await kube.create(ctx.client, event)
+        except kube.KubeError as error:  # an event is worth less than finishing the pass
+            logger.warning(f"could not post event {reason}: {error}")
     return [report.name for report in reports if not (report.synced or report.rejected)]

@@ -79,6 +79,19 @@ class ModelSource(_Model):
         return self
 
 
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+
+
+class CacheClaim(_Model):
+    storage_class_name: str | None = Field(default=None, min_length=1)
+    access_mode: Literal["ReadWriteMany", "ReadWriteOnce"]
+
+
+class Cache(_Model):
+    size: str = Field(pattern=QUANTITY)
+    persistent_volume_claim: CacheClaim | None = None
+
+
 class EnvVar(_Model):
     name: str = Field(min_length=1)
     value: str = ""
@@ -158,15 +171,49 @@ class Scheduler(SchedulerSettings):
         return self
 
 
+class UpdateStrategy(_Model):
+    max_surge: int = Field(ge=0, le=1000)
+    max_unavailable: int = Field(ge=0, le=1000)
+
+    @model_validator(mode="after")
+    def _can_progress(self) -> UpdateStrategy:
+        if self.max_surge == 0 and self.max_unavailable == 0:
+            raise ValueError("updateStrategy: maxSurge and maxUnavailable must not both be 0")
+        return self
+
+
+class DisruptionBudget(_Model):
+    max_unavailable: int = Field(ge=0, le=1000)
+
+
+class EndpointPicker(_Model):
+    name: str | None = Field(default=None, min_length=1, max_length=253)
+    port: int = Field(ge=1, le=65535)
+    failure_mode: Literal["FailOpen", "FailClose"]
+
+
+class InferencePool(_Model):
+    enabled: bool
+    endpoint_picker: EndpointPicker
+
+
+class Routing(_Model):
+    inference_pool: InferencePool
+
+
 class LLMServerSpec(_Model):
     replicas: int = Field(ge=0, le=1000)
+    update_strategy: UpdateStrategy
+    disruption_budget: DisruptionBudget
     model: ModelSource
+    cache: Cache
     engine: Engine
     resources: Resources
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: tuple[Toleration, ...] = ()
     affinity: dict[str, Any] | None = None
     runtime_class_name: str | None = None
+    routing: Routing
     scheduler: Scheduler
 
     @model_validator(mode="after")

@@ -399,3 +399,9 @@ class StatsView(_Wire):
         default=None, description="the probe the workers' last readings came from (None before any)"
     )
     probe_failure: str | None = Field(default=None, description="as in the config: why the probe was dropped")
+    predicted_backlog_tokens: float = Field(
+        default=0.0, description="predicted remaining output tokens of every running and waiting request"
+    )
+    predicted_drain_seconds: float | None = Field(
+        default=None, description="the backlog over the output rate measured while busy (None: no rate measured yet)"
+    )

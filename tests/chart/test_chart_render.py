@@ -76,7 +76,7 @@ def test_only_expected_kinds_lack_a_kubernetes_schema(helm):
 
 def test_everything_lands_in_the_release_namespace(default_manifests):
     for manifest in default_manifests:
-        if manifest["kind"] in {"ClusterRole", "ClusterRoleBinding"}:
+        if manifest["kind"] in {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}:
             assert "namespace" not in manifest["metadata"]
         else:
             assert manifest["metadata"]["namespace"] == NAMESPACE, manifest["metadata"]
@@ -157,12 +157,25 @@ def test_several_watched_namespaces_become_several_flags(helm):
     assert [a for a in container["args"] if a.startswith("--namespace")] == ["--namespace=team-a", "--namespace=team-b"]
 
 
-def test_replica_count_and_single_operator_rollout(helm, default_manifests):
+def test_two_peered_replicas_and_a_rollout_that_keeps_one_up(helm, default_manifests):
     deployment = one(default_manifests, "Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    assert f"--peering={deployment['metadata']['name']}" in operator_container(default_manifests)["args"]
     paused = one(helm.template(CHART / "ci" / "paused-values.yaml"), "Deployment")
     assert paused["spec"]["replicas"] == 0
+
+
+def test_kopfs_peering_crds_unless_they_exist_already(helm, default_manifests):
+    crds = {c["metadata"]["name"]: c for c in by_kind(default_manifests, "CustomResourceDefinition")}
+    assert crds["clusterkopfpeerings.kopf.dev"]["spec"]["scope"] == "Cluster"
+    assert crds["kopfpeerings.kopf.dev"]["spec"]["scope"] == "Namespaced"
+    assert all(c["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep" for c in crds.values())
+    without = by_kind(helm.template(set_values=("peering.installCRDs=false",)), "CustomResourceDefinition")
+    assert [c["metadata"]["name"] for c in without] == ["llmservers.trail.dev"]
 
 
 def test_existing_service_account_is_used_not_created(helm):

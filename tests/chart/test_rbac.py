@@ -20,8 +20,22 @@ CLUSTER_SCOPED = {
     "clusterroles",
     "clusterrolebindings",
     "storageclasses",
+    "clusterkopfpeerings",
 }
-NAMESPACED_SCOPED = {"deployments", "services", "configmaps", "secrets", "pods", "events", "leases", "networkpolicies"}
+NAMESPACED_SCOPED = {
+    "deployments",
+    "services",
+    "configmaps",
+    "secrets",
+    "pods",
+    "events",
+    "leases",
+    "networkpolicies",
+    "poddisruptionbudgets",
+    "kopfpeerings",
+    "inferencepools",
+    "persistentvolumeclaims",
+}
 
 
 def is_cluster_scoped(resource: str) -> bool:
@@ -78,12 +92,18 @@ def test_bindings_give_the_roles_to_the_operators_service_account(helm, values):
         assert (ref["kind"], ref["name"], binding["metadata"].get("namespace")) in roles
 
 
-def test_no_wildcards_and_no_deletes_but_the_admin_secrets():
-    """The one delete: replacing an admin-token Secret that is not as written (rotation)."""
+DELETABLE = {
+    ("", "secrets"),  # replacing an admin-token Secret that is not as written (rotation)
+    ("inference.networking.k8s.io", "inferencepools"),  # an owned pool, when routing.inferencePool turns off
+    ("", "persistentvolumeclaims"),  # the cache's claim, when cache.persistentVolumeClaim is removed
+}
+
+
+def test_no_wildcards_and_no_deletes_but_the_admin_secrets_and_inference_pools():
     for group, resource, verb in triples(PERMISSIONS):
         assert "*" not in (group, resource, verb)
         assert verb not in {"deletecollection", "escalate", "bind", "impersonate"}, (resource, verb)
-        assert verb != "delete" or (group, resource) == ("", "secrets"), (resource, verb)
+        assert verb != "delete" or (group, resource) in DELETABLE, (resource, verb)
 
 
 def test_secrets_cannot_be_listed_watched_or_changed():

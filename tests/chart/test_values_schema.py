@@ -12,7 +12,7 @@ from chart_helpers import CHART, HelmError
 BAD_VALUES = [
     # (--set-json value, the words helm's error must contain)
     ("replicaCount=-1", ["/replicaCount", "minimum: got -1, want 0"]),
-    ("replicaCount=2", ["/replicaCount", "maximum: got 2, want 1"]),
+    ("replicaCount=6", ["/replicaCount", "maximum: got 6, want 5"]),
     ("replicaCount=1.5", ["/replicaCount", "integer"]),
     ('image.pullPolicy="Sometimes"', ["/image/pullPolicy", "'Always', 'IfNotPresent', 'Never'"]),
     ('image.repository=""', ["/image/repository", "minLength"]),

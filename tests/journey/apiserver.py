@@ -5,10 +5,11 @@ does a little more that our operator, kubectl and the node stand-in rely on, so 
 subclass adds exactly that, as a real server would:
 - ``metadata.uid``, ``resourceVersion``, ``creationTimestamp`` and ``generation`` on
   create; ``generation`` bumped when a write changes ``spec``;
-- a ``/status`` write changes only ``status``, a write to the object never changes it;
+- a ``/status`` write changes only ``status``, a write to the object never changes it
+  (when the resource has a status subresource: kopf's peering objects have none);
   ``/scale`` reads and writes ``spec.replicas`` through a ``Scale`` object;
 - discovery names the core group ``v1``; list replies carry ``kind``/``apiVersion``
-  (kubectl refuses them otherwise) and honour equality ``labelSelector``s.
+  (kubectl refuses them otherwise) and honour equality and existence ``labelSelector``s.
 
 It is served over HTTPS with a CA of its own, so pods reach it the way they reach a
 cluster's API server: through ``KUBERNETES_SERVICE_HOST`` and the service-account files.
@@ -48,12 +49,13 @@ def merge(target: Any, patch: Any) -> Any:
 
 
 def _labels_match(obj: dict[str, Any], selector: str | None) -> bool:
+    """Equality (``key=value``) and existence (``key``) terms, the ones kubectl and the operator send."""
     if not selector:
         return True
     labels = (obj.get("metadata") or {}).get("labels") or {}
     for term in selector.split(","):
-        key, _, value = term.partition("=")
-        if labels.get(key.strip()) != value.lstrip("=").strip():
+        key, equals, value = term.partition("=")
+        if key.strip() not in labels or (equals and labels[key.strip()] != value.lstrip("=").strip()):
             return False
     return True
 
@@ -90,8 +92,8 @@ class ApiServer(kmock.KubernetesEmulator):
                         status = data.get("status")
                         data.clear()
                         data["status"] = status
-                    elif request.subresource != "scale":
-                        data.pop("status", None)
+                    elif request.subresource != "scale" and "status" in self.resources[request.resource].subresources:
+                        data.pop("status", None)  # (without a status subresource, status is written like spec)
                     data.setdefault("metadata", {})
                     for key in ("uid", "generation", "creationTimestamp"):
                         data["metadata"].pop(key, None)

@@ -60,6 +60,7 @@ OWNED_KINDS = {  # what the garbage collector looks at: kind -> API path under a
     "Secret": "/api/v1/namespaces/{ns}/secrets",
     "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
     "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
+    "PodDisruptionBudget": "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
 }
 OWNER_KINDS = {"LLMServer": "/apis/trail.dev/v1alpha1/llmservers", "Deployment": "/apis/apps/v1/deployments"}
 

@@ -146,6 +146,11 @@ def test_quickstart(cluster: Cluster, tmp_path: Path) -> None:
     assert status["readyReplicas"] == 1 and condition(server(cluster), "SchedulerSynced")["status"] == "True"
     token = admin_token(cluster)
     assert pod_config(cluster, pod, token).c == 0.8
+    budget = cluster.get("poddisruptionbudget", NAME)  # drains take one ready pod at a time
+    assert (
+        budget["spec"]["maxUnavailable"] == 1
+        and budget["spec"]["selector"] == cluster.get("deployment", NAME)["spec"]["selector"]
+    )
 
     # 3. A chat completion through the pod (port-forward needs a real API server's streams).
     assert chat(pod, "Give three tips for staying healthy.").strip()
@@ -205,11 +210,13 @@ def test_quickstart(cluster: Cluster, tmp_path: Path) -> None:
     assert same["metadata"]["uid"] == pod["metadata"]["uid"] and cluster.running(same).container("server").restarts == 1
     assert pod_config(cluster, same, token).generation == generation
 
-    # 7. Scale 1 → 2 → 1 through the scale subresource.
+    # 7. Scale 1 → 2 → 1 through the scale subresource, as an autoscaler does: the operator
+    #    follows it and leaves spec.replicas as the autoscaler set it.
     started = time.monotonic()
     cluster.kubectl("scale", "llms", NAME, "--replicas=2")
     pods = ready_pods(cluster, 2)
     TIMINGS["scale_up_to_ready_s"] = time.monotonic() - started
+    assert server(cluster)["spec"]["replicas"] == 2 and cluster.get("deployment", NAME)["spec"]["replicas"] == 2
     for entry in pods_report(cluster, 0.5, 2):
         assert entry["generation"] == generation
     new = next(p for p in pods if p["metadata"]["uid"] != pod["metadata"]["uid"])
@@ -262,6 +269,7 @@ def test_quickstart(cluster: Cluster, tmp_path: Path) -> None:
         ("service", NAME),
         ("configmap", f"{NAME}-scheduler"),
         ("secret", f"{NAME}-admin"),
+        ("poddisruptionbudget", NAME),
     ):
         eventually(lambda: cluster.kubectl("get", kind, name, check=False).returncode != 0, 30, f"{kind} deleted")
     eventually(lambda: not cluster.pods(NAME) and len(cluster.node.pods) == 1, 120, "server pods stopped")

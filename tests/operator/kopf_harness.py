@@ -23,6 +23,7 @@ import kopf
 import yaml
 
 from trail_operator import crd, handlers  # noqa: F401  (registers the handlers)
+from trail_operator.peering import Peering
 
 LLMS = "trail.dev/v1alpha1/llmservers"
 NS = "ml"
@@ -39,6 +40,22 @@ def declare_resources(server: kmock.KubernetesEmulator) -> None:
         subresources=set(crd.version_entry()["subresources"]),
         namespaced=True,
     )
+    server.resources["inference.networking.k8s.io/v1/inferencepools"] = kmock.ResourceInfo(
+        kind="InferencePool",
+        singular="inferencepool",
+        verbs={"get", "list", "watch", "create", "patch", "delete"},
+        namespaced=True,
+    )
+    for kind, plural, namespaced in (
+        ("ClusterKopfPeering", "clusterkopfpeerings", False),
+        ("KopfPeering", "kopfpeerings", True),
+    ):
+        server.resources[f"kopf.dev/v1/{plural}"] = kmock.ResourceInfo(
+            kind=kind,
+            singular=kind.lower(),
+            verbs={"get", "list", "watch", "create", "patch", "delete"},
+            namespaced=namespaced,
+        )
 
 
 def write_kubeconfig(path: Path, url: str) -> Path:
@@ -55,12 +72,22 @@ def write_kubeconfig(path: Path, url: str) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def running_operator() -> AsyncIterator[None]:
-    """The operator as `trail operator run` starts it (all namespaces), in this loop."""
+async def running_operator(peering: Peering | None = None) -> AsyncIterator[None]:
+    """The operator as `trail operator run` starts it (all namespaces; with ``--peering``
+    when ``peering`` is given), in this loop."""
     stop = asyncio.Event()
     ready = asyncio.Event()
+    joined = {} if peering is None else {"peering_name": peering.name, "identity": peering.identity}
     task = asyncio.create_task(
-        kopf.operator(clusterwide=True, standalone=True, stop_flag=stop, ready_flag=ready, memo=kopf.Memo())
+        kopf.operator(
+            clusterwide=True,
+            standalone=peering is None,
+            priority=None if peering is None else peering.priority,
+            stop_flag=stop,
+            ready_flag=ready,
+            memo=kopf.Memo(peering=peering),
+            **joined,
+        )
     )
     await asyncio.wait_for(ready.wait(), 10)
     try:

@@ -46,7 +46,7 @@ def test_built_objects_are_valid_kubernetes(path) -> None:
 
 
 def test_gpu_example_requests_gpus_and_targets_the_pool() -> None:
-    _, (_, _, _, deployment) = build(load(EXAMPLES[1])["spec"])
+    _, (*_, deployment) = build(load(EXAMPLES[1])["spec"])
     pod = deployment["spec"]["template"]["spec"]
     assert container(deployment)["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert container(deployment)["resources"]["requests"]["nvidia.com/gpu"] == "1"
@@ -60,7 +60,7 @@ def test_gpu_example_requests_gpus_and_targets_the_pool() -> None:
 def test_the_admin_token_is_a_mounted_file_never_in_the_pod_template(cpu_example) -> None:
     """Pods read the token from the whole Secret mounted (no subPath: the kubelet updates the
     file when the Secret changes), so a new token needs no new pod template."""
-    _, (_, _, _, deployment) = build(cpu_example["spec"])
+    _, (*_, deployment) = build(cpu_example["spec"])
     pod, c = deployment["spec"]["template"]["spec"], container(deployment)
     args = c["args"]
     assert args[args.index("--admin-token-file") + 1] == f"{builders.TOKEN_DIR}/{builders.TOKEN_KEY}"
@@ -81,7 +81,7 @@ def test_the_admin_token_is_a_mounted_file_never_in_the_pod_template(cpu_example
 
 
 def test_tensor_parallel_example_gets_two_gpus_shm_affinity_and_runtime_class() -> None:
-    spec, (_, _, _, deployment) = build(load(EXAMPLES[2])["spec"])
+    spec, (*_, deployment) = build(load(EXAMPLES[2])["spec"])
     pod = deployment["spec"]["template"]["spec"]
     args = container(deployment)["args"]
     assert args[args.index("--tensor-parallel-size") + 1] == "2"
@@ -96,7 +96,7 @@ def test_tensor_parallel_example_gets_two_gpus_shm_affinity_and_runtime_class() 
 
 
 def test_cpu_example_uses_cpu_image_no_gpu_and_bundled_model(cpu_example) -> None:
-    _, (_, _, _, deployment) = build(cpu_example["spec"])
+    _, (*_, deployment) = build(cpu_example["spec"])
     c = container(deployment)
     assert c["image"] == "cpu-image:1"
     assert "--model" not in c["args"]
@@ -120,14 +120,14 @@ def test_cpu_example_uses_cpu_image_no_gpu_and_bundled_model(cpu_example) -> Non
 
 
 def test_ports_are_named_and_service_exposes_only_http(cpu_example) -> None:
-    _, (_, _, service, deployment) = build(cpu_example["spec"])
+    _, (_, _, service, _, deployment) = build(cpu_example["spec"])
     assert {p["name"]: p["containerPort"] for p in container(deployment)["ports"]} == {"http": 8000, "admin": 8001}
     assert [p["name"] for p in service["spec"]["ports"]] == ["http"]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
 
 def test_scheduler_settings_are_in_the_configmap_not_in_the_pod(cpu_example) -> None:
-    _, (_, configmap, _, deployment) = build(cpu_example["spec"])
+    _, (_, configmap, *_, deployment) = build(cpu_example["spec"])
     settings = json.loads(configmap["data"]["scheduler.json"])
     assert (settings["policy"], settings["c"], settings["generation"]) == ("trail", 0.8, 3)
     template = json.dumps(deployment["spec"]["template"])
@@ -151,7 +151,7 @@ def test_scheduler_only_change_leaves_pod_template_identical(cpu_example, change
     edited = copy.deepcopy(spec)
     edited["scheduler"].update(change)
     after = build(edited, generation=4)[1]
-    assert json.dumps(before[3], sort_keys=True) == json.dumps(after[3], sort_keys=True)  # Deployment
+    assert json.dumps(before[-1], sort_keys=True) == json.dumps(after[-1], sort_keys=True)  # Deployment
     assert before[1]["data"] != after[1]["data"]  # only the ConfigMap changed
 
 
@@ -161,7 +161,7 @@ def test_probe_sources_the_pods_accept(cpu_example) -> None:
     spec = copy.deepcopy(cpu_example["spec"])
     spec["scheduler"]["probeHosts"] = ["probes.example.com", "10.0.0.9"]
     spec["scheduler"]["probe"] = {"url": "https://cdn.example.org:8443/p.bin", "sha256": "a" * 64}
-    args = container(build(spec)[1][3])["args"]
+    args = container(build(spec)[1][-1])["args"]
     pairs = list(zip(args, args[1:], strict=False))
     assert [value for flag, value in pairs if flag == "--probe-host"] == [
         "10.0.0.9",
@@ -170,7 +170,7 @@ def test_probe_sources_the_pods_accept(cpu_example) -> None:
     ]
     assert [value for flag, value in pairs if flag == "--probe-dir"] == ["/etc/trail/scheduler"]
     pvc = {"pvc": {"claimName": "weights", "path": "llama"}}
-    args = container(build({**cpu_example["spec"], "model": pvc})[1][3])["args"]
+    args = container(build({**cpu_example["spec"], "model": pvc})[1][-1])["args"]
     assert [v for f, v in zip(args, args[1:], strict=False) if f == "--probe-dir"] == [
         "/etc/trail/scheduler",
         "/models",
@@ -190,19 +190,19 @@ def test_probe_sources_the_pods_accept(cpu_example) -> None:
 def test_a_probe_url_on_a_new_host_rolls_the_pods(cpu_example) -> None:
     edited = copy.deepcopy(cpu_example["spec"])
     edited["scheduler"]["probe"] = {"url": "https://example.com/p.bin", "sha256": "a" * 64}
-    assert build(edited)[1][3]["spec"]["template"] != build(cpu_example["spec"])[1][3]["spec"]["template"]
+    assert build(edited)[1][-1]["spec"]["template"] != build(cpu_example["spec"])[1][-1]["spec"]["template"]
 
 
 def test_engine_change_changes_pod_template(cpu_example) -> None:
     edited = copy.deepcopy(cpu_example["spec"])
     edited["engine"]["maxModelLen"] = 4096
-    assert build(edited)[1][3]["spec"]["template"] != build(cpu_example["spec"])[1][3]["spec"]["template"]
+    assert build(edited)[1][-1]["spec"]["template"] != build(cpu_example["spec"])[1][-1]["spec"]["template"]
 
 
 def test_configmap_probe_is_copied_and_referenced_by_sha(cpu_example) -> None:
     spec_dict = copy.deepcopy(cpu_example["spec"])
     spec_dict["scheduler"]["probe"] = {"configMapKeyRef": {"name": "probes", "key": "p.bin"}}
-    spec, (_, configmap, _, _) = build(spec_dict, probe_data=PROBE)
+    spec, (_, configmap, *_) = build(spec_dict, probe_data=PROBE)
     settings = json.loads(configmap["data"]["scheduler.json"])
     sha = builders.probe_sha256(spec, PROBE)
     assert settings["probe"] == {"url": "file:///etc/trail/scheduler/probe.bin", "sha256": sha}
@@ -212,7 +212,7 @@ def test_configmap_probe_is_copied_and_referenced_by_sha(cpu_example) -> None:
 
 
 def test_url_model_gets_fetch_init_container() -> None:
-    _, (_, _, _, deployment) = build({"model": {"url": {"url": "https://x.example/m.tar.gz", "sha256": "b" * 64}}})
+    _, (*_, deployment) = build({"model": {"url": {"url": "https://x.example/m.tar.gz", "sha256": "b" * 64}}})
     pod = deployment["spec"]["template"]["spec"]
     init = pod["initContainers"][0]
     assert init["command"][:3] == ["python", "-m", "trail_operator.fetch_model"]
@@ -254,7 +254,7 @@ def test_trail_serve_reads_the_settings_file_the_operator_writes(path, tmp_path)
     from trail_scheduler.server.serve import add_arguments, scheduler_settings
 
     spec, objects = build(load(path)["spec"], generation=7)
-    configmap, deployment = objects[1], objects[3]
+    configmap, deployment = objects[1], objects[-1]
     (tmp_path / builders.SCHEDULER_FILE).write_text(configmap["data"][builders.SCHEDULER_FILE])
     args = container(deployment)["args"]
     config_flag = args.index("--scheduler-config")
@@ -281,8 +281,9 @@ def test_network_policy_opens_the_openai_port_and_the_admin_port_to_the_operator
     )
     spec = parse_spec(cpu_example["spec"])
     objects = builders.build_all(OWNER, spec, IMAGES, token="tok", generation=1, probe_data=None, peer=peer)
-    assert [o["kind"] for o in objects] == ["Secret", "ConfigMap", "Service", "NetworkPolicy", "Deployment"]
-    policy, deployment = objects[3], objects[4]
+    kinds = ["Secret", "ConfigMap", "Service", "PodDisruptionBudget", "NetworkPolicy", "Deployment"]
+    assert [o["kind"] for o in objects] == kinds
+    policy, deployment = objects[4], objects[5]
     kubernetes_validate.validate(policy, "1.30", strict=True)
     assert policy["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
     assert policy["spec"]["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
@@ -317,6 +318,77 @@ def test_env_names_the_operator_sets_are_reserved() -> None:
 
     hf = {"huggingFace": {"id": "org/model", "tokenSecretRef": {"name": "hf"}}}
     for spec in [load(path)["spec"] for path in EXAMPLES] + [{"model": hf}]:
-        env = container(build(spec)[1][3])["env"]
+        env = container(build(spec)[1][-1])["env"]
         user = {var["name"] for var in spec.get("engine", {}).get("env", [])}
         assert {var["name"] for var in env} - user <= {*RESERVED_ENV, "HF_TOKEN"}
+
+
+def test_disruption_budget_guards_the_deployments_pods(cpu_example) -> None:
+    spec, objects = build({**cpu_example["spec"], "disruptionBudget": {"maxUnavailable": 2}})
+    budget, deployment = next(o for o in objects if o["kind"] == "PodDisruptionBudget"), objects[-1]
+    kubernetes_validate.validate(budget, "1.30", strict=True)
+    assert budget["spec"]["selector"] == deployment["spec"]["selector"]
+    assert budget["spec"]["maxUnavailable"] == 2
+    assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"  # a broken pod never blocks a drain
+    default = next(o for o in build(cpu_example["spec"])[1] if o["kind"] == "PodDisruptionBudget")
+    assert default["spec"]["maxUnavailable"] == 1
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({}, {"maxSurge": 1, "maxUnavailable": 0}),
+        ({"maxSurge": 0, "maxUnavailable": 1}, {"maxSurge": 0, "maxUnavailable": 1}),
+    ],
+)
+def test_update_strategy_reaches_the_deployment(cpu_example, given, expected) -> None:
+    """The default starts a new pod before stopping an old one; a full GPU pool asks for maxSurge 0."""
+    deployment = build({**cpu_example["spec"], "updateStrategy": given})[1][-1]
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": expected}
+
+
+def test_an_inference_pool_only_when_routing_asks_for_one(cpu_example) -> None:
+    assert "InferencePool" not in [o["kind"] for o in build(cpu_example["spec"])[1]]
+    routing = {"inferencePool": {"enabled": True, "endpointPicker": {"failureMode": "FailOpen"}}}
+    _, objects = build({**cpu_example["spec"], "routing": routing})
+    pool, deployment = next(o for o in objects if o["kind"] == "InferencePool"), objects[-1]
+    assert pool["apiVersion"] == "inference.networking.k8s.io/v1"
+    assert pool["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
+    assert pool["spec"]["selector"] == deployment["spec"]["selector"]  # the pods, and only them
+    assert pool["spec"]["targetPorts"] == [{"number": builders.HTTP_PORT}]
+    assert pool["spec"]["endpointPickerRef"] == {
+        "kind": "Service",
+        "name": "demo-epp",  # default: NAME-epp
+        "port": {"number": 9002},
+        "failureMode": "FailOpen",
+    }
+
+
+def test_the_cache_is_a_sized_emptydir_requested_from_the_nodes_disk_by_default() -> None:
+    _, objects = build({"model": {"url": {"url": "https://x.example/m.tar", "maxBytes": 1 << 30}}})
+    deployment = objects[-1]
+    assert {"name": "cache", "emptyDir": {"sizeLimit": "20Gi"}} in deployment["spec"]["template"]["spec"]["volumes"]
+    # the cache (20 GiB) and the url download (twice 1 GiB) stay on the node
+    assert container(deployment)["resources"]["requests"]["ephemeral-storage"] == str((20 << 30) + (2 << 30))
+    assert "PersistentVolumeClaim" not in [o["kind"] for o in objects]
+    mine = build({"model": {"bundled": True}, "resources": {"requests": {"ephemeral-storage": "5Gi"}}})[1][-1]
+    assert container(mine)["resources"]["requests"]["ephemeral-storage"] == "5Gi"  # an explicit request wins
+
+
+def test_a_cache_claim_is_shared_by_every_replica_and_restart() -> None:
+    cache = {"size": "60Gi", "persistentVolumeClaim": {"storageClassName": "filestore"}}
+    _, objects = build({"model": {"huggingFace": {"id": "meta-llama/Meta-Llama-3-8B-Instruct"}}, "cache": cache})
+    claim, deployment = next(o for o in objects if o["kind"] == "PersistentVolumeClaim"), objects[-1]
+    kubernetes_validate.validate(claim, "1.30", strict=True)
+    assert claim["metadata"]["name"] == "demo-cache" and claim["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
+    assert claim["spec"] == {
+        "accessModes": ["ReadWriteMany"],  # replicas on different nodes
+        "resources": {"requests": {"storage": "60Gi"}},
+        "storageClassName": "filestore",
+    }
+    pod = deployment["spec"]["template"]["spec"]
+    assert {"name": "cache", "persistentVolumeClaim": {"claimName": "demo-cache"}} in pod["volumes"]
+    env = {e["name"]: e.get("value") for e in container(deployment)["env"]}
+    assert env["HF_HOME"].startswith(builders.CACHE_DIR)  # the downloads land in the claim
+    assert "ephemeral-storage" not in container(deployment).get("resources", {}).get("requests", {})
+    assert objects.index(claim) < objects.index(deployment)  # the claim exists before pods mount it

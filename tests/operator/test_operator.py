@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import copy
+import datetime
 import json
 import socket
 import time
@@ -20,12 +22,14 @@ from kopf_harness import (
     eventually,
     new_server,
     obj,
+    operator_reads,
     passes,
     requests_to,
     running_operator,
     write_kubeconfig,
 )
 
+from trail_operator.peering import Peering, leads
 from trail_operator.rbac import PERMISSIONS
 from trail_scheduler.api import ADMIN_PREFIX, ConfigView
 
@@ -56,6 +60,15 @@ async def edit_spec(cluster, name, spec_patch, generation):
         json={"spec": spec_patch, "metadata": {"generation": generation}},
     )
     assert response.status == 200, await response.text()
+
+
+def obj_at(cluster, resource, name):
+    """A cluster-scoped object, or None."""
+    try:
+        found = cluster.objects[resource, None, name]
+    except KeyError:
+        return None
+    return None if found.deleted else dict(found.raw)
 
 
 def settings(cluster, name):
@@ -100,6 +113,7 @@ async def test_create_produces_owned_objects_and_status(cluster):
         ("v1/services", "smollm2"),
         ("v1/configmaps", "smollm2-scheduler"),
         ("v1/secrets", "smollm2-admin"),
+        ("policy/v1/poddisruptionbudgets", "smollm2"),
     ]:
         owned = obj(cluster, resource, name)
         assert owned is not None, f"{resource} {name} missing"
@@ -496,3 +510,150 @@ async def test_network_policies_when_the_chart_turns_them_on(cluster, monkeypatc
         "app.kubernetes.io/name": "trail-operator"
     }
     assert len(requests_to(cluster, "networkpolicies", "POST")) == 1
+
+
+def posted_events(cluster, name):
+    """The (type, reason, message) of the Events the operator posted about LLMServer ``name``."""
+    return [
+        (r.data["type"], r.data["reason"], r.data["message"])
+        for r in requests_to(cluster, "events", "POST")
+        if r.data["involvedObject"]["name"] == name and r.data["involvedObject"]["kind"] == "LLMServer"
+    ]
+
+
+async def test_an_autoscaler_scaling_the_llmserver_is_followed_and_never_reverted(cluster):
+    """An HPA (or KEDA) writes spec.replicas through the LLMServer's scale subresource: the
+    operator carries it to the Deployment and never writes the LLMServer's spec itself."""
+    async with running_operator():
+        await create(cluster, "smollm2", CPU_SPEC)
+        await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
+        response = await cluster.patch(
+            f"/apis/trail.dev/v1alpha1/namespaces/{NS}/llmservers/smollm2/scale",
+            json={"spec": {"replicas": 3}, "metadata": {"generation": 2}},
+        )
+        assert response.status == 200, await response.text()
+        await eventually(
+            lambda: obj(cluster, "apps/v1/deployments", "smollm2")["spec"]["replicas"] == 3, what="scaled to 3"
+        )
+        await passes(cluster, "smollm2", 3)  # resyncs too
+        events = posted_events(cluster, "smollm2")
+    assert obj(cluster, LLMS, "smollm2")["spec"]["replicas"] == 3
+    assert obj(cluster, "apps/v1/deployments", "smollm2")["spec"]["replicas"] == 3
+    operator_writes = [
+        r.data
+        for r in requests_to(cluster, "llmservers", "PATCH")
+        if r.headers.get("User-Agent", "").startswith(("kopf/", "python-httpx2/"))
+    ]
+    assert operator_writes and not any("spec" in body for body in operator_writes)
+    assert ("Normal", "Scaled", "Deployment scaled from 1 to 3 replicas") in events
+    assert events[0][:2] == ("Normal", "Created")
+
+
+async def test_passes_post_normal_events_for_the_lifecycle(cluster):
+    async with running_operator():
+        await create(cluster, "smollm2", CPU_SPEC)
+        await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
+        await edit_spec(cluster, "smollm2", {"scheduler": {"c": 1.5}}, generation=2)
+        await eventually(lambda: settings(cluster, "smollm2")["c"] == 1.5, what="edit")
+        await cluster.patch(  # what the Deployment controller reports once the pod serves
+            f"/apis/apps/v1/namespaces/{NS}/deployments/smollm2/status",
+            json={"status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1}},
+        )
+        await eventually(lambda: any(e[1] == "Ready" for e in posted_events(cluster, "smollm2")), what="Ready event")
+        await passes(cluster, "smollm2", 3)  # resyncs post nothing more
+    events = posted_events(cluster, "smollm2")
+    assert [reason for _, reason, _ in events] == ["Created", "Retuned", "Ready"]
+    assert {kind for kind, _, _ in events} == {"Normal"}
+    assert events[0][2] == "created Secret, ConfigMap, Service, PodDisruptionBudget, Deployment"
+    assert events[1][2] == "scheduler settings generation 2: 0/0 ready pods run them"
+
+
+async def test_the_api_server_filters_the_pod_and_deployment_watches_by_label(cluster):
+    """The operator asks for its own Pods and Deployments only: a cluster's other Pods never reach it."""
+    async with running_operator():
+        await create(cluster, "smollm2", CPU_SPEC)
+        await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
+    for plural in ("pods", "deployments"):
+        reads = [r for r in requests_to(cluster, plural, "GET") if r.headers.get("User-Agent", "").startswith("kopf/")]
+        assert reads, plural
+        assert {r.params.get("labelSelector") for r in reads} == {"trail.dev/llmserver"}, plural
+
+
+async def test_a_replica_that_does_not_lead_acts_on_nothing_resyncs_included(cluster):
+    """kopf pauses a replica's handlers while a live peer outranks it; the resync loop (the
+    operator's own task) must stop too, and both resume when the peer is gone."""
+    me = Peering("trail-operator", "me", priority=10)
+    path = "/apis/kopf.dev/v1/clusterkopfpeerings/trail-operator"
+    async with running_operator(me):
+        assert obj_at(cluster, "kopf.dev/v1/clusterkopfpeerings", "trail-operator") is not None  # made at start
+        await create(cluster, "smollm2", CPU_SPEC)
+        await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
+        await passes(cluster, "smollm2")  # resyncs run: it leads
+        seen = datetime.datetime.now(datetime.UTC).isoformat()
+        rival = {"priority": 20, "lifetime": 60, "lastseen": seen}
+        response = await cluster.patch(path, json={"status": {"other": rival}})
+        assert response.status == 200, await response.text()
+        await asyncio.sleep(1.5)  # kopf sees the peer and pauses
+        response = await cluster.delete(f"/apis/apps/v1/namespaces/{NS}/deployments/smollm2")
+        assert response.status == 200, await response.text()
+        reads = operator_reads(cluster, "smollm2")
+        await asyncio.sleep(3.0)  # six resync intervals
+        assert operator_reads(cluster, "smollm2") == reads, "a paused replica ran passes"
+        assert obj(cluster, "apps/v1/deployments", "smollm2") is None
+        await cluster.patch(path, json={"status": {"other": None}})  # the peer left
+        await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="the Deployment again")
+
+
+def test_kopfs_rule_for_who_leads():
+    now = datetime.datetime(2026, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
+
+    def peer(priority, seconds_ago, lifetime=15):
+        lastseen = (now - datetime.timedelta(seconds=seconds_ago)).isoformat()
+        return {"priority": priority, "lifetime": lifetime, "lastseen": lastseen}
+
+    assert leads({}, "me", 5, now)
+    assert leads({"me": peer(5, 0), "b": peer(4, 0)}, "me", 5, now)  # outranks the other
+    assert not leads({"me": peer(5, 0), "b": peer(6, 0)}, "me", 5, now)
+    assert not leads({"b": peer(5, 0)}, "me", 5, now)  # a tie pauses both, as in kopf
+    assert leads({"b": peer(6, 20)}, "me", 5, now)  # dead: no keep-alive within its lifetime
+    assert leads({"b": None, "c": {"priority": 9}}, "me", 5, now)  # left, or not a keep-alive
+
+
+async def test_an_inference_pool_is_created_with_routing_on_and_deleted_with_it_off(cluster):
+    pools = "inference.networking.k8s.io/v1/inferencepools"
+    async with running_operator():
+        server = await create(cluster, "smollm2", CPU_SPEC)
+        await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
+        assert obj(cluster, pools, "smollm2") is None  # off by default
+        await edit_spec(cluster, "smollm2", {"routing": {"inferencePool": {"enabled": True}}}, generation=2)
+        pool = await eventually(lambda: obj(cluster, pools, "smollm2"), what="InferencePool")
+        await edit_spec(cluster, "smollm2", {"routing": {"inferencePool": {"enabled": False}}}, generation=3)
+        await eventually(lambda: obj(cluster, pools, "smollm2") is None, what="InferencePool deleted")
+        await passes(cluster, "smollm2")
+    assert pool["metadata"]["ownerReferences"][0]["uid"] == server["metadata"]["uid"]  # deleted with the LLMServer too
+    assert pool["spec"]["endpointPickerRef"]["name"] == "smollm2-epp"
+    assert obj(cluster, "apps/v1/deployments", "smollm2") is not None  # only the pool went
+
+
+async def test_a_cache_claim_is_made_for_the_llmserver_and_mounted_by_its_pods(cluster):
+    claims = "v1/persistentvolumeclaims"
+    spec = {**CPU_SPEC, "cache": {"size": "2Gi", "persistentVolumeClaim": {"accessMode": "ReadWriteOnce"}}}
+    async with running_operator():
+        server = await create(cluster, "smollm2", spec)
+        claim = await eventually(lambda: obj(cluster, claims, "smollm2-cache"), what="the cache claim")
+        deployment = await eventually(lambda: obj(cluster, "apps/v1/deployments", "smollm2"), what="Deployment")
+        await edit_spec(cluster, "smollm2", {"cache": {"persistentVolumeClaim": None}}, generation=2)
+        await eventually(lambda: obj(cluster, claims, "smollm2-cache") is None, what="the claim deleted")
+        volumes = await eventually(
+            lambda: (
+                (v := obj(cluster, "apps/v1/deployments", "smollm2")["spec"]["template"]["spec"]["volumes"])
+                and {"name": "cache", "emptyDir": {"sizeLimit": "2Gi"}} in v
+                and v
+            ),
+            what="the pods back on an emptyDir",
+        )
+    assert claim["metadata"]["ownerReferences"][0]["uid"] == server["metadata"]["uid"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert {"name": "cache", "persistentVolumeClaim": {"claimName": "smollm2-cache"}} in pod["volumes"]
+    assert volumes

@@ -20,9 +20,11 @@ from trail_operator.apply import (
     merge_patch,
     needs_write,
     plan,
+    removals,
     with_record,
 )
 from trail_operator.builders import Images, Owner
+from trail_operator.events import build_event, lifecycle_events
 from trail_operator.reconcile import (
     Desired,
     ProbeSourceError,
@@ -164,7 +166,7 @@ def test_desire_keeps_token_and_generation_until_the_settings_change(cpu_example
     spec = parse_spec(cpu_example["spec"])
     first = desire(OWNER, spec, Images(), 1, {}, None)
     assert first.scheduler_generation == 1 and first.settings["generation"] == 1
-    secret, configmap_, service, deployment = first.objects
+    secret, *_ = first.objects
     assert builders.secret_token(secret) == first.token
     live = [with_record(o) for o in first.objects]  # as the pass wrote them
     owned = {o["kind"]: o for o in live}
@@ -314,3 +316,57 @@ def test_last_transition_time_moves_only_when_a_condition_flips():
     assert set(stamp.values()) == {"2026-01-01T00:00:00Z"}
     flipped = {c["type"]: c["lastTransitionTime"] for c in ready["conditions"]}
     assert flipped["Ready"] == "2026-01-01T00:05:00Z" and flipped["Degraded"] == "2026-01-01T00:00:00Z"
+
+
+# --- events: what kubectl describe shows of a pass ----------------------------------------
+
+READY = {"conditions": [{"type": "Ready", "status": "True"}], "readyReplicas": 2}
+NOT_READY = {"conditions": [{"type": "Ready", "status": "False"}]}
+
+
+def test_a_first_pass_posts_created_and_a_later_one_ready():
+    created = [Write("create", kind, "demo", {}) for kind in ("Secret", "ConfigMap", "Deployment")]
+    first = lifecycle_events(created, None, 2, 1, [], None, NOT_READY)
+    assert first == [("Created", "created Secret, ConfigMap, Deployment")]
+    assert lifecycle_events([], {"spec": {"replicas": 2}}, 2, 1, [], NOT_READY, READY) == [
+        ("Ready", "2/2 replicas ready")
+    ]
+    assert lifecycle_events([], {"spec": {"replicas": 2}}, 2, 1, [], READY, READY) == []  # once per transition
+
+
+def test_a_replica_change_posts_scaled_and_a_settings_change_retuned():
+    live = {"spec": {"replicas": 2}}
+    scaled = lifecycle_events([Write("patch", "Deployment", "demo", {})], live, 5, 1, [], READY, READY)
+    assert scaled == [("Scaled", "Deployment scaled from 2 to 5 replicas")]
+    engine_edit = lifecycle_events([Write("patch", "Deployment", "demo", {})], live, 2, 1, [], READY, READY)
+    assert engine_edit == []  # a template change is not a scale
+    reports = [PodReport("a", "ip", synced=True), PodReport("b", "ip", synced=False)]
+    retuned = lifecycle_events([Write("patch", "ConfigMap", "demo-scheduler", {})], live, 2, 7, reports, READY, READY)
+    assert retuned == [("Retuned", "scheduler settings generation 7: 1/2 ready pods run them")]
+
+
+def test_an_event_names_its_llmserver_and_is_normal():
+    server = {
+        "apiVersion": "trail.dev/v1alpha1",
+        "kind": "LLMServer",
+        "metadata": {"name": "demo", "namespace": "ml", "uid": "u-1"},
+    }
+    now = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    first, second = (build_event(server, "Scaled", "from 1 to 3", now) for _ in range(2))
+    assert first["involvedObject"] == {**{k: server[k] for k in ("apiVersion", "kind")}, **server["metadata"]}
+    assert (first["type"], first["reason"], first["message"]) == ("Normal", "Scaled", "from 1 to 3")
+    assert first["lastTimestamp"] == "2026-01-02T03:04:05Z"
+    assert first["metadata"]["name"].startswith("demo.") and first["metadata"]["name"] != second["metadata"]["name"]
+
+
+def test_only_owned_objects_no_longer_wanted_are_removed():
+    ours = {
+        "kind": "InferencePool",
+        "metadata": {"name": "demo", "ownerReferences": [{"uid": OWNER.uid, "controller": True}]},
+    }
+    theirs = {
+        "kind": "InferencePool",
+        "metadata": {"name": "demo", "ownerReferences": [{"uid": "x", "controller": True}]},
+    }
+    assert removals(OWNER.uid, [ours, None]) == [Write("delete", "InferencePool", "demo", {})]
+    assert removals(OWNER.uid, [theirs]) == []

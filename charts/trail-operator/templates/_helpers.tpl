@@ -42,6 +42,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/*
+The operator image: pinned by digest (repository@sha256:..., no tag) when image.digest
+is set or the repository already carries one; else repository:tag (tag: appVersion).
+*/}}
 {{- define "trail-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else if contains "@sha256:" .Values.image.repository }}
+{{- .Values.image.repository }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
 {{- end }}

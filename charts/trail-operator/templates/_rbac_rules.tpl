@@ -23,8 +23,14 @@ namespace; rules on cluster-scoped resources can only be granted by a ClusterRol
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "create", "delete"]
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
+  verbs: ["get", "create", "patch"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
   verbs: ["get", "create", "patch"]
 - apiGroups: [""]
   resources: ["pods"]
@@ -32,12 +38,21 @@ namespace; rules on cluster-scoped resources can only be granted by a ClusterRol
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+- apiGroups: ["inference.networking.k8s.io"]
+  resources: ["inferencepools"]
+  verbs: ["get", "create", "patch", "delete"]
+- apiGroups: ["kopf.dev"]
+  resources: ["kopfpeerings"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 {{- end }}
 
 {{- define "trail-operator.clusterRules" -}}
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]
+- apiGroups: ["kopf.dev"]
+  resources: ["clusterkopfpeerings"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 {{- end }}
 
 {{/* Who gets the rules: the operator's ServiceAccount. */}}

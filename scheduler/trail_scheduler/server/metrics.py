@@ -68,6 +68,14 @@ SETTING_CHOICES = {
     for name in CHOICE_SETTINGS
 }
 SETTING_GENERATION = Gauge("trail_setting_generation", "Generation of the settings in force")
+# What this pod still has to do, for routing (an endpoint picker) and autoscaling across pods.
+PREDICTED_BACKLOG = Gauge(
+    "trail_predicted_backlog_tokens", "Predicted remaining output tokens of every running and waiting request"
+)
+PREDICTED_DRAIN = Gauge(
+    "trail_predicted_drain_seconds",
+    "The predicted backlog over the output token rate this pod measured while busy (NaN until measured)",
+)
 
 
 def record(drained: MetricsDrain) -> None:
@@ -85,6 +93,9 @@ def record(drained: MetricsDrain) -> None:
     for source, tokens in drained.resumed_tokens.items():
         RESUMED_TOKENS.labels(source).inc(tokens)
     PROBE_FAILURES.inc(drained.probe_failures)
+    PREDICTED_BACKLOG.set(drained.predicted_backlog_tokens)
+    drain = drained.predicted_drain_seconds
+    PREDICTED_DRAIN.set(float("nan") if drain is None else drain)
     record_config(drained.config)
 
 

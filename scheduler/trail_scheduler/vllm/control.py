@@ -43,6 +43,8 @@ class MetricsDrain(BaseModel):
     probe_failures: int = 0  # failures the workers reported (each drops the probe it ran)
     resumed_tokens: dict[str, int] = Field(default_factory=dict)  # source -> tokens resumed requests needed again
     preempted_generated: list[tuple[str, int]] = Field(default_factory=list)  # (reason, generated) per preemption
+    predicted_backlog_tokens: float = 0.0  # as in StatsView: the engine's work left, now
+    predicted_drain_seconds: float | None = None
     config: ConfigView
 
 

@@ -52,6 +52,7 @@ from trail_scheduler.core.bins import LengthBins
 from trail_scheduler.core.policy import Policy, Room, RunningRequest, WaitingRequest
 from trail_scheduler.core.tracker import PredictionTracker
 from trail_scheduler.probe import LoadedProbe, ProbeFileError, load_probe
+from trail_scheduler.vllm.backlog import OutputRate, drain_seconds
 from trail_scheduler.vllm.control import METHODS, ApplyReply, MetricsDrain
 from trail_scheduler.vllm.engine_config import TrailEngineConfig
 from trail_scheduler.vllm.runner import RunnerUpdate, capture_layer
@@ -150,6 +151,7 @@ class TrailSchedulingMixin:
         self._trail_preempting = False
         self._trail_resuming: set[str] = set()  # preempted, not yet scheduled again
         self.trail_last_decision_seconds = 0.0
+        self.trail_output_rate = OutputRate()
 
     # -- control (the admin API's way in) -------------------------------------------
     def __call__(self, method: str, update: dict | None = None, probe_bytes: bytes | None = None) -> dict[str, Any]:
@@ -257,13 +259,24 @@ class TrailSchedulingMixin:
             last_decision_seconds=self.trail_last_decision_seconds,
             worker_probe_sha256=self.trail_worker_probe,
             probe_failure=self.trail_probe_failure,
+            **self._trail_backlog(),
         )
 
     def trail_drain_metrics(self) -> MetricsDrain:
         predicted = [
             s.predicted_remaining for r in self.running if (s := self.trail_tracker.get(r.request_id)) is not None
         ]
-        return self.trail_metrics.drain(predicted, self.trail_config())
+        return self.trail_metrics.drain(predicted, self.trail_config()).model_copy(update=self._trail_backlog())
+
+    def _trail_backlog(self) -> dict[str, Any]:
+        """The predicted work left in this engine (StatsView's and MetricsDrain's fields)."""
+        tracker = self.trail_tracker
+        tokens = 0.0
+        for request in (*self.running, *self.waiting.unordered()):
+            state = tracker.get(request.request_id)
+            tokens += state.predicted_remaining if state else tracker.unknown_estimate
+        rate = self.trail_output_rate.per_second()
+        return {"predicted_backlog_tokens": tokens, "predicted_drain_seconds": drain_seconds(tokens, rate)}
 
     # -- requests -----------------------------------------------------------------
     def add_request(self, request) -> None:
@@ -313,11 +326,14 @@ class TrailSchedulingMixin:
 
     def update_from_output(self, scheduler_output, model_runner_output):
         tracker = self.trail_tracker
+        generated = 0
         for request_id, tokens in zip(model_runner_output.req_ids, model_runner_output.sampled_token_ids):
             request = self.requests.get(request_id)
             if request is not None and request.drop_stale_output and request.num_stale_output_tokens > 0:
                 continue  # output vLLM drops (in flight at a drop-mode preemption): not generated
             tracker.advance(request_id, len(tokens))
+            generated += len(tokens)
+        self.trail_output_rate.step(time.monotonic(), generated)
         evidence = getattr(model_runner_output, "trail_evidence", None)
         if evidence is not None and evidence.failure is not None:
             self._trail_probe_failed(evidence.probe_sha256, evidence.failure)
