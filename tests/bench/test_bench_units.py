@@ -192,14 +192,15 @@ def test_length_summary_counts_answers_at_the_cap():
     assert (summary["p25"], summary["median"], summary["p75"]) == (17.5, 266.0, 512.0)  # as the run summaries
 
 
-def test_short_requests_are_one_line_instructions_or_questions_chosen_by_form():
+def test_short_requests_are_one_line_instructions_or_questions_chosen_by_form(tmp_path):
     assert is_short_request("Give three tips for staying healthy.")
     assert is_short_request("what is stable diffusion")
     assert not is_short_request("I have this code:\nfoo()")  # two lines
     assert not is_short_request("Give " + "very " * 60 + "long tips")  # over 200 characters
     assert not is_short_request("My dog barks at night.")  # neither an instruction nor a question word
-    short = load_prompts(None, short_requests=True)
-    assert 100 < len(short) < len(load_prompts(None)) and all(is_short_request(p.prompt) for p in short)
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text('{"id": "a", "prompt": "List three fruits."}\n{"id": "b", "prompt": "Here is my essay:\\nfix it"}\n')
+    assert [p.id for p in load_prompts(mixed, short_requests=True)] == ["a"]
 
 
 def test_the_oracles_headroom_is_reported_and_too_little_is_a_warning():
@@ -544,16 +545,16 @@ def test_cli_relative_loads_need_fcfs_or_a_capacity():
     assert "need the 'fcfs' policy" in bench_error("--quick", "--policies", "trail+", "--c-sweep", "")
     assert "more requests than batch slots" in bench_error("--quick", "--requests", "2")
     assert "not run" in bench_error("--quick", "--seeded-loads", "0.5")
-    # The preset's seeded loads apply where they are run: the full preset's 1.2x is not asked for here.
+    # The preset's seeded loads apply where they are run: the full preset's 1.5x is not asked for here.
     from trail_scheduler.bench.config import add_arguments, config_from_args
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     config = config_from_args(parser.parse_args(["--loads", "burst", "--capacity", "30", "--c-sweep", ""]))
     assert config.seeded_loads == {"burst"} and config.seeds == (0, 1, 2)
-    assert config.length_mix == "chat"  # the headline's requests are resampled to chat traffic's mix
-    assert config_from_args(parser.parse_args(["--quick", "--length-mix", "natural"])).length_mix == "natural"
-    assert config_from_args(parser.parse_args(["--quick"])).length_mix == "natural"
+    # The headline's prompts come at their natural mix; resampling by answer length is a study's choice.
+    assert config.length_mix == "natural" and config.decoding.name == "greedy"
+    assert config_from_args(parser.parse_args(["--quick", "--length-mix", "chat"])).length_mix == "chat"
     assert [(load.label, seed) for load, seed in config.runs_for(P.BASE_ENTRIES["fcfs"])] == [
         ("burst", s) for s in (0, 1, 2)
     ]
