@@ -36,7 +36,7 @@ from pydantic import ValidationError
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.request_queue import PriorityRequestQueue, SchedulingPolicy, create_request_queue
 from vllm.v1.core.sched.scheduler import Scheduler
-from vllm.v1.request import Request
+from vllm.v1.request import Request, RequestStatus
 
 from trail_scheduler.api import (
     ConfigUpdate,
@@ -49,7 +49,8 @@ from trail_scheduler.api import (
     explain,
 )
 from trail_scheduler.core.bins import LengthBins
-from trail_scheduler.core.policy import Policy, Room, RunningRequest, WaitingRequest
+from trail_scheduler.core.policy import Room, RunningRequest, WaitingRequest
+from trail_scheduler.core.ranked import RankedQueues
 from trail_scheduler.core.tracker import PredictionTracker
 from trail_scheduler.probe import LoadedProbe, ProbeFileError, load_probe
 from trail_scheduler.vllm.control import METHODS, ApplyReply, MetricsDrain
@@ -108,13 +109,39 @@ class ProbeIdentity:
 
 
 class RankedQueue(PriorityRequestQueue):
-    """vLLM's priority queue, plus the two things TRAIL does to it every step without
-    sorting it (iterating vLLM's queue pops a copy of the heap: n log n comparisons of
-    requests in Python): read its requests in any order, and restore the heap after
-    their priorities changed (one heapify)."""
+    """vLLM's priority queue, plus what TRAIL needs of it every step without sorting it
+    (iterating vLLM's queue pops a copy of the heap: n log n comparisons of requests in
+    Python): which requests it holds and which came or went since TRAIL last looked (every
+    change of membership goes through these methods; prepending is adding), and restoring
+    the heap after their priorities changed (one heapify)."""
 
-    def unordered(self) -> list[Request]:
-        return list(self._heap)
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.moved: set[str] = set()
+
+    def add_request(self, request: Request) -> None:
+        super().add_request(request)
+        self._came_or_went(request, self.ids.add)
+
+    def pop_request(self) -> Request:
+        request = super().pop_request()
+        self._came_or_went(request, self.ids.discard)
+        return request
+
+    def remove_request(self, request: Request) -> None:
+        super().remove_request(request)
+        self._came_or_went(request, self.ids.discard)
+
+    def remove_requests(self, requests) -> None:
+        requests = requests if isinstance(requests, set) else set(requests)
+        super().remove_requests(requests)
+        for request in requests:
+            self._came_or_went(request, self.ids.discard)
+
+    def _came_or_went(self, request: Request, change) -> None:
+        change(request.request_id)
+        self.moved.add(request.request_id)
 
     def reorder(self) -> None:
         heapq.heapify(self._heap)
@@ -132,13 +159,15 @@ class TrailSchedulingMixin:
         config = TrailEngineConfig.from_vllm_config(self.vllm_config)
         self.trail_settings = config.settings
         self.trail_probe_failure: str | None = None  # why the workers dropped the probe in force
-        self.trail_policy = self._trail_make_policy()
+        # The decision kept between steps: told which requests changed, it re-ranks only those.
+        # Changed since the last decision: requests scheduled, given output, preempted or freed
+        # (the waiting queue itself records what came and went).
+        self.trail_queues = RankedQueues(self.trail_settings)
+        self._trail_changed: set[str] = set()
+        self._trail_follow_settings()
         self.trail_generation = config.generation
         self.trail_probe: ProbeIdentity | None = None
         self.trail_tracker = PredictionTracker(LengthBins.uniform(), config.settings)
-        # A waiting request's view does not change while it waits (nothing is generated, no
-        # probe reads it): built once when it starts waiting, dropped when it stops.
-        self._trail_waiting_views: dict[str, WaitingRequest] = {}
         self._trail_last_order: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
         probe = load_probe(config.probe_path) if config.probe_path else None  # as the runner did
         self.trail_layer = capture_layer(config, probe, self.vllm_config.model_config)
@@ -194,7 +223,7 @@ class TrailSchedulingMixin:
         if probe is not None:
             self.trail_set_probe(probe)
             self.trail_probe_failure = None
-        self.trail_policy = self._trail_make_policy()
+        self._trail_follow_settings()
         # Updates wait for the next step (none comes while the engine is idle): a later
         # settings-only change must not drop a probe still on its way to the workers.
         pending = self.trail_pending_update
@@ -204,20 +233,21 @@ class TrailSchedulingMixin:
         logger.info("TRAIL settings generation %d in force: %s", self.trail_generation, settings)
         return ApplyReply(config=self.trail_config())
 
-    def _trail_make_policy(self) -> Policy:
-        """The policy of the settings in force; length-unaware (first come, first served) while
+    def _trail_follow_settings(self) -> None:
+        """Decide by the settings in force; length-unaware (first come, first served) while
         the workers have dropped the probe after a failure, until a new probe is applied."""
         settings: SchedulerSettings = self.trail_settings
         if self.trail_probe_failure is not None:
             settings = settings.model_copy(update={"policy": PolicyName.FCFS})
-        return Policy(settings)
+        self.trail_queues.follow(settings)
+        self.trail_policy = self.trail_queues.policy
 
     def _trail_probe_failed(self, sha256: str, failure: str) -> None:
         self.trail_metrics.probe_failures += 1
         if self.trail_probe is None or sha256 != self.trail_probe.sha256 or self.trail_probe_failure is not None:
             return  # a probe already replaced, or already known to have failed
         self.trail_probe_failure = f"probe {sha256[:12]} failed on the worker: {failure}"
-        self.trail_policy = self._trail_make_policy()
+        self._trail_follow_settings()
         logger.error("%s; ranking first come, first served until a new probe is applied", self.trail_probe_failure)
 
     def trail_set_probe(self, probe: LoadedProbe | None) -> None:
@@ -226,7 +256,7 @@ class TrailSchedulingMixin:
             return
         self.trail_probe = ProbeIdentity(probe.sha256, probe.layer, probe.hidden_size, probe.bins, probe.model)
         self.trail_tracker.set_bins(probe.bins)
-        self._trail_waiting_views.clear()  # estimates may have changed with the bins
+        self._trail_changed.update(self.requests)  # estimates may have changed with the bins
 
     def trail_config(self) -> ConfigView:
         probe = self.trail_probe
@@ -283,7 +313,6 @@ class TrailSchedulingMixin:
         self.trail_metrics.preemptions[reason] += 1
         self.trail_metrics.preempted_generated.append((reason, request.num_output_tokens))
         self.trail_preemptions_total += 1
-        self._trail_waiting_views.pop(request.request_id, None)  # it waits again, with more generated
         self._trail_resuming.add(request.request_id)
         super()._preempt_request(request, *args, **kwargs)
 
@@ -294,7 +323,8 @@ class TrailSchedulingMixin:
                 value = getattr(errors, stage)
                 if value is not None:
                     self.trail_metrics.errors.append((stage, value))
-        self._trail_waiting_views.pop(request.request_id, None)
+        self.trail_queues.remove(request.request_id)
+        self._trail_changed.discard(request.request_id)
         self._trail_resuming.discard(request.request_id)
         return super()._free_request(request, *args, **kwargs)
 
@@ -305,6 +335,7 @@ class TrailSchedulingMixin:
             self._trail_order_and_preempt()
             self.trail_last_decision_seconds = time.perf_counter() - started
         output = super().schedule(*args, **kwargs)
+        self._trail_changed.update(output.num_scheduled_tokens)  # computed tokens, placeholders, admissions
         if self._trail_resuming:
             self._trail_count_resumed(output)
         if self.trail_pending_update is not None:  # every step's output reaches every worker
@@ -318,6 +349,7 @@ class TrailSchedulingMixin:
             if request is not None and request.drop_stale_output and request.num_stale_output_tokens > 0:
                 continue  # output vLLM drops (in flight at a drop-mode preemption): not generated
             tracker.advance(request_id, len(tokens))
+        self._trail_changed.update(model_runner_output.req_ids)
         evidence = getattr(model_runner_output, "trail_evidence", None)
         if evidence is not None and evidence.failure is not None:
             self._trail_probe_failed(evidence.probe_sha256, evidence.failure)
@@ -340,16 +372,32 @@ class TrailSchedulingMixin:
             self.trail_metrics.resumed_tokens["prefix_cache"] += cached
             self.trail_metrics.resumed_tokens["recomputed"] += request.num_tokens - cached
 
+    def _trail_tell_changes(self) -> None:
+        """Tell the kept decision about every request that changed since the last step: a
+        waiting one's view is built when it starts waiting (nothing changes it while it waits),
+        a running one's again; one neither in the waiting queue nor running is not ranked."""
+        changed = self._trail_changed
+        changed |= self.waiting.moved
+        self.waiting.moved.clear()
+        queues, waiting = self.trail_queues, self.waiting.ids
+        for request_id in changed:
+            request = self.requests.get(request_id)
+            if request_id in waiting:
+                queues.set_waiting(self._waiting_view(request))
+            elif request is not None and request.status == RequestStatus.RUNNING:
+                queues.set_running(self._running_view(request))
+            else:
+                queues.remove(request_id)
+        changed.clear()
+
     def _trail_order_and_preempt(self) -> None:
         now = time.time()
-        views = self._trail_waiting_views
-        waiting = [views.get(r.request_id) or self._waiting_view(r) for r in self.waiting.unordered()]
-        running = [self._running_view(r) for r in self.running]
+        self._trail_tell_changes()
         room = Room(
             free_slots=self.max_num_running_reqs - len(self.running),
             free_blocks=self.kv_cache_manager.block_pool.get_num_free_blocks(),
         )
-        decision = self.trail_policy.decide(waiting, running, room, now)
+        decision = self.trail_queues.decide(room, now)
         if decision.preempt:
             victims = set(decision.preempt)
             preempted = [r for r in self.running if r.request_id in victims]
@@ -363,26 +411,28 @@ class TrailSchedulingMixin:
         self.trail_metrics.decisions["admit"] += len(decision.admit)
         self.trail_metrics.decisions["promote"] += decision.promoted
         # Encode the decision as priorities (smaller first in, larger first out); an order
-        # unchanged since the last step is already encoded.
-        order = (decision.waiting_order, decision.victim_order)
-        if order != self._trail_last_order:
-            self._trail_last_order = order
-            for position, request_id in enumerate(decision.waiting_order):
-                self.requests[request_id].priority = position
-            for position, request_id in enumerate(reversed(decision.victim_order)):
+        # unchanged since the last step is already encoded. The kept decision hands back the
+        # same tuple while an order stands, so most steps need not even compare them.
+        last_waiting, last_victims = self._trail_last_order
+        waiting_order, victim_order = decision.waiting_order, decision.victim_order
+        if waiting_order is not last_waiting and waiting_order != last_waiting:
+            for position, request_id in enumerate(waiting_order):
                 self.requests[request_id].priority = position
             self.waiting.reorder()
+        if victim_order is not last_victims and victim_order != last_victims:
+            for position, request_id in enumerate(reversed(victim_order)):
+                self.requests[request_id].priority = position
+        self._trail_last_order = (waiting_order, victim_order)
 
     def _waiting_view(self, request) -> WaitingRequest:
         state = self.trail_tracker.get(request.request_id)
-        view = self._trail_waiting_views[request.request_id] = WaitingRequest(
+        return WaitingRequest(
             request_id=request.request_id,
             arrival_time=request.arrival_time,
             predicted_remaining=state.predicted_remaining if state else self.trail_tracker.unknown_estimate,
             blocks_needed=math.ceil(request.num_tokens / self.block_size),
             true_remaining=state.true_remaining if state else None,
         )
-        return view
 
     def _running_view(self, request) -> RunningRequest:
         state = self.trail_tracker.get(request.request_id)
