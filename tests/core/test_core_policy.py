@@ -450,3 +450,10 @@ def test_a_request_ranked_between_two_tied_victims_waits_behind_the_better_one()
     d = decide("trail", queue, batch, slots=0, blocks=0, c=0.8)
     assert d.preempt == ("b", "a") and d.admit == ("head",)
     assert d.waiting_order == ("head", "a", "ab", "b")
+
+
+@given(scheduling_inputs(policies=["trail", "trail-oracle"]))
+def test_each_victim_is_paired_with_the_admitted_request_it_made_room_for(inputs):
+    _, d = run_decide(inputs)
+    assert [victim for _, victim in d.displacements] == list(d.preempt)
+    assert {displacer for displacer, _ in d.displacements} <= set(d.admit)

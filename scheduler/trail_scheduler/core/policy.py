@@ -71,6 +71,8 @@ class Decision:
     victim_order: tuple[str, ...] = ()
     protected: frozenset[str] = field(default_factory=frozenset)
     promoted: int = 0  # how many of ``admit`` the starvation guard put in front
+    # (displacer, victim) for each of ``preempt``: the admitted request it made room for.
+    displacements: tuple[tuple[str, str], ...] = ()
 
 
 class Policy:
@@ -161,6 +163,7 @@ class Policy:
         slots, blocks = room.free_slots, room.free_blocks
         admit: list[str] = []
         victims: list[RunningRequest] = []
+        displacements: list[tuple[str, str]] = []
         margin = self.settings.preemption_margin
         best_victim_key = None  # victims wait again: nobody ranked behind one may take the room it left
         promoted = 0
@@ -181,6 +184,7 @@ class Policy:
                     break  # strict order: nothing behind the head may overtake it
                 if taken > next_candidate:
                     victims += candidates[next_candidate:taken]
+                    displacements += [(request.request_id, r.request_id) for r in candidates[next_candidate:taken]]
                     best_victim_key = waiting_key(candidates[taken - 1])
                 next_candidate = taken
             promoted += starved
@@ -205,4 +209,5 @@ class Policy:
             victim_order=tuple(victim_order),
             protected=protected,
             promoted=promoted,
+            displacements=tuple(displacements),
         )

@@ -191,6 +191,7 @@ class RankedQueues:
         margin = self.policy.settings.preemption_margin
         admit: list[str] = []
         victims: list[RankKey] = []
+        displacements: list[tuple[str, str]] = []
         next_candidate = 0
         best_victim_key = None
         promoted = 0
@@ -212,6 +213,7 @@ class RankedQueues:
                     break
                 if taken > next_candidate:
                     victims += candidates[next_candidate:taken]
+                    displacements += [(rid, victim[2]) for victim in candidates[next_candidate:taken]]
                     best_victim_key = (1, *candidates[taken - 1])
                 next_candidate = taken
             promoted += is_starved
@@ -224,6 +226,7 @@ class RankedQueues:
             victim_order=self._survivors(protected, victims),
             protected=protected,
             promoted=promoted,
+            displacements=tuple(displacements),
         )
 
     def _waiting_order(self, starved: frozenset[str], victims: list[RankKey]) -> tuple[str, ...]:

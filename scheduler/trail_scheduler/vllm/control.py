@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from trail_scheduler.api import ConfigUpdate, ConfigView, StatsView
+from trail_scheduler.api import ConfigUpdate, ConfigView, GuardView, StatsView
 
 UTILITY = "scheduler"
 METHODS = ("config", "apply", "stats", "drain_metrics")
@@ -44,6 +44,7 @@ class MetricsDrain(BaseModel):
     resumed_tokens: dict[str, int] = Field(default_factory=dict)  # source -> tokens resumed requests needed again
     preempted_generated: list[tuple[str, int]] = Field(default_factory=list)  # (reason, generated) per preemption
     config: ConfigView
+    prediction_guard: GuardView | None = None
 
 
 class EngineControl:
