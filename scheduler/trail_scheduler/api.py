@@ -42,6 +42,7 @@ MAX_WAIT_SECONDS = 604_800.0  # one week
 MAX_PREEMPTION_MARGIN = 1_000_000.0  # tokens
 MAX_PREEMPTIONS = 1_000_000
 MAX_PROBE_RANKS_AFTER = 1_000_000  # tokens; longer than any context
+MAX_RECOMPUTE_TOKEN_COST = 1000.0  # decode steps per token; far beyond any engine
 MAX_GUARD_WINDOW = 10_000  # finished requests; the rank correlation is recomputed over it at every finish
 MAX_GENERATION = 2**63 - 1  # an int64, as Kubernetes' metadata.generation
 # The shipped starvation guard (measured in docs/benchmarks.md, "The starvation guard"): a
@@ -159,6 +160,19 @@ class SchedulerSettings(_Wire):
         "admitted on, ranks it (0: from the probe's first reading)",
     )
 
+    preemption_by_benefit: bool = Field(
+        default=False,
+        description="preempt a running request only when the newcomer's expected remaining length is shorter by "
+        "more than one standard deviation of the difference plus the victim's recompute cost (c stays the limit)",
+    )
+    recompute_token_cost: float = Field(
+        default=0.01,
+        ge=0,
+        le=MAX_RECOMPUTE_TOKEN_COST,
+        description="decode steps one prompt or generated token costs when a preempted request is prefilled "
+        "again (read with preemptionByBenefit)",
+    )
+
     prediction_guard: bool = Field(
         default=False,
         description="measure how well the first length predictions rank finished requests and how often a "
@@ -259,11 +273,11 @@ class SchedulerSettings(_Wire):
             )
         return value
 
-    @field_validator("prediction_guard", mode="before")
+    @field_validator("preemption_by_benefit", "prediction_guard", mode="before")
     @classmethod
-    def _switch(cls, value: Any) -> Any:
+    def _switch(cls, value: Any, info: ValidationInfo) -> Any:
         if not isinstance(value, bool):
-            raise ValueError(f"prediction_guard must be true or false, got {_shown(value)}")
+            raise ValueError(f"{info.field_name} must be true or false, got {_shown(value)}")
         return value
 
     @classmethod
@@ -281,6 +295,7 @@ class SchedulerSettings(_Wire):
         return value
 
     @field_validator(
+        "recompute_token_cost",
         "prediction_guard_min_rank_correlation",
         "prediction_guard_max_regret_ratio",
         "prediction_guard_hysteresis",

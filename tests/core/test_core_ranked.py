@@ -26,7 +26,10 @@ settings_drawn = st.builds(
     max_wait_seconds=st.none() | st.floats(1.0, 50.0),
     preemption_margin=st.sampled_from([0.0, 10.0, 100.0]),
     max_preemptions=st.none() | st.integers(1, 3),
+    preemption_by_benefit=st.booleans(),
+    recompute_token_cost=st.sampled_from([0.0, 0.01, 1.0]),
 )
+spreads = st.sampled_from([0.0, 5.0, 50.0])
 # Mostly full, so that decisions preempt.
 rooms = st.builds(Room, free_slots=st.sampled_from([0, 0, 0, 1, 2]), free_blocks=st.integers(0, 12))
 
@@ -41,9 +44,9 @@ class SameDecisions(RuleBasedStateMachine):
         self.next_id = 0
         self.decisions = 0
 
-    @rule(rank=ranks, arrival=arrivals, blocks=st.integers(0, 6), true=st.none() | ranks)
-    def arrive(self, rank, arrival, blocks, true) -> None:
-        view = WaitingRequest(f"q{self.next_id}", arrival, rank, blocks_needed=blocks, true_remaining=true)
+    @rule(rank=ranks, arrival=arrivals, blocks=st.integers(0, 6), true=st.none() | ranks, spread=spreads)
+    def arrive(self, rank, arrival, blocks, true, spread) -> None:
+        view = WaitingRequest(f"q{self.next_id}", arrival, rank, blocks, true, remaining_spread=spread)
         self.next_id += 1
         self.waiting[view.request_id] = view
         self.queues.set_waiting(view)
@@ -61,13 +64,15 @@ class SameDecisions(RuleBasedStateMachine):
             predicted_remaining=view.predicted_remaining,
             blocks_held=blocks,
             true_remaining=view.true_remaining,
+            remaining_spread=view.remaining_spread,
+            recompute_tokens=view.blocks_needed * 16,
         )
         self.running[started.request_id] = started
         self.queues.set_running(started)
 
     @precondition(lambda self: self.running)
-    @rule(data=st.data(), tokens=st.integers(0, 40), rank=st.none() | ranks, blocks=st.integers(0, 2))
-    def generate(self, data, tokens, rank, blocks) -> None:
+    @rule(data=st.data(), tokens=st.integers(0, 40), rank=st.none() | ranks, blocks=st.integers(0, 2), spread=spreads)
+    def generate(self, data, tokens, rank, blocks, spread) -> None:
         """Tokens, a probe reading (a new estimate) or neither, and the blocks they fill."""
         view = self.running[data.draw(st.sampled_from(sorted(self.running)))]
         moved = replace(
@@ -75,6 +80,8 @@ class SameDecisions(RuleBasedStateMachine):
             generated_tokens=view.generated_tokens + tokens,
             predicted_remaining=max(0.0, view.predicted_remaining - tokens) if rank is None else rank,
             blocks_held=view.blocks_held + blocks,
+            remaining_spread=view.remaining_spread if rank is None else spread,
+            recompute_tokens=view.recompute_tokens + tokens,
         )
         self.running[moved.request_id] = moved
         self.queues.set_running(moved)
@@ -85,7 +92,12 @@ class SameDecisions(RuleBasedStateMachine):
         """Preempted (by the decision or by memory pressure): it waits again, one preemption more."""
         view = self.running.pop(data.draw(st.sampled_from(sorted(self.running))))
         waiting = WaitingRequest(
-            view.request_id, view.arrival_time, view.predicted_remaining, view.blocks_held, view.true_remaining
+            view.request_id,
+            view.arrival_time,
+            view.predicted_remaining,
+            view.blocks_held,
+            view.true_remaining,
+            remaining_spread=view.remaining_spread,
         )
         self.waiting[waiting.request_id] = waiting
         self.queues.set_waiting(waiting)

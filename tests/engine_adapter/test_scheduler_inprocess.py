@@ -88,6 +88,16 @@ def test_limited_preemption_displaces_only_young_requests(make_engine, policy, c
     assert {r.request_id for r in (old, young) if r.num_preemptions} == victims
 
 
+@pytest.mark.parametrize(("cost", "victims"), [(0.0, {"old", "young"}), (1.0, {"young"}), (100.0, set())])
+def test_preemption_by_benefit_displaces_only_whom_it_pays_to(make_engine, cost, victims):
+    """About 30 tokens in, young has ~370 left and old ~10, the short ones 4; resuming either
+    prefills its ~46 prompt and generated tokens again, at ``cost`` steps a token."""
+    engine = make_engine(policy="trail", c=100.0, preemption_by_benefit=True, recompute_token_cost=cost)
+    _, _, output = _short_ones_arrive(engine)
+    assert set(output.preempted_req_ids) == victims
+    engine.run_to_completion()
+
+
 def test_a_displaced_request_is_not_resumed_in_the_same_step(make_engine):
     """vLLM admits waiting requests right after TRAIL preempts: a victim that kept its
     running priority could take a slot back at once, to be displaced again next step."""

@@ -69,7 +69,11 @@ class RankedQueues:
         key = (self._rank(view), view.arrival_time, rid)
         if old is None:
             bisect.insort(self._waiting_arrivals, (view.arrival_time, rid))
-        elif key == self._waiting_keys[rid] and old.blocks_needed == view.blocks_needed:
+        elif (
+            key == self._waiting_keys[rid]
+            and old.blocks_needed == view.blocks_needed
+            and old.remaining_spread == view.remaining_spread
+        ):
             return
         else:
             _remove(self._waiting_ranked, self._waiting_keys[rid])
@@ -92,6 +96,8 @@ class RankedQueues:
             key == self._running_keys[rid]
             and old.blocks_held == view.blocks_held
             and protected == (rid in self._always_protected)
+            and old.remaining_spread == view.remaining_spread
+            and old.recompute_tokens == view.recompute_tokens
         ):
             return
         else:
@@ -189,6 +195,7 @@ class RankedQueues:
 
         slots, blocks = room.free_slots, room.free_blocks
         margin = self.policy.settings.preemption_margin
+        pays = self.policy.displacement_pays
         admit: list[str] = []
         victims: list[RankKey] = []
         displacements: list[tuple[str, str]] = []
@@ -204,7 +211,12 @@ class RankedQueues:
             if not (slots >= 1 and blocks >= needed):
                 threshold = (float("-inf") if is_starved else key[1]) + margin
                 taken = next_candidate
-                while (victim := candidate(taken)) is not None and victim[0] > threshold:
+                newcomer = self._waiting[rid]
+                while (
+                    (victim := candidate(taken)) is not None
+                    and victim[0] > threshold
+                    and (is_starved or pays(running[victim[2]], newcomer))
+                ):
                     slots, blocks = slots + 1, blocks + running[victim[2]].blocks_held
                     taken += 1
                     if slots >= 1 and blocks >= needed:

@@ -476,6 +476,7 @@ class TrailSchedulingMixin:
             predicted_remaining=state.predicted_remaining if state else self.trail_tracker.unknown_estimate,
             blocks_needed=math.ceil(request.num_tokens / self.block_size),
             true_remaining=state.true_remaining if state else None,
+            remaining_spread=state.remaining_spread if state else 0.0,
         )
 
     def _running_view(self, request) -> RunningRequest:
@@ -492,6 +493,9 @@ class TrailSchedulingMixin:
             blocks_held=math.ceil(request.num_computed_tokens / self.block_size),
             preemptions=request.num_preemptions,
             true_remaining=state.true_remaining if state else None,
+            remaining_spread=state.remaining_spread if state else 0.0,
+            # The prefix cache may still hold some of it when it resumes; nobody knows how much now.
+            recompute_tokens=request.num_tokens,
         )
 
     def _trail_request_stats(self, request, running: bool) -> RequestStats:
