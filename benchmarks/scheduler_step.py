@@ -1,11 +1,15 @@
-"""TRAIL's per-step cost in vLLM's scheduler: building the core's views of every request,
-the policy's decision, and encoding it as priorities, at 1,000 waiting / 256 running.
+"""TRAIL's per-step cost in vLLM's scheduler: telling the kept decision what changed, the
+decision, and encoding it as priorities, at 1,000 waiting / 256 running.
 
 The scheduler is the real ``TrailScheduler`` built without a model, as the in-process
 tests build it (``tests/engine_adapter/harness.py``): 256 requests decoding, 1,000 queued,
-predicted lengths spread over 1-512 tokens. ``c = 0`` so the timed calls preempt nothing
-and every call sees the same state ("nothing changed"); ``c = 1`` times a step whose
-decision preempts (each call on a freshly built state, fewer repeats).
+predicted lengths spread over 1-512 tokens. ``c = 0`` so the timed calls preempt nothing:
+a step where nothing changed; one where a few running requests' estimates moved (8 of
+them generated a token since the last step); one where every running request did (a
+decode step); and, for comparison, the policy's decision rebuilt from every request's
+view, as every step did before the decision was kept between steps. ``c = 1`` times a
+step whose decision preempts (each call on a freshly built state whose requests the kept
+decision has taken in, fewer repeats).
 
     .venv/bin/python benchmarks/scheduler_step.py [--repeats 200] [--out docs/benchmarks/scheduler_step.json]
 """
@@ -56,17 +60,38 @@ def timed(call, repeats: int) -> dict[str, float]:
     return {"median_ms": statistics.median(samples), "p90_ms": statistics.quantiles(samples, n=10)[-1]}
 
 
+def estimates_moved(scheduler: TrailScheduler, count: int, rng: random.Random):
+    """A step in which ``count`` running requests generated a token (their estimates count down)."""
+    running = [r.request_id for r in scheduler.running]
+
+    def step() -> None:
+        moved = rng.sample(running, count)
+        for request_id in moved:
+            scheduler.trail_tracker.advance(request_id, 1)
+        scheduler._trail_changed.update(moved)
+        scheduler._trail_order_and_preempt()
+
+    return step
+
+
 def parts(scheduler: TrailScheduler, repeats: int) -> dict[str, dict[str, float]]:
-    """The whole step, and the policy's decision alone, on the same state."""
+    """Steps with nothing, a few and every running request changed; the rebuilt decision."""
     from trail_scheduler.core.policy import Room
 
+    rng = random.Random(1)
+    scheduler._trail_order_and_preempt()  # the first decision takes in every request
+    unchanged = timed(scheduler._trail_order_and_preempt, repeats)
+    few_moved = timed(estimates_moved(scheduler, 8, rng), repeats)
+    all_moved = timed(estimates_moved(scheduler, len(scheduler.running), rng), repeats)
     now = time.time()
     waiting = [scheduler._waiting_view(r) for r in scheduler.waiting]
     running = [scheduler._running_view(r) for r in scheduler.running]
     room = Room(free_slots=0, free_blocks=scheduler.kv_cache_manager.block_pool.get_num_free_blocks())
     return {
-        "whole_step": timed(scheduler._trail_order_and_preempt, repeats),
-        "decide_alone": timed(lambda: scheduler.trail_policy.decide(waiting, running, room, now), repeats),
+        "nothing_changed": unchanged,
+        "8_estimates_moved": few_moved,
+        "every_running_estimate_moved": all_moved,
+        "rebuilt_decision_alone": timed(lambda: scheduler.trail_policy.decide(waiting, running, room, now), repeats),
     }
 
 
@@ -79,13 +104,14 @@ def main() -> int:
     preempting = [loaded_scheduler(c=1.0, seed=s) for s in range(min(args.repeats, 20))]
     samples = []
     for scheduler in preempting:
+        scheduler._trail_tell_changes()  # the requests taken in, as the steps before would have
         started = time.perf_counter()
         scheduler._trail_order_and_preempt()
         samples.append((time.perf_counter() - started) * 1e3)
     result = {
         "running": RUNNING,
         "waiting": WAITING,
-        "nothing_changed": steady,
+        "steps": steady,
         "preempting_step": {
             "median_ms": statistics.median(samples),
             "calls": len(samples),

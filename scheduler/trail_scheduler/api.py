@@ -42,6 +42,8 @@ MAX_WAIT_SECONDS = 604_800.0  # one week
 MAX_PREEMPTION_MARGIN = 1_000_000.0  # tokens
 MAX_PREEMPTIONS = 1_000_000
 MAX_PROBE_RANKS_AFTER = 1_000_000  # tokens; longer than any context
+MAX_RECOMPUTE_TOKEN_COST = 1000.0  # decode steps per token; far beyond any engine
+MAX_GUARD_WINDOW = 10_000  # finished requests; the rank correlation is recomputed over it at every finish
 MAX_GENERATION = 2**63 - 1  # an int64, as Kubernetes' metadata.generation
 # The shipped starvation guard (measured in docs/benchmarks.md, "The starvation guard"): a
 # request is preempted at most once, so shortest-first cannot make it recompute again and
@@ -69,6 +71,20 @@ class RefinementPrior(str, Enum):
     PROBE = "probe"  # the probe's reading of the prompt (p⁰), as the paper does
     PROMPT = "prompt"  # the prompt predictor's distribution; the probe's reading of the prompt is not used
     BOTH = "both"  # the prompt predictor's distribution, updated by the probe's reading of the prompt
+
+
+class GuardLevel(str, Enum):
+    """How far the prediction guard has fallen back (core/guard.py): the policy as set, no
+    preemption (as c = 0), or first come, first served."""
+
+    TRUSTING = "trusting"
+    NO_PREEMPTION = "no-preemption"
+    ARRIVAL_ORDER = "arrival-order"
+
+    @property
+    def fallback(self) -> int:
+        """0, 1 or 2: the level as a number (the trail_prediction_guard_level gauge)."""
+        return list(GuardLevel).index(self)
 
 
 def _is_number(value: Any) -> bool:
@@ -144,6 +160,59 @@ class SchedulerSettings(_Wire):
         "admitted on, ranks it (0: from the probe's first reading)",
     )
 
+    preemption_by_benefit: bool = Field(
+        default=False,
+        description="preempt a running request only when the newcomer's expected remaining length is shorter by "
+        "more than one standard deviation of the difference plus the victim's recompute cost (c stays the limit)",
+    )
+    recompute_token_cost: float = Field(
+        default=0.01,
+        ge=0,
+        le=MAX_RECOMPUTE_TOKEN_COST,
+        description="decode steps one prompt or generated token costs when a preempted request is prefilled "
+        "again (read with preemptionByBenefit)",
+    )
+
+    prediction_guard: bool = Field(
+        default=False,
+        description="measure how well the first length predictions rank finished requests and how often a "
+        "preemption is regretted, and fall back (no preemption, then arrival order) while they are weak",
+    )
+    prediction_guard_window: int = Field(
+        default=200,
+        ge=10,
+        le=MAX_GUARD_WINDOW,
+        description="finished requests (and resolved preemptions) the prediction guard measures over",
+    )
+    prediction_guard_min_samples: int = Field(
+        default=50,
+        ge=2,
+        le=MAX_GUARD_WINDOW,
+        description="samples the prediction guard needs before it changes level, and finished requests between "
+        "two changes (at most the window)",
+    )
+    prediction_guard_min_rank_correlation: float = Field(
+        default=0.2,
+        ge=-1,
+        le=1,
+        description="below this rank correlation between first predictions and lengths the prediction guard "
+        "falls back one level",
+    )
+    prediction_guard_max_regret_ratio: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="above this share of regretted preemptions (the victim had less left than its displacer) "
+        "the prediction guard stops preempting",
+    )
+    prediction_guard_hysteresis: float = Field(
+        default=0.1,
+        ge=0,
+        le=2,
+        description="how far above its threshold the rank correlation must be before the prediction guard "
+        "trusts the predictions one level more",
+    )
+
     @field_validator("policy", "refinement_prior", mode="before")
     @classmethod
     def _known_choice(cls, value: Any, info: ValidationInfo) -> Enum:
@@ -202,6 +271,41 @@ class SchedulerSettings(_Wire):
             raise ValueError(
                 f"probe_ranks_after must be an integer from 0 to {MAX_PROBE_RANKS_AFTER} tokens, got {_shown(value)}"
             )
+        return value
+
+    @field_validator("preemption_by_benefit", "prediction_guard", mode="before")
+    @classmethod
+    def _switch(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, bool):
+            raise ValueError(f"{info.field_name} must be true or false, got {_shown(value)}")
+        return value
+
+    @classmethod
+    def _field_bounds(cls, name: str) -> tuple[float, float]:
+        """A field's ``ge`` and ``le`` (one statement of each range: the Field's)."""
+        found = {type(m).__name__: m for m in cls.model_fields[name].metadata}
+        return found["Ge"].ge, found["Le"].le
+
+    @field_validator("prediction_guard_window", "prediction_guard_min_samples", mode="before")
+    @classmethod
+    def _guard_count(cls, value: Any, info: ValidationInfo) -> Any:
+        low, high = cls._field_bounds(info.field_name)
+        if not (_is_integer(value) and low <= value <= high):
+            raise ValueError(f"{info.field_name} must be an integer from {low} to {high}, got {_shown(value)}")
+        return value
+
+    @field_validator(
+        "recompute_token_cost",
+        "prediction_guard_min_rank_correlation",
+        "prediction_guard_max_regret_ratio",
+        "prediction_guard_hysteresis",
+        mode="before",
+    )
+    @classmethod
+    def _guard_threshold(cls, value: Any, info: ValidationInfo) -> Any:
+        low, high = cls._field_bounds(info.field_name)
+        if not (_is_number(value) and low <= value <= high):
+            raise ValueError(f"{info.field_name} must be a number from {low:g} to {high:g}, got {_shown(value)}")
         return value
 
     @field_validator("max_preemptions", mode="before")
@@ -385,6 +489,21 @@ class RequestStats(_Wire):
     preemptions: int = 0
 
 
+class GuardView(_Wire):
+    """The prediction guard's measures and level (null measures: too few samples yet)."""
+
+    enabled: bool
+    level: GuardLevel
+    rank_correlation: float | None = Field(
+        description="Spearman's, first predictions against lengths, over the window of finished requests"
+    )
+    regret_ratio: float | None = Field(
+        description="share of resolved preemptions in the window where the victim had less left than its displacer"
+    )
+    samples: int = Field(description="finished requests in the window")
+    resolved_preemptions: int = Field(description="preemptions in the window whose two requests both finished")
+
+
 class StatsView(_Wire):
     """Reply of ``GET /trail/v1/stats``."""
 
@@ -405,3 +524,4 @@ class StatsView(_Wire):
     predicted_drain_seconds: float | None = Field(
         default=None, description="the backlog over the output rate measured while busy (None: no rate measured yet)"
     )
+    prediction_guard: GuardView | None = Field(default=None, description="the prediction guard's measures and level")

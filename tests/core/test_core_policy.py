@@ -55,12 +55,22 @@ def scheduling_inputs(draw, policies=ALL_POLICIES):
         max_wait_seconds=draw(st.none() | st.floats(1.0, 50.0)),
         preemption_margin=draw(st.sampled_from([0.0, 10.0, 100.0])),
         max_preemptions=draw(st.none() | st.integers(0, 3)),
+        preemption_by_benefit=draw(st.booleans()),
+        recompute_token_cost=draw(st.sampled_from([0.0, 0.01, 1.0])),
     )
     # Draw ranks and arrivals from small sets so ties are common.
     ranks = st.sampled_from([5.0, 50.0, 50.0, 300.0]) | lengths
     arrivals = st.sampled_from([0.0, 1.0]) | times
+    spreads = st.sampled_from([0.0, 5.0, 50.0])
     waits = [
-        WaitingRequest(f"w{i}", draw(arrivals), draw(ranks), draw(st.integers(0, 8)), draw(st.none() | lengths))
+        WaitingRequest(
+            f"w{i}",
+            draw(arrivals),
+            draw(ranks),
+            draw(st.integers(0, 8)),
+            draw(st.none() | lengths),
+            remaining_spread=draw(spreads),
+        )
         for i in range(draw(st.integers(0, 8)))
     ]
     runs = []
@@ -76,6 +86,8 @@ def scheduling_inputs(draw, policies=ALL_POLICIES):
                 blocks_held=draw(st.integers(0, 8)),
                 preemptions=draw(st.integers(0, 4)),
                 true_remaining=draw(st.none() | lengths),
+                remaining_spread=draw(spreads),
+                recompute_tokens=draw(st.integers(0, 500)),
             )
         )
     room = Room(draw(st.integers(0, 4)), draw(st.integers(0, 20)))
@@ -113,7 +125,11 @@ def test_decisions_are_feasible_and_never_preempt_protected_requests(inputs):
         assert is_preemptible(victim.generated_tokens, initial, knobs.c)
         assert knobs.max_preemptions is None or victim.preemptions < knobs.max_preemptions
         margin = knobs.preemption_margin
-        assert any(policy.starved(w, now) or policy.rank(victim) > policy.rank(w) + margin for w in admitted)
+        assert any(
+            policy.starved(w, now)
+            or (policy.rank(victim) > policy.rank(w) + margin and policy.displacement_pays(victim, w))
+            for w in admitted
+        )
     assert d.promoted == sum(policy.starved(w, now) for w in admitted)
     assert len(admitted) <= room.free_slots + len(victims)
     assert sum(w.blocks_needed for w in admitted) <= room.free_blocks + sum(v.blocks_held for v in victims)
@@ -450,3 +466,33 @@ def test_a_request_ranked_between_two_tied_victims_waits_behind_the_better_one()
     d = decide("trail", queue, batch, slots=0, blocks=0, c=0.8)
     assert d.preempt == ("b", "a") and d.admit == ("head",)
     assert d.waiting_order == ("head", "a", "ab", "b")
+
+
+@given(scheduling_inputs(policies=["trail", "trail-oracle"]))
+def test_each_victim_is_paired_with_the_admitted_request_it_made_room_for(inputs):
+    _, d = run_decide(inputs)
+    assert [victim for _, victim in d.displacements] == list(d.preempt)
+    assert {displacer for displacer, _ in d.displacements} <= set(d.admit)
+
+
+@pytest.mark.parametrize(
+    ("recompute_tokens", "spread", "preempts"),
+    [(0, 0.0, True), (100, 0.0, True), (300, 0.0, False), (0, 150.0, False), (0, 100.0, True)],
+)
+def test_preemption_by_benefit_weighs_the_gain_against_recompute_and_uncertainty(recompute_tokens, spread, preempts):
+    """The young request has 300 left, the newcomer 100: a gain of 200 tokens, less one standard
+    deviation of the difference (both spreads ``spread``: spread x 1.41), against 1 step per
+    recomputed token."""
+    young = replace(running("young", 0, 300.0), remaining_spread=spread, recompute_tokens=recompute_tokens)
+    newcomer = replace(waiting("new", 100.0), remaining_spread=spread)
+    knobs = {"c": 1.0, "preemption_by_benefit": True, "recompute_token_cost": 1.0}
+    d = decide("trail", [newcomer], [young], **knobs)
+    assert d.preempt == (("young",) if preempts else ())
+    assert decide("trail", [newcomer], [young], c=1.0).preempt == ("young",)  # the switch off: rank alone
+
+
+def test_a_starved_request_displaces_whatever_the_recompute_costs():
+    young = replace(running("young", 0, 300.0, arrival=50.0), recompute_tokens=10_000)
+    old = waiting("old", 100.0, arrival=0.0)
+    d = decide("trail", [old], [young], now=60.0, c=1.0, max_wait_seconds=30.0, preemption_by_benefit=True)
+    assert d.preempt == ("young",)

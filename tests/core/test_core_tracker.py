@@ -217,3 +217,21 @@ def test_by_default_the_belief_ranks_from_the_first_reading(probe_ranks_after):
     tracker.advance("a", 1)
     tracker.observe(["a"], one_hot(8)[None], [True])
     assert tracker.get("a").predicted_remaining == pytest.approx(BINS.representatives[8], rel=1e-3)
+
+
+def test_the_spread_is_the_distribution_that_ranks_the_request():
+    """The prompt predictor's distribution's until the belief ranks, then the belief's; none
+    (0) without a distribution."""
+    two_bins = np.zeros(BINS.count)
+    two_bins[[0, 4]] = 0.5
+    tracker = PredictionTracker(BINS, SchedulerSettings(probe_ranks_after=2))
+    tracker.add("a", prompt_estimate=100, prompt_distribution=(BINS, two_bins))
+    tracker.add("b", prompt_estimate=100)
+    values = np.asarray(BINS.representatives)
+    assert tracker.get("a").remaining_spread == pytest.approx((values[4] - values[0]) / 2)
+    assert tracker.get("b").remaining_spread == 0.0
+    tracker.observe(["a"], one_hot(3)[None], [True])  # read, not ranking yet
+    assert tracker.get("a").remaining_spread == pytest.approx((values[4] - values[0]) / 2)
+    tracker.advance("a", 2)
+    tracker.observe(["a"], one_hot(3)[None], [False])
+    assert tracker.get("a").belief_ranks and tracker.get("a").remaining_spread < 1.0  # a one-hot belief

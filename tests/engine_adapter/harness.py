@@ -141,7 +141,8 @@ class Engine:
 
     After every applied output it checks that the tracker counts exactly the tokens
     vLLM gave each request (under async the outputs arrive late and may be stale), and
-    that the scheduler's cached views of waiting requests still match the tracker.
+    before every step that the decision the scheduler keeps between steps holds exactly
+    the views a rebuild would make of its waiting and running requests.
     """
 
     def __init__(self, scheduler: TrailSchedulingMixin) -> None:
@@ -159,6 +160,7 @@ class Engine:
 
     def step(self):
         """One engine step: schedule, and apply the oldest output once the queue is full."""
+        self._check_kept_views()
         output = self.scheduler.schedule()
         self.in_flight.append((output, self._run(output)))
         while len(self.in_flight) >= self.depth:
@@ -206,6 +208,13 @@ class Engine:
             runner_output.trail_evidence = StepEvidence(ids, np.stack(rows), from_prefill, self.probe_sha256)
         return runner_output
 
+    def _check_kept_views(self) -> None:
+        """What the next decision will see: the views a rebuild would make of every request."""
+        scheduler = self.scheduler
+        scheduler._trail_tell_changes()
+        assert scheduler.trail_queues.waiting == {r.request_id: scheduler._waiting_view(r) for r in scheduler.waiting}
+        assert scheduler.trail_queues.running == {r.request_id: scheduler._running_view(r) for r in scheduler.running}
+
     def _apply(self) -> None:
         output, runner_output = self.in_flight.popleft()
         self.scheduler.update_from_output(output, runner_output)
@@ -213,8 +222,3 @@ class Engine:
             state = self.scheduler.trail_tracker.get(rid)
             counted = None if state is None else state.generated
             assert counted == request.num_output_tokens, f"{rid}: tracker {counted}, vLLM {request.num_output_tokens}"
-        for rid, view in self.scheduler._trail_waiting_views.items():  # cached views are current
-            request = self.scheduler.requests.get(rid)
-            if request is not None and request in self.scheduler.waiting.unordered():
-                fresh = self.scheduler.trail_tracker.get(rid)
-                assert fresh is None or view.predicted_remaining == fresh.predicted_remaining, rid

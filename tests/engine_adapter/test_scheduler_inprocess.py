@@ -88,6 +88,16 @@ def test_limited_preemption_displaces_only_young_requests(make_engine, policy, c
     assert {r.request_id for r in (old, young) if r.num_preemptions} == victims
 
 
+@pytest.mark.parametrize(("cost", "victims"), [(0.0, {"old", "young"}), (1.0, {"young"}), (100.0, set())])
+def test_preemption_by_benefit_displaces_only_whom_it_pays_to(make_engine, cost, victims):
+    """About 30 tokens in, young has ~370 left and old ~10, the short ones 4; resuming either
+    prefills its ~46 prompt and generated tokens again, at ``cost`` steps a token."""
+    engine = make_engine(policy="trail", c=100.0, preemption_by_benefit=True, recompute_token_cost=cost)
+    _, _, output = _short_ones_arrive(engine)
+    assert set(output.preempted_req_ids) == victims
+    engine.run_to_completion()
+
+
 def test_a_displaced_request_is_not_resumed_in_the_same_step(make_engine):
     """vLLM admits waiting requests right after TRAIL preempts: a victim that kept its
     running priority could take a slot back at once, to be displaced again next step."""
@@ -373,7 +383,7 @@ def test_a_probe_failing_on_the_workers_falls_back_to_first_come_first_served(ma
     assert "illegal memory access" in config.probe_failure
     assert scheduler.trail_stats().probe_failure == config.probe_failure
     assert config.policy.value == "trail"  # the settings in force are unchanged; the ranking falls back
-    assert scheduler.trail_metrics.drain([], config).probe_failures == 1
+    assert scheduler.trail_drain_metrics().probe_failures == 1
     # Arrival order wins now, whatever the estimates say.
     engine.add(make_request("long", max_tokens=4, estimate=500, arrival_time=time.time()))
     engine.add(make_request("short", max_tokens=4, estimate=5, arrival_time=time.time() + 1))
@@ -387,3 +397,63 @@ def test_a_probe_failing_on_the_workers_falls_back_to_first_come_first_served(ma
     engine.add(make_request("short2", max_tokens=4, estimate=5, arrival_time=time.time() + 1))
     engine.add(make_request("blocker", max_tokens=4, estimate=1, arrival_time=time.time() - 1))
     assert admitted(engine.run_to_completion()) == ["blocker", "short2", "long2"]
+
+
+# -- the prediction guard ---------------------------------------------------------------
+
+GUARDED = {
+    "policy": "trail",
+    "c": 2.0,
+    "max_preemptions": None,
+    "prediction_guard": True,
+    "prediction_guard_window": 20,
+    "prediction_guard_min_samples": 6,
+}
+
+
+def _serve_a_stream(engine: Engine, estimate) -> tuple[list[str], list[tuple[str, int]]]:
+    """Forty requests of 3-40 tokens, one arriving per step, two slots; each predicted
+    ``estimate(length)``. Returns the admission order and, per step, the guard's level and
+    the policy preemptions so far."""
+    lengths = [3 + (17 * i) % 38 for i in range(40)]
+    admissions, trace = [], []
+    for step in range(2000):
+        if step < len(lengths):
+            length = lengths[step]
+            engine.add(make_request(f"q{step:02d}", max_tokens=length, estimate=estimate(length), arrival_time=step))
+        elif not engine.scheduler.has_requests():
+            break
+        output = engine.step()
+        admissions += [new.req_id for new in output.scheduled_new_reqs]
+        trace.append((engine.scheduler.trail_guard.level.value, engine.scheduler.trail_metrics.preemptions["policy"]))
+    engine.drain()
+    return admissions, trace
+
+
+def test_reversed_predictions_trip_the_guard_it_stops_preempting_then_serves_in_arrival_order(make_engine):
+    engine = make_engine(max_num_seqs=2, **GUARDED)
+    admissions, trace = _serve_a_stream(engine, lambda length: 60 - length)
+    levels = [level for level, _ in trace]
+    stopped = levels.index("no-preemption")
+    assert trace[stopped][1] > 0, "it preempted on the reversed predictions before it tripped"
+    arrival_order = levels.index("arrival-order")
+    assert stopped < arrival_order
+    # From the first trip on, nothing is preempted for the ranking's sake.
+    assert {preempted for _, preempted in trace[stopped:]} == {trace[stopped][1]}
+    assert set(levels[arrival_order:]) == {"arrival-order"}
+    # Requests admitted after the fallback were admitted first come, first served.
+    later = admissions[len(admissions) - 10 :]
+    assert later == sorted(later)
+    stats = engine.scheduler.trail_stats().prediction_guard
+    assert stats.level.value == "arrival-order" and stats.rank_correlation < 0
+    assert engine.scheduler.trail_policy.name.value == "fcfs"
+    assert engine.scheduler.trail_config().policy.value == "trail"  # the settings stay as set
+
+
+def test_good_predictions_never_trip_the_guard(make_engine):
+    engine = make_engine(max_num_seqs=2, **GUARDED)
+    _, trace = _serve_a_stream(engine, lambda length: float(length))
+    assert {level for level, _ in trace} == {"trusting"}
+    stats = engine.scheduler.trail_stats().prediction_guard
+    assert stats.rank_correlation > 0.9 and stats.samples == 20
+    assert trace[-1][1] > 0 and stats.regret_ratio == 0.0  # it preempted, and none was regretted

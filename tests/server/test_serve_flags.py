@@ -49,3 +49,14 @@ def test_a_deadline_must_be_positive(deadline):
 def test_without_probe_flags_files_are_off_and_any_host_goes():
     sources = probe_sources(serve_args()[0])
     assert (sources.dirs, sources.hosts, sources.deadline) == ((), (), 60.0)
+
+
+@pytest.mark.parametrize(("value", "enabled"), [("true", True), ("false", False)])
+def test_a_switch_setting_takes_true_or_false(value, enabled):
+    args, extra = serve_args("--prediction-guard", value)
+    assert (args.prediction_guard, extra) == (enabled, [])
+
+
+def test_a_switch_setting_refuses_anything_else():
+    with pytest.raises(SystemExit):
+        serve_args("--prediction-guard", "yes")

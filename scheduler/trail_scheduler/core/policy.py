@@ -38,6 +38,7 @@ class WaitingRequest:
     predicted_remaining: float  # prompt estimate, or the refined one if it was preempted
     blocks_needed: int = 0
     true_remaining: float | None = None  # oracle only
+    remaining_spread: float = 0.0  # standard deviation of predicted_remaining (0: unknown)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class RunningRequest:
     blocks_held: int = 0
     preemptions: int = 0
     true_remaining: float | None = None  # oracle only
+    remaining_spread: float = 0.0  # standard deviation of predicted_remaining (0: unknown)
+    recompute_tokens: int = 0  # what resuming it after a preemption would prefill again
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ class Decision:
     victim_order: tuple[str, ...] = ()
     protected: frozenset[str] = field(default_factory=frozenset)
     promoted: int = 0  # how many of ``admit`` the starvation guard put in front
+    # (displacer, victim) for each of ``preempt``: the admitted request it made room for.
+    displacements: tuple[tuple[str, str], ...] = ()
 
 
 class Policy:
@@ -131,6 +136,19 @@ class Policy:
     def preemptible(self, request: RunningRequest, now: float) -> bool:
         return self.preemptible_predicate(now)(request)
 
+    def displacement_pays(self, victim: RunningRequest, newcomer: WaitingRequest) -> bool:
+        """With ``preemption_by_benefit``: whether running the newcomer first gains more than
+        the victim's recompute costs. The gain is the difference of expected remaining lengths
+        less one standard deviation of that difference (so it must pay even when both estimates
+        are off by a typical error); the cost, the victim's tokens to prefill again at
+        ``recompute_token_cost`` decode steps each. Always true with the switch off."""
+        s = self.settings
+        if not s.preemption_by_benefit:
+            return True
+        rank = self.rank_function()
+        gain = rank(victim) - rank(newcomer) - math.hypot(victim.remaining_spread, newcomer.remaining_spread)
+        return gain > s.recompute_token_cost * victim.recompute_tokens
+
     # -- the decision ----------------------------------------------------------
     def decide(
         self,
@@ -161,6 +179,7 @@ class Policy:
         slots, blocks = room.free_slots, room.free_blocks
         admit: list[str] = []
         victims: list[RunningRequest] = []
+        displacements: list[tuple[str, str]] = []
         margin = self.settings.preemption_margin
         best_victim_key = None  # victims wait again: nobody ranked behind one may take the room it left
         promoted = 0
@@ -172,7 +191,13 @@ class Policy:
             if not (slots >= 1 and blocks >= needed):  # make room by displacing worse-ranked young requests
                 threshold = (-math.inf if starved else rank(request)) + margin
                 taken = next_candidate
-                while taken < len(candidates) and rank(candidates[taken]) > threshold:
+                # Worst-ranked first, as long as displacing each is worth it (a starved request
+                # is let in whatever it costs).
+                while (
+                    taken < len(candidates)
+                    and rank(candidates[taken]) > threshold
+                    and (starved or self.displacement_pays(candidates[taken], request))
+                ):
                     slots, blocks = slots + 1, blocks + candidates[taken].blocks_held
                     taken += 1
                     if slots >= 1 and blocks >= needed:
@@ -181,6 +206,7 @@ class Policy:
                     break  # strict order: nothing behind the head may overtake it
                 if taken > next_candidate:
                     victims += candidates[next_candidate:taken]
+                    displacements += [(request.request_id, r.request_id) for r in candidates[next_candidate:taken]]
                     best_victim_key = waiting_key(candidates[taken - 1])
                 next_candidate = taken
             promoted += starved
@@ -205,4 +231,5 @@ class Policy:
             victim_order=tuple(victim_order),
             protected=protected,
             promoted=promoted,
+            displacements=tuple(displacements),
         )

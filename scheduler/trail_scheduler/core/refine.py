@@ -80,3 +80,13 @@ def expected_remaining(belief: np.ndarray, bins: LengthBins) -> np.ndarray | flo
     """Point estimate: ``Σ q_i · m_i`` with bin representatives ``m_i``."""
     value = np.asarray(belief, dtype=np.float64) @ np.asarray(bins.representatives, dtype=np.float64)
     return float(value) if np.ndim(value) == 0 else value
+
+
+def remaining_spread(belief: np.ndarray, bins: LengthBins) -> np.ndarray | float:
+    """How uncertain the point estimate is: the standard deviation of the remaining length
+    under ``belief`` (bin representatives as the values)."""
+    belief = np.asarray(belief, dtype=np.float64)
+    values = np.asarray(bins.representatives, dtype=np.float64)
+    variance = belief @ (values * values) - (belief @ values) ** 2
+    spread = np.sqrt(np.maximum(variance, 0.0))
+    return float(spread) if np.ndim(spread) == 0 else spread

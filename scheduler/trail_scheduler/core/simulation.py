@@ -165,6 +165,7 @@ def _waiting_view(state: _Served, tracker: PredictionTracker) -> WaitingRequest:
         arrival_time=state.request.arrival,
         predicted_remaining=prediction.predicted_remaining,
         true_remaining=prediction.true_remaining,
+        remaining_spread=prediction.remaining_spread,
     )
 
 
@@ -178,4 +179,6 @@ def _running_view(state: _Served, tracker: PredictionTracker) -> RunningRequest:
         predicted_remaining=prediction.predicted_remaining,
         preemptions=state.preemptions,
         true_remaining=prediction.true_remaining,
+        remaining_spread=prediction.remaining_spread,
+        recompute_tokens=state.request.prompt_tokens + state.generated,
     )

@@ -13,7 +13,7 @@ import numpy as np
 
 from trail_scheduler.api import RefinementPrior, SchedulerSettings
 from trail_scheduler.core.bins import LengthBins
-from trail_scheduler.core.refine import expected_remaining, normalise, refine, update
+from trail_scheduler.core.refine import expected_remaining, normalise, refine, remaining_spread, update
 
 
 @dataclass
@@ -27,6 +27,8 @@ class RequestPrediction:
     generated: int = 0
     tokens_since_evidence: int = 0
     belief_estimate: float | None = None  # E[q] at the last probe reading
+    belief_spread: float | None = None  # its standard deviation
+    prompt_spread: float = 0.0  # the prompt predictor's distribution's (0: it sent none)
     # Whether the belief, rather than the prompt estimate, is what the request is ranked on
     # (see PredictionTracker.probe_ranks_after).
     belief_ranks: bool = False
@@ -39,6 +41,13 @@ class RequestPrediction:
         if self.belief_estimate is None or not self.belief_ranks:
             return max(0.0, self.prompt_estimate - self.generated)
         return max(0.0, self.belief_estimate - self.tokens_since_evidence)
+
+    @property
+    def remaining_spread(self) -> float:
+        """The standard deviation of what ranks the request (0 where no distribution is known)."""
+        if self.belief_spread is None or not self.belief_ranks:
+            return self.prompt_spread
+        return self.belief_spread
 
     @property
     def initial_prediction(self) -> float:
@@ -111,8 +120,14 @@ class PredictionTracker:
         prompt_distribution: tuple[LengthBins, np.ndarray] | None = None,
     ) -> None:
         estimate = self.unknown_estimate if prompt_estimate is None else float(prompt_estimate)
+        spread = (
+            0.0 if prompt_distribution is None else remaining_spread(prompt_distribution[1], prompt_distribution[0])
+        )
         self.requests[request_id] = RequestPrediction(
-            prompt_estimate=estimate, oracle_length=oracle_length, prompt_distribution=prompt_distribution
+            prompt_estimate=estimate,
+            oracle_length=oracle_length,
+            prompt_distribution=prompt_distribution,
+            prompt_spread=spread,
         )
 
     def _start(self, state: RequestPrediction, reading: np.ndarray, prefill: bool) -> np.ndarray:
@@ -168,6 +183,7 @@ class PredictionTracker:
             if state.belief is None:
                 state.belief = self._start(state, evidence[row], prefill)
                 state.belief_estimate = float(expected_remaining(state.belief, self.bins))
+                state.belief_spread = float(remaining_spread(state.belief, self.bins))
                 state.tokens_since_evidence = 0
                 self._rank_on_belief_if_due(state)
                 if state.first_estimate is None:
@@ -186,10 +202,12 @@ class PredictionTracker:
             beliefs = np.stack([priors[i].belief for i in group])
             posterior = refine(beliefs, evidence[[rows[i] for i in group]], self.bins, tokens, self.evidence_weight)
             estimates = expected_remaining(posterior, self.bins)
+            spreads = remaining_spread(posterior, self.bins)
             for j, i in enumerate(group):
                 state = priors[i]
                 state.belief = posterior[j]
                 state.belief_estimate = float(estimates[j])
+                state.belief_spread = float(spreads[j])
                 state.tokens_since_evidence = 0
                 self._rank_on_belief_if_due(state)
 

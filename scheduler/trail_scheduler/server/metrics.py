@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from trail_scheduler.api import CHOICE_SETTINGS, ConfigView, SchedulerSettings
+from trail_scheduler.api import CHOICE_SETTINGS, ConfigView, GuardView, SchedulerSettings
 from trail_scheduler.vllm.control import EngineControl, MetricsDrain
 
 logger = logging.getLogger("trail.metrics")
@@ -56,6 +57,20 @@ PROBE_FAILURES = Counter(
     "trail_probe_failures", "Probe failures on the workers (each drops the probe; ranking falls back to FCFS)"
 )
 PROBE_FAILED = Gauge("trail_probe_failed", "1 while the probe in force has failed (ranking: first come, first served)")
+GUARD_LEVEL = Gauge(
+    "trail_prediction_guard_level",
+    "How far the prediction guard has fallen back: 0 trusting (the policy as set), 1 no preemption (as c = 0), "
+    "2 arrival order (first come, first served)",
+)
+GUARD_RANK_CORRELATION = Gauge(
+    "trail_prediction_guard_rank_correlation",
+    "Spearman's rank correlation of first length predictions with the lengths of the last finished requests "
+    "(NaN: too few yet)",
+)
+GUARD_REGRET_RATIO = Gauge(
+    "trail_prediction_guard_regret_ratio",
+    "Share of the last resolved preemptions whose victim had less left than its displacer (NaN: none yet)",
+)
 # One gauge per numeric setting, named after the settings model's field (unset: 0); a setting
 # that names a choice (the policy, the refinement prior) has one series per choice, 1 for the one in force.
 SETTINGS = {
@@ -97,6 +112,14 @@ def record(drained: MetricsDrain) -> None:
     drain = drained.predicted_drain_seconds
     PREDICTED_DRAIN.set(float("nan") if drain is None else drain)
     record_config(drained.config)
+    if drained.prediction_guard is not None:
+        record_guard(drained.prediction_guard)
+
+
+def record_guard(guard: GuardView) -> None:
+    GUARD_LEVEL.set(guard.level.fallback)
+    GUARD_RANK_CORRELATION.set(math.nan if guard.rank_correlation is None else guard.rank_correlation)
+    GUARD_REGRET_RATIO.set(math.nan if guard.regret_ratio is None else guard.regret_ratio)
 
 
 def record_config(config: ConfigView) -> None:

@@ -89,8 +89,17 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + name.replace("_", "-")
         if name in CHOICE_SETTINGS:
             parser.add_argument(flag, choices=[c.value for c in CHOICE_SETTINGS[name]], help=info.description)
+        elif kind is bool:
+            parser.add_argument(flag, type=_true_or_false, metavar="{true,false}", help=info.description)
         else:
             parser.add_argument(flag, type=kind, help=info.description)
+
+
+def _true_or_false(text: str) -> bool:
+    """A switch's flag value, spelled as in the settings file and the CRD."""
+    if text not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text == "true"
 
 
 def scheduler_settings(args: argparse.Namespace) -> tuple[SchedulerSettings, str | None, int]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from trail_scheduler.api import ConfigUpdate, ConfigView, StatsView
+from trail_scheduler.api import ConfigUpdate, ConfigView, GuardView, StatsView
 
 UTILITY = "scheduler"
 METHODS = ("config", "apply", "stats", "drain_metrics")
@@ -46,6 +46,7 @@ class MetricsDrain(BaseModel):
     predicted_backlog_tokens: float = 0.0  # as in StatsView: the engine's work left, now
     predicted_drain_seconds: float | None = None
     config: ConfigView
+    prediction_guard: GuardView | None = None
 
 
 class EngineControl:
