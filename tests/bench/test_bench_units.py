@@ -199,7 +199,8 @@ def test_short_requests_are_one_line_instructions_or_questions_chosen_by_form(tm
     assert not is_short_request("Give " + "very " * 60 + "long tips")  # over 200 characters
     assert not is_short_request("My dog barks at night.")  # neither an instruction nor a question word
     mixed = tmp_path / "mixed.jsonl"
-    mixed.write_text('{"id": "a", "prompt": "List three fruits."}\n{"id": "b", "prompt": "Here is my essay:\\nfix it"}\n')
+    lines = ['{"id": "a", "prompt": "List three fruits."}', '{"id": "b", "prompt": "Here is my essay:\\nfix it"}']
+    mixed.write_text("\n".join(lines) + "\n")
     assert [p.id for p in load_prompts(mixed, short_requests=True)] == ["a"]
 
 
