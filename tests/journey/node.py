@@ -52,6 +52,7 @@ BRIDGE = "trail-br0"
 POD_NET = "10.244.0"
 GATEWAY = f"{POD_NET}.1"
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+PRODUCT = Path(__file__).resolve().parents[2]  # the checkout the pods run (its .venv is on their PATH)
 BACKOFF_START_S, BACKOFF_CAP_S = 10.0, 40.0
 OWNED_KINDS = {  # what the garbage collector looks at: kind -> API path under a namespace
     "Pod": "/api/v1/namespaces/{ns}/pods",
@@ -326,12 +327,22 @@ class Pod:
         if not command:
             raise LookupError(f"container {container.name} has no command (the node stand-in runs no images)")
         script = ["set -e"]
-        for source, target, read_only in await self._mounts(container):
+        mounts = await self._mounts(container)
+        # The product (this checkout and its virtualenv) is what an image would hold; a volume
+        # mounted over a folder above it (an emptyDir at /tmp, with the clone under /tmp) must not
+        # hide it, so it is set aside first and bound back at its own path after the volumes.
+        covered = any(PRODUCT.is_relative_to(target) for _, target, _ in mounts)
+        staged = shlex.quote(str(self.dir / "product"))
+        if covered:
+            script.append(f"mkdir -p {staged} && mount --bind {shlex.quote(str(PRODUCT))} {staged}")
+        for source, target, read_only in mounts:
             script.append(
                 f"mkdir -p {shlex.quote(target)} && mount --bind {shlex.quote(str(source))} {shlex.quote(target)}"
             )
             if read_only:
                 script.append(f"mount -o remount,bind,ro {shlex.quote(target)}")
+        if covered:
+            script.append(f"mkdir -p {shlex.quote(str(PRODUCT))} && mount --bind {staged} {shlex.quote(str(PRODUCT))}")
         script.append('exec "$@"')
         argv = [
             "ip",
