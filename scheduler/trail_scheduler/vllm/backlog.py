@@ -22,6 +22,7 @@ class OutputRate:
     def __init__(self, window: float = RATE_WINDOW_SECONDS, idle_gap: float = IDLE_GAP_SECONDS) -> None:
         self._window, self._idle_gap = window, idle_gap
         self._steps: deque[tuple[float, float, int]] = deque()  # (when, seconds since the step before, tokens)
+        self._seconds, self._tokens = 0.0, 0  # the window's totals, kept as steps come and go (every engine step)
         self._last_step: float | None = None
         self._last_rate: float | None = None
 
@@ -29,15 +30,18 @@ class OutputRate:
         """A step that finished at ``now`` (monotonic seconds) and produced ``tokens``."""
         if self._last_step is not None and 0 < now - self._last_step <= self._idle_gap:
             self._steps.append((now, now - self._last_step, tokens))
+            self._seconds += now - self._last_step
+            self._tokens += tokens
         self._last_step = now
         self._forget(now)
-        seconds = sum(duration for _, duration, _ in self._steps)
-        if seconds > 0:
-            self._last_rate = sum(count for _, _, count in self._steps) / seconds
+        if self._steps and self._seconds > 0:
+            self._last_rate = self._tokens / self._seconds
 
     def _forget(self, now: float) -> None:
         while self._steps and self._steps[0][0] < now - self._window:
-            self._steps.popleft()
+            _, seconds, tokens = self._steps.popleft()
+            self._seconds -= seconds
+            self._tokens -= tokens
 
     def per_second(self) -> float | None:
         """The measured rate; None before two steps close enough together were seen."""
