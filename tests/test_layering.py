@@ -35,7 +35,7 @@ LAYERS = {
     "trail_scheduler.server": 4,
     "trail_scheduler.training": 5,
     "trail_scheduler.bench": 5,
-    "trail_scheduler.cli": 6,  # the `trail` command: every subcommand, the operator's too
+    "trail_scheduler.cli": 6,  # the `trail` command (the operator adds its own through an entry point)
     "trail_scheduler": 6,  # the package's own __init__
 }
 
@@ -80,6 +80,23 @@ def test_imports_run_downward_only() -> None:
         if source != target and LAYERS[target] >= LAYERS[source]
     ]
     assert not upward, "\n".join(upward)
+
+
+def test_the_engine_package_never_imports_the_operator() -> None:
+    """The operator depends on the engine package's contract, never the other way."""
+    back = [
+        where
+        for source, target, where in imports()
+        if source.startswith("trail_scheduler") and target == "trail_operator"
+    ]
+    assert not back, back
+
+
+def test_the_operator_subcommand_comes_through_its_entry_point() -> None:
+    from trail_scheduler.cli import build_parser
+
+    args = build_parser().parse_args(["operator", "run", "--namespace", "ns"])
+    assert (args.command, args.operator_command, args.namespace) == ("operator", "run", ["ns"])
 
 
 @pytest.mark.parametrize(

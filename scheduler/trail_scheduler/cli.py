@@ -1,9 +1,16 @@
-"""The ``trail`` command. Subcommands import their part lazily so each stays fast."""
+"""The ``trail`` command. Subcommands import their part lazily so each stays fast.
+
+Other packages add subcommands through the ``trail.commands`` entry points (a function
+that registers its parsers), so the engine package never imports the operator.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from importlib.metadata import entry_points
+
+COMMANDS_GROUP = "trail.commands"
 
 
 def _add_model_commands(sub: argparse._SubParsersAction) -> None:
@@ -115,9 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_command(sub)
     _add_model_commands(sub)
     _add_probe_commands(sub)
-    from trail_operator.cli import register as register_operator
-
-    register_operator(sub)
+    for command in entry_points(group=COMMANDS_GROUP):  # the operator's, without importing it from here
+        command.load()(sub)
     return parser
 
 
