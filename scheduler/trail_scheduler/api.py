@@ -45,7 +45,7 @@ MAX_PROBE_RANKS_AFTER = 1_000_000  # tokens; longer than any context
 MAX_RECOMPUTE_TOKEN_COST = 1000.0  # decode steps per token; far beyond any engine
 MAX_GUARD_WINDOW = 10_000  # finished requests; the rank correlation is recomputed over it at every finish
 MAX_GENERATION = 2**63 - 1  # an int64, as Kubernetes' metadata.generation
-# The shipped starvation guard (measured in docs/benchmarks.md, "The starvation guard"): a
+# The shipped starvation guard (measured in docs/studies/2026-11-old-bench-protocol.md): a
 # request is preempted at most once, so shortest-first cannot make it recompute again and
 # again, and one waiting longer than this is served in arrival order and not preempted.
 DEFAULT_MAX_WAIT_SECONDS = 300.0

@@ -62,7 +62,7 @@ PRESETS = {
         max_num_seqs=2,
         max_prompt_tokens=256,
     ),
-    # The run recorded in docs/benchmarks.md: the prompts at their natural mix, loads relative
+    # The preset docs/benchmarks.md describes: the prompts at their natural mix, loads relative
     # to the measured capacity, the heaviest two with three seeds each; what users would pick
     # instead of TRAIL (stock FCFS, SJF on the prompt predictor, shortest prompt first, TRAIL
     # without preemption) beside TRAIL at its defaults and the oracle.
@@ -94,7 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_const",
         dest="preset",
         const="full",
-        help="the preset recorded in docs/benchmarks.md (default)",
+        help="the full preset docs/benchmarks.md describes (default)",
     )
     parser.add_argument(
         "--prompts",
