@@ -17,6 +17,7 @@ import httpx
 
 from trail_operator.builders import ADMIN_PORT_NAME, CONTAINER_NAME, same_settings
 from trail_scheduler.admin_client import AdminClient, AdminError
+from trail_scheduler.api import GuardLevel
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,31 @@ class PodReport:
                 entry["probeSha256"] = probe["sha256"]
             if self.view.get("probeFailure"):
                 entry["probeFailure"] = self.view["probeFailure"]
+            if self.view.get("effectivePolicy") is not None:
+                entry.update(effectivePolicy=self.view["effectivePolicy"], effectiveC=self.view["effectiveC"])
+            if self.guard is not None:
+                entry["predictionGuardState"] = {  # rounded: a resync rewrites the status only when one moved
+                    key: round(value, 2) if isinstance(value, float) else value
+                    for key, value in self.guard.items()
+                    if value is not None
+                }
         if self.error:
             entry["message"] = self.error
         return entry
+
+    @property
+    def guard(self) -> dict[str, Any] | None:
+        """The pod's prediction guard (GuardView, camelCase), when it reports one."""
+        return (self.view or {}).get("predictionGuardState")
+
+    @property
+    def degradation(self) -> str | None:
+        """Why the pod does not order requests as set: a failed probe, or the level its
+        prediction guard fell back to; None when it runs as set."""
+        if (self.view or {}).get("probeFailure"):
+            return "probe-failed"
+        level = (self.guard or {}).get("level", GuardLevel.TRUSTING.value)
+        return None if level == GuardLevel.TRUSTING.value else level
 
 
 def ready_targets(pods: list[dict[str, Any]]) -> list[PodTarget]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trail_operator.retune import PodReport
+from trail_scheduler.api import GuardLevel
 
 
 @dataclass(frozen=True)
@@ -106,13 +107,52 @@ def _synced(obs: Observation) -> dict[str, Any]:
     )
 
 
+def _measures(guard: dict[str, Any]) -> str:
+    """A pod's prediction guard measures, for a condition's message."""
+    correlation, regret = guard.get("rankCorrelation"), guard.get("regretRatio")
+    ranking = "not measured" if correlation is None else f"{correlation:.2f}"
+    preemptions = guard["resolvedPreemptions"]
+    regretted = "no preemption resolved" if regret is None else f"regret ratio {regret:.2f} over {preemptions}"
+    return f"rank correlation {ranking} over {guard['samples']} finished requests, {regretted}"
+
+
+def _predictions(obs: Observation) -> dict[str, Any]:
+    """Whether the pods' prediction guards trust the length predictions, and each pod's measures."""
+    guards = [(r.name, r.guard) for r in obs.reports if r.guard is not None]
+    if not guards:
+        return _condition("PredictionsTrusted", None, "NotReported", "no ready pod reports its prediction guard")
+    weak = [(name, guard) for name, guard in guards if guard["level"] != GuardLevel.TRUSTING.value]
+    if weak:
+        detail = "; ".join(f"pod {name}: {guard['level']} ({_measures(guard)})" for name, guard in weak)
+        return _condition("PredictionsTrusted", False, "PredictionsWeak", f"predictions weak on this traffic: {detail}")
+    detail = "; ".join(f"pod {name}: {_measures(guard)}" for name, guard in guards)
+    enabled = [guard for _, guard in guards if guard["enabled"]]
+    if not enabled:
+        message = f"spec.scheduler.predictionGuard is off: the pods act on every prediction ({detail})"
+        return _condition("PredictionsTrusted", None, "GuardOff", message)
+    measured = [guard for guard in enabled if guard["samples"] >= guard["minSamples"]]
+    if not measured:
+        need = max(guard["minSamples"] for guard in enabled)
+        message = f"too few finished requests to judge the predictions (the guard needs {need}): {detail}"
+        return _condition("PredictionsTrusted", None, "TooFewSamples", message)
+    return _condition(
+        "PredictionsTrusted", True, "PredictionsTrusted", f"{len(measured)}/{len(guards)} pods measured: {detail}"
+    )
+
+
+def _degraded_pods(obs: Observation) -> str | None:
+    """``status.degradedPods``: the pods not ordering requests as set, and why (kubectl's wide column)."""
+    degraded = [f"{r.name} ({r.degradation})" for r in obs.reports if r.degradation]
+    return ", ".join(degraded) or None
+
+
 def compute_status(obs: Observation, previous: dict[str, Any] | None, now: datetime.datetime) -> dict[str, Any]:
     """The full status to write; lastTransitionTime carried over from ``previous``."""
     previous = previous or {}
     old = {c.get("type"): c for c in previous.get("conditions") or []}
     stamp = now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     conditions = []
-    for cond in (_ready(obs), _progressing(obs), _degraded(obs), _synced(obs)):
+    for cond in (_ready(obs), _progressing(obs), _degraded(obs), _synced(obs), _predictions(obs)):
         before = old.get(cond["type"]) or {}
         same = before.get("status") == cond["status"] and before.get("lastTransitionTime")
         cond["lastTransitionTime"] = before["lastTransitionTime"] if same else stamp
@@ -126,6 +166,7 @@ def compute_status(obs: Observation, previous: dict[str, Any] | None, now: datet
         "readyReplicas": int(dstatus.get("readyReplicas") or 0),
         "pods": [r.status_entry() for r in obs.reports],
         "refusedSettings": obs.refused,  # None removes it (a merge patch)
+        "degradedPods": _degraded_pods(obs),
     }
     optional = {
         "observedGeneration": obs.generation,

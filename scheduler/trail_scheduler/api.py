@@ -468,27 +468,6 @@ class ProbeInfo(_Wire):
     model: str | None = None
 
 
-class ConfigView(SchedulerSettings):
-    """Reply of ``GET /trail/v1/config``: the settings in force, their generation and the probe."""
-
-    generation: int
-    probe: ProbeInfo | None
-    capture_layer: int | None = Field(default=None, description="the decoder layer the engine captures")
-    probe_failure: str | None = Field(
-        default=None,
-        description="why the workers dropped the probe in force (ranking is first come, first served until a new "
-        "probe is applied); null while it works",
-    )
-
-
-class RequestStats(_Wire):
-    request_id: str
-    generated_tokens: int
-    predicted_remaining: float
-    preemptible: bool | None = None
-    preemptions: int = 0
-
-
 class GuardView(_Wire):
     """The prediction guard's measures and level (null measures: too few samples yet)."""
 
@@ -501,7 +480,41 @@ class GuardView(_Wire):
         description="share of resolved preemptions in the window where the victim had less left than its displacer"
     )
     samples: int = Field(description="finished requests in the window")
+    min_samples: int = Field(description="samples it needs before it changes level (the setting, at most the window)")
     resolved_preemptions: int = Field(description="preemptions in the window whose two requests both finished")
+
+
+class ConfigView(SchedulerSettings):
+    """Reply of ``GET /trail/v1/config``: the settings in force, their generation and the probe,
+    and what the scheduler decides by after the prediction guard and a probe failure."""
+
+    generation: int
+    probe: ProbeInfo | None
+    capture_layer: int | None = Field(default=None, description="the decoder layer the engine captures")
+    probe_failure: str | None = Field(
+        default=None,
+        description="why the workers dropped the probe in force (ranking is first come, first served until a new "
+        "probe is applied); null while it works",
+    )
+    effective_policy: PolicyName | None = Field(
+        default=None,
+        description="the policy the scheduler orders by: the one set, or fcfs while the prediction guard serves in "
+        "arrival order or the probe has failed",
+    )
+    effective_c: float | None = Field(
+        default=None, description="the c it decides by: the one set, or 0 while the prediction guard stops preemption"
+    )
+    prediction_guard_state: GuardView | None = Field(
+        default=None, description="the prediction guard's level and measures, as in the stats"
+    )
+
+
+class RequestStats(_Wire):
+    request_id: str
+    generated_tokens: int
+    predicted_remaining: float
+    preemptible: bool | None = None
+    preemptions: int = 0
 
 
 class StatsView(_Wire):

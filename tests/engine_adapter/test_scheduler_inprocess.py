@@ -11,9 +11,11 @@ from __future__ import annotations
 import time
 
 import pytest
+from prometheus_client import REGISTRY
 from vllm.v1.request import RequestStatus
 
 from tests.engine_adapter.harness import BINS, BLOCK_SIZE, Engine, make_request, reading, write_probe
+from trail_scheduler.server import metrics
 from trail_scheduler.vllm.control import ApplyReply
 
 
@@ -447,7 +449,11 @@ def test_reversed_predictions_trip_the_guard_it_stops_preempting_then_serves_in_
     stats = engine.scheduler.trail_stats().prediction_guard
     assert stats.level.value == "arrival-order" and stats.rank_correlation < 0
     assert engine.scheduler.trail_policy.name.value == "fcfs"
-    assert engine.scheduler.trail_config().policy.value == "trail"  # the settings stay as set
+    config = engine.scheduler.trail_config()
+    assert config.policy.value == "trail" and config.c == 2.0  # the settings stay as set
+    assert (config.effective_policy.value, config.prediction_guard_state) == ("fcfs", stats)  # what /config reports
+    metrics.record(engine.scheduler.trail_drain_metrics())  # the drain carries the guard in its config
+    assert REGISTRY.get_sample_value("trail_prediction_guard_level") == 2
 
 
 def test_good_predictions_never_trip_the_guard(make_engine):
@@ -457,3 +463,9 @@ def test_good_predictions_never_trip_the_guard(make_engine):
     stats = engine.scheduler.trail_stats().prediction_guard
     assert stats.rank_correlation > 0.9 and stats.samples == 20
     assert trace[-1][1] > 0 and stats.regret_ratio == 0.0  # it preempted, and none was regretted
+    config = engine.scheduler.trail_config()
+    assert (config.effective_policy.value, config.effective_c, config.prediction_guard_state.level.value) == (
+        "trail",
+        2.0,
+        "trusting",
+    )

@@ -73,3 +73,20 @@ def check(manifest: dict[str, Any]) -> list[str]:
     if errors:
         return errors  # like the API server: CEL rules run only on schema-valid objects
     return _cel_errors(schema, obj, "")
+
+
+def pruned(schema: dict[str, Any], value: Any, path: str = "") -> list[str]:
+    """The fields of ``value`` the API server would drop as unknown (structural pruning): a
+    field the operator writes that the CRD does not declare vanishes without an error."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    if isinstance(value, dict):
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        dropped = []
+        for key, sub in value.items():
+            declared = props.get(key, extra if isinstance(extra, dict) else None)
+            dropped += [f"{path}.{key}"] if declared is None else pruned(declared, sub, f"{path}.{key}")
+        return dropped
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [field for i, item in enumerate(value) for field in pruned(schema["items"], item, f"{path}[{i}]")]
+    return []

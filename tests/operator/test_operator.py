@@ -31,7 +31,7 @@ from kopf_harness import (
 
 from trail_operator.peering import Peering, leads
 from trail_operator.rbac import PERMISSIONS
-from trail_scheduler.api import ADMIN_PREFIX, ConfigView
+from trail_scheduler.api import ADMIN_PREFIX, ConfigView, GuardView
 
 CPU_SPEC = load(REPO / "examples" / "llmserver-cpu-smollm2.yaml")["spec"]
 
@@ -224,6 +224,46 @@ async def test_editing_c_reaches_ready_pods_within_two_seconds(cluster, fake_adm
     assert condition(cluster, "smollm2", "SchedulerSynced")["reason"] == "AllPodsSynced"
     print(f"\nedit -> the pod runs it: {elapsed:.2f} s")
     assert elapsed <= 2.0, f"edit -> pod took {elapsed:.2f} s"
+
+
+async def test_a_pod_whose_guard_falls_back_is_shown_degraded_until_it_recovers(cluster, fake_admin):
+    guard = GuardView(
+        enabled=True,
+        level="arrival-order",
+        rank_correlation=-0.4,
+        regret_ratio=None,
+        samples=80,
+        min_samples=50,
+        resolved_preemptions=0,
+    )
+    fake_admin.view.update(
+        ConfigView(generation=0, probe=None, effective_policy="fcfs", prediction_guard_state=guard).model_dump(
+            mode="json", by_alias=True, include={"effective_policy", "prediction_guard_state"}
+        )
+    )
+
+    def predictions() -> str:
+        return condition(cluster, "smollm2", "PredictionsTrusted")["reason"]
+
+    async with running_operator():
+        await with_a_ready_pod(cluster, fake_admin.port)
+        await eventually(lambda: predictions() == "PredictionsWeak", what="PredictionsWeak")
+        status = obj(cluster, LLMS, "smollm2")["status"]
+        assert status["degradedPods"] == "pod-0 (arrival-order)"
+        assert (status["pods"][0]["effectivePolicy"], status["pods"][0]["predictionGuardState"]["rankCorrelation"]) == (
+            "fcfs",
+            -0.4,
+        )
+        fake_admin.view.update(
+            effectivePolicy="trail",
+            predictionGuardState={
+                **fake_admin.view["predictionGuardState"],
+                "level": "trusting",
+                "rankCorrelation": 0.5,
+            },
+        )
+        await eventually(lambda: predictions() == "PredictionsTrusted", what="PredictionsTrusted")
+    assert "degradedPods" not in obj(cluster, LLMS, "smollm2")["status"]
 
 
 async def test_editing_the_engine_rolls_the_deployment(cluster):

@@ -9,6 +9,7 @@ import hashlib
 import json
 
 import pytest
+from crd_validation import check, pruned
 
 from trail_operator import builders
 from trail_operator.apply import (
@@ -24,6 +25,7 @@ from trail_operator.apply import (
     with_record,
 )
 from trail_operator.builders import Images, Owner
+from trail_operator.crd import openapi_schema
 from trail_operator.events import build_event, lifecycle_events
 from trail_operator.reconcile import (
     Desired,
@@ -38,6 +40,7 @@ from trail_operator.reconcile import (
 from trail_operator.retune import PodReport, PodTarget, in_sync, ready_targets
 from trail_operator.spec import SecretKeyRef, parse_spec
 from trail_operator.status import Observation, compute_status
+from trail_scheduler.api import ConfigView, GuardView, SchedulerSettings
 
 OWNER = Owner("s", "ml", "uid-1")
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
@@ -275,6 +278,7 @@ def test_status_of_a_ready_synced_server():
         "Progressing": ("False", "RolloutComplete"),
         "Degraded": ("False", "AsExpected"),
         "SchedulerSynced": ("True", "AllPodsSynced"),
+        "PredictionsTrusted": ("Unknown", "NotReported"),
     }
     assert status["pods"] == [
         {"name": "p", "ip": "10.0.0.1", "synced": True, "generation": 3, "policy": "trail", "c": 2.5}
@@ -305,7 +309,86 @@ def test_a_pod_whose_probe_failed_is_reported_and_degrades_the_llmserver():
     assert conditions(status)["Degraded"] == ("True", "ProbeFailed")
     assert conditions(status)["SchedulerSynced"] == ("True", "AllPodsSynced")  # the settings are in force
     assert status["pods"][0]["probeFailure"] == view["probeFailure"]
+    assert status["degradedPods"] == "p (probe-failed)"
     assert "pod p: probe 0123 failed" in next(c for c in status["conditions"] if c["type"] == "Degraded")["message"]
+
+
+def guarded(name, enabled=True, level="trusting", correlation=0.61234, samples=64, **effective):
+    """A pod whose ``GET /config`` reports its prediction guard, in the wire form the contract makes."""
+    guard = GuardView(
+        enabled=enabled,
+        level=level,
+        rank_correlation=correlation,
+        regret_ratio=None if correlation is None else 0.6,
+        samples=samples,
+        min_samples=50,
+        resolved_preemptions=0 if correlation is None else 16,
+    )
+    settings = SchedulerSettings(prediction_guard=enabled).wire()
+    view = ConfigView(**settings, generation=2, probe=None, prediction_guard_state=guard, **effective)
+    return PodReport(name, "ip", synced=True, view=view.model_dump(mode="json", by_alias=True))
+
+
+def guarded_status(*reports):
+    obs = Observation(2, len(reports), deployment=deployment(len(reports), len(reports)), reports=list(reports))
+    return compute_status(obs, None, T0)
+
+
+def test_a_pod_whose_guard_fell_back_is_named_with_its_measures_and_what_it_orders_by():
+    weak = guarded("a", level="no-preemption", correlation=0.05123, effective_policy="trail", effective_c=0.0)
+    status = guarded_status(weak, guarded("b", effective_policy="trail", effective_c=0.8))
+    [predictions] = [c for c in status["conditions"] if c["type"] == "PredictionsTrusted"]
+    assert (predictions["status"], predictions["reason"]) == ("False", "PredictionsWeak")
+    assert predictions["message"] == (
+        "predictions weak on this traffic: pod a: no-preemption "
+        "(rank correlation 0.05 over 64 finished requests, regret ratio 0.60 over 16)"
+    )
+    assert status["degradedPods"] == "a (no-preemption)"
+    a, b = status["pods"]
+    assert (a["policy"], a["c"], a["effectivePolicy"], a["effectiveC"]) == ("trail", 0.8, "trail", 0.0)
+    assert a["predictionGuardState"] == {
+        "enabled": True,
+        "level": "no-preemption",
+        "rankCorrelation": 0.05,
+        "regretRatio": 0.6,
+        "samples": 64,
+        "minSamples": 50,
+        "resolvedPreemptions": 16,
+    }
+    assert (b["effectiveC"], b["predictionGuardState"]["level"]) == (0.8, "trusting")
+
+
+@pytest.mark.parametrize(
+    ("pod", "expected", "said"),
+    [
+        (PodReport("p", "ip", synced=True, view={"generation": 2}), ("Unknown", "NotReported"), "no ready pod"),
+        (guarded("p", enabled=False), ("Unknown", "GuardOff"), "pod p: rank correlation 0.61 over 64"),
+        (
+            guarded("p", correlation=None, samples=1),
+            ("Unknown", "TooFewSamples"),
+            "needs 50): pod p: rank correlation not measured over 1 finished requests, no preemption resolved",
+        ),
+        (guarded("p", samples=49), ("Unknown", "TooFewSamples"), "the guard needs 50"),
+        (guarded("p"), ("True", "PredictionsTrusted"), "1/1 pods measured: pod p: rank correlation 0.61"),
+        (guarded("p", level="arrival-order"), ("False", "PredictionsWeak"), "pod p: arrival-order (rank"),
+    ],
+    ids=["not-reported", "guard-off", "unmeasured", "too-few", "trusted", "arrival-order"],
+)
+def test_predictions_are_trusted_only_when_a_guard_on_has_measured_enough(pod, expected, said):
+    [predictions] = [c for c in guarded_status(pod)["conditions"] if c["type"] == "PredictionsTrusted"]
+    assert (predictions["status"], predictions["reason"]) == expected
+    assert said in predictions["message"]
+
+
+def test_every_status_field_the_operator_writes_is_declared_by_the_crd(cpu_example):
+    """The API server drops undeclared fields without an error; kmock keeps them."""
+    failed = PodReport("c", "ip", synced=True, view={**guarded("c").view, "probeFailure": "probe 0123 failed"})
+    weak = guarded("a", level="arrival-order", effective_policy="fcfs", effective_c=0.8)
+    status = guarded_status(weak, failed, PodReport("d", "ip", synced=False, error="unreachable"))
+    written = {key: value for key, value in status.items() if value is not None}  # a merge patch's nulls remove
+    assert written["degradedPods"] == "a (arrival-order), c (probe-failed)"
+    assert check({**cpu_example, "status": written}) == []
+    assert pruned(openapi_schema()["properties"]["status"], written, "status") == []
 
 
 def test_last_transition_time_moves_only_when_a_condition_flips():

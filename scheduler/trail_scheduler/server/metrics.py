@@ -112,8 +112,6 @@ def record(drained: MetricsDrain) -> None:
     drain = drained.predicted_drain_seconds
     PREDICTED_DRAIN.set(float("nan") if drain is None else drain)
     record_config(drained.config)
-    if drained.prediction_guard is not None:
-        record_guard(drained.prediction_guard)
 
 
 def record_guard(guard: GuardView) -> None:
@@ -127,6 +125,8 @@ def record_config(config: ConfigView) -> None:
         gauge.set(getattr(config, name) or 0)
     SETTING_GENERATION.set(config.generation)
     PROBE_FAILED.set(1 if config.probe_failure is not None else 0)
+    if config.prediction_guard_state is not None:
+        record_guard(config.prediction_guard_state)
     for name, gauge in SETTING_CHOICES.items():
         for choice in CHOICE_SETTINGS[name]:
             gauge.labels(choice.value).set(1 if choice == getattr(config, name) else 0)

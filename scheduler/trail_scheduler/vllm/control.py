@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from trail_scheduler.api import ConfigUpdate, ConfigView, GuardView, StatsView
+from trail_scheduler.api import ConfigUpdate, ConfigView, StatsView
 
 UTILITY = "scheduler"
 METHODS = ("config", "apply", "stats", "drain_metrics")
@@ -45,8 +45,7 @@ class MetricsDrain(BaseModel):
     preempted_generated: list[tuple[str, int]] = Field(default_factory=list)  # (reason, generated) per preemption
     predicted_backlog_tokens: float = 0.0  # as in StatsView: the engine's work left, now
     predicted_drain_seconds: float | None = None
-    config: ConfigView
-    prediction_guard: GuardView | None = None
+    config: ConfigView  # the prediction guard's level and measures included
 
 
 class EngineControl:
