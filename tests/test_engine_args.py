@@ -4,7 +4,7 @@ import pytest
 from vllm.entrypoints.launchers.cli_args import make_arg_parser
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-from trail_scheduler.errors import TrailError
+from trail_contract.errors import TrailError
 from trail_scheduler.server.serve import vllm_argv
 from trail_scheduler.vllm.engine_config import SCHEDULER_CLS, TrailEngineConfig, engine_args
 

@@ -15,28 +15,36 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = {
+    "trail_contract": REPO / "contract" / "trail_contract",
     "trail_scheduler": REPO / "scheduler" / "trail_scheduler",
     "trail_operator": REPO / "operator" / "trail_operator",
+}
+# package -> the project packages it may import: the engine and the operator share the
+# contract, and nothing depends back on either of them.
+DEPENDS_ON = {
+    "trail_contract": {"trail_contract"},
+    "trail_scheduler": {"trail_contract", "trail_scheduler"},
+    "trail_operator": {"trail_contract", "trail_operator"},
 }
 
 # unit -> layer; a unit may import its own modules and units of lower layers only.
 LAYERS = {
-    "trail_scheduler.api": 0,  # the contract: settings and wire models (pydantic only)
-    "trail_scheduler.errors": 0,  # the error base the command line reports
-    "trail_scheduler.probe_format": 1,  # a probe header, read safely (stdlib only: the operator uses it)
-    "trail_scheduler.admin_client": 1,  # the admin API's one client (httpx + the contract)
-    "trail_scheduler.length_mix": 1,  # chat traffic's answer lengths (stdlib only: every `trail` parser reads it)
-    "trail_scheduler.core": 1,
-    "trail_operator": 2,  # the control plane, on the contract and its client only
-    "trail_scheduler.assets": 2,  # the bundled model and data (packages only)
-    "trail_scheduler.predictors": 2,  # the shipped predictor files
-    "trail_scheduler.probe": 2,
-    "trail_scheduler.vllm": 3,  # the engine adapter
-    "trail_scheduler.server": 4,
-    "trail_scheduler.training": 5,
-    "trail_scheduler.bench": 5,
-    "trail_scheduler.cli": 6,  # the `trail` command (the operator adds its own through an entry point)
-    "trail_scheduler": 6,  # the package's own __init__
+    "trail_contract.errors": 0,  # the error base the command line reports
+    "trail_contract.api": 1,  # settings and wire models (pydantic only)
+    "trail_contract.probe_format": 1,  # a probe header, read safely (stdlib only: the operator uses it)
+    "trail_contract.admin_client": 2,  # the admin API's one client (httpx + the contract)
+    "trail_scheduler.length_mix": 3,  # chat traffic's answer lengths (stdlib only: every `trail` parser reads it)
+    "trail_scheduler.core": 3,
+    "trail_operator": 4,  # the control plane, on the contract alone
+    "trail_scheduler.assets": 4,  # the bundled model and data (packages only)
+    "trail_scheduler.predictors": 4,  # the shipped predictor files
+    "trail_scheduler.probe": 4,
+    "trail_scheduler.vllm": 5,  # the engine adapter
+    "trail_scheduler.server": 6,
+    "trail_scheduler.training": 7,
+    "trail_scheduler.bench": 7,
+    "trail_scheduler.cli": 8,  # the `trail` command (the operator adds its own through an entry point)
+    "trail_scheduler": 8,  # the package's own __init__
 }
 
 
@@ -82,14 +90,16 @@ def test_imports_run_downward_only() -> None:
     assert not upward, "\n".join(upward)
 
 
-def test_the_engine_package_never_imports_the_operator() -> None:
-    """The operator depends on the engine package's contract, never the other way."""
-    back = [
-        where
+@pytest.mark.parametrize("package", sorted(DEPENDS_ON))
+def test_packages_import_only_what_they_depend_on(package) -> None:
+    """The contract imports neither side; the engine package never imports the operator, nor
+    the operator the engine package."""
+    stray = [
+        f"{where}: {target}"
         for source, target, where in imports()
-        if source.startswith("trail_scheduler") and target == "trail_operator"
+        if source.split(".")[0] == package and target.split(".")[0] not in DEPENDS_ON[package]
     ]
-    assert not back, back
+    assert not stray, stray
 
 
 def test_the_operator_subcommand_comes_through_its_entry_point() -> None:
@@ -104,7 +114,7 @@ def test_the_operator_subcommand_comes_through_its_entry_point() -> None:
     [
         (["trail_operator.handlers", "trail_operator.cli"], ["numpy", "torch", "vllm", "fastapi"]),
         (
-            ["trail_scheduler.api", "trail_scheduler.admin_client"],
+            ["trail_contract.api", "trail_contract.admin_client", "trail_contract.probe_format"],
             ["numpy", "torch", "vllm", "fastapi", "kopf", "kubernetes"],
         ),
     ],

@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 
 from lightkube.utils.quantity import parse_quantity
 
+from trail_contract.api import SETTING_KEYS, ConfigUpdate, read_settings_file, settings_file_text
 from trail_operator.crd import API_VERSION, KIND
 from trail_operator.spec import LLMServerSpec
-from trail_scheduler.api import SETTING_KEYS, ConfigUpdate, read_settings_file, settings_file_text
 
 HTTP_PORT = 8000
 ADMIN_PORT = 8001

@@ -15,9 +15,9 @@ from typing import Any
 
 import httpx
 
+from trail_contract.admin_client import AdminClient, AdminError
+from trail_contract.api import GuardLevel
 from trail_operator.builders import ADMIN_PORT_NAME, CONTAINER_NAME, same_settings
-from trail_scheduler.admin_client import AdminClient, AdminError
-from trail_scheduler.api import GuardLevel
 
 
 @dataclass(frozen=True)

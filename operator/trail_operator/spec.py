@@ -16,9 +16,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from trail_contract.api import SchedulerSettings, explain
 from trail_operator.crd import defaulted_spec
 from trail_operator.engine_flags import check_extra_args
-from trail_scheduler.api import SchedulerSettings, explain
 
 SHA256 = r"^[0-9a-f]{64}$"
 # Environment variables the operator sets in the server container (the builders), which

@@ -10,8 +10,8 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
+from trail_contract.api import GuardLevel
 from trail_operator.retune import PodReport
-from trail_scheduler.api import GuardLevel
 
 
 @dataclass(frozen=True)

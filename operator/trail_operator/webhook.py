@@ -26,10 +26,10 @@ from typing import Any
 
 import kopf
 
+from trail_contract.probe_format import ProbeFormatError, read_header
 from trail_operator import crd, kube
 from trail_operator.reconcile import ProbeSourceError, probe_bytes, probe_ref
 from trail_operator.spec import LLMServerSpec, SpecError, parse_spec
-from trail_scheduler.probe_format import ProbeFormatError, read_header
 
 HANDLER_ID = "validate"  # the URL path the ValidatingWebhookConfiguration calls: /validate
 DEFAULT_PORT = 9443

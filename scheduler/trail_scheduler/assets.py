@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from trail_scheduler.errors import TrailError
+from trail_contract.errors import TrailError
 
 logger = logging.getLogger("trail.assets")
 

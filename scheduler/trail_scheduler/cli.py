@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra and not getattr(args, "accepts_extra_args", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra_args = extra
-    from trail_scheduler.errors import TrailError
+    from trail_contract.errors import TrailError
 
     try:
         return int(args.handler(args) or 0)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trail_scheduler.api import GuardLevel, PolicyName, SchedulerSettings
+from trail_contract.api import GuardLevel, PolicyName, SchedulerSettings
 from trail_scheduler.core.guard import Displacement, PredictionGuard, spearman
 
 WINDOW, MIN_SAMPLES = 40, 10

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.streaming import Streamed, stream_completion
-from trail_scheduler.admin_client import AdminError
+from trail_contract.admin_client import AdminError
 from trail_scheduler.core.bins import LengthBins
 from trail_scheduler.probe import LengthProbe, save_probe
 

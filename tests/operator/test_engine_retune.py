@@ -13,7 +13,7 @@ import pytest
 from kopf_harness import LLMS, NS, condition, eventually, obj, running_operator
 from test_operator import CPU_SPEC, add_pod, cluster, create, edit_spec  # noqa: F401 (fixture)
 
-from trail_scheduler.admin_client import AdminClient
+from trail_contract.admin_client import AdminClient
 from trail_scheduler.bench.servers import start_trail_serve
 
 

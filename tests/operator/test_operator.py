@@ -29,9 +29,9 @@ from kopf_harness import (
     write_kubeconfig,
 )
 
+from trail_contract.api import ADMIN_PREFIX, ConfigView, GuardView
 from trail_operator.peering import Peering, leads
 from trail_operator.rbac import PERMISSIONS
-from trail_scheduler.api import ADMIN_PREFIX, ConfigView, GuardView
 
 CPU_SPEC = load(REPO / "examples" / "llmserver-cpu-smollm2.yaml")["spec"]
 

@@ -11,6 +11,7 @@ import json
 import pytest
 from crd_validation import check, pruned
 
+from trail_contract.api import ConfigView, GuardView, SchedulerSettings
 from trail_operator import builders
 from trail_operator.apply import (
     LAST_APPLIED,
@@ -40,7 +41,6 @@ from trail_operator.reconcile import (
 from trail_operator.retune import PodReport, PodTarget, in_sync, ready_targets
 from trail_operator.spec import SecretKeyRef, parse_spec
 from trail_operator.status import Observation, compute_status
-from trail_scheduler.api import ConfigView, GuardView, SchedulerSettings
 
 OWNER = Owner("s", "ml", "uid-1")
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)

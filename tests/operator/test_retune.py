@@ -7,8 +7,8 @@ import json
 
 import httpx
 
+from trail_contract.api import SchedulerSettings
 from trail_operator.retune import PodTarget, RetuneClient
-from trail_scheduler.api import SchedulerSettings
 
 TARGET = PodTarget("pod-0", "10.0.0.7", 8001)
 DESIRED = {**SchedulerSettings(c=2.0).wire(), "generation": 5}

@@ -1,6 +1,6 @@
 """The CRD's ``spec.scheduler`` and the settings model are one contract: held equal here.
 
-Adding a setting to :class:`trail_scheduler.api.SchedulerSettings` without the CRD (or the
+Adding a setting to :class:`trail_contract.api.SchedulerSettings` without the CRD (or the
 other way round), or giving them different defaults or ranges, fails this test.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from trail_contract.api import SETTING_KEYS, SchedulerSettings
 from trail_operator import crd
-from trail_scheduler.api import SETTING_KEYS, SchedulerSettings
 
 
 def crd_scheduler() -> dict[str, Any]:

@@ -12,16 +12,16 @@ import sys
 
 import pytest
 
-from trail_scheduler.core.bins import LengthBins
-from trail_scheduler.probe import LengthProbe, load_probe, save_probe
-from trail_scheduler.probe.file import ProbeFileError
-from trail_scheduler.probe_format import (
+from trail_contract.probe_format import (
     MAX_HEADER_BYTES,
     MAX_JSON_DEPTH,
     MAX_TENSORS,
     ProbeFormatError,
     read_header,
 )
+from trail_scheduler.core.bins import LengthBins
+from trail_scheduler.probe import LengthProbe, load_probe, save_probe
+from trail_scheduler.probe.file import ProbeFileError
 
 
 def safetensors(header: dict | str, data: bytes = b"") -> bytes:
@@ -148,7 +148,7 @@ def test_probe_shapes_are_bounded(tmp_path, field, value, message):
 
 
 def test_the_parser_needs_no_torch():
-    code = "import sys, trail_scheduler.probe_format; print(sorted(m for m in sys.modules if m in ('torch', 'numpy')))"
+    code = "import sys, trail_contract.probe_format; print(sorted(m for m in sys.modules if m in ('torch', 'numpy')))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"

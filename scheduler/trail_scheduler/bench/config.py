@@ -9,7 +9,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trail_scheduler.api import SchedulerSettings
+from trail_contract.api import SchedulerSettings
+from trail_contract.errors import TrailError
+from trail_contract.probe_format import ProbeFormatError, read_header
 from trail_scheduler.bench import policies as P
 from trail_scheduler.bench.servers import Server, check_loopback
 from trail_scheduler.bench.workload import (
@@ -23,10 +25,8 @@ from trail_scheduler.bench.workload import (
     WorkloadError,
     parse_loads,
 )
-from trail_scheduler.errors import TrailError
 from trail_scheduler.length_mix import LENGTH_MIXES
 from trail_scheduler.predictors import SHIPPED_PROBE, SHIPPED_PROMPT_PREDICTOR
-from trail_scheduler.probe_format import ProbeFormatError, read_header
 
 
 class BenchError(TrailError):

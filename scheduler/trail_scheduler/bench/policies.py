@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from trail_scheduler.api import SETTING_KEYS, SchedulerSettings, explain
-from trail_scheduler.errors import TrailError
+from trail_contract.api import SETTING_KEYS, SchedulerSettings, explain
+from trail_contract.errors import TrailError
 
 STOCK, TRAIL = "stock", "trail"
 

@@ -23,9 +23,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from trail_scheduler.admin_client import AdminClient
-from trail_scheduler.api import ConfigView, StatsView
-from trail_scheduler.errors import TrailError
+from trail_contract.admin_client import AdminClient
+from trail_contract.api import ConfigView, StatsView
+from trail_contract.errors import TrailError
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 # vLLM's dev mode adds /reset_prefix_cache (and other admin routes) to the API port: the

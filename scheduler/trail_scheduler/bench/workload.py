@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from trail_contract.errors import TrailError
 from trail_scheduler.assets import (
     cache_dir,
     is_short_request,
@@ -30,7 +31,6 @@ from trail_scheduler.assets import (
     sharegpt_first_turns,
     unique_prompts,
 )
-from trail_scheduler.errors import TrailError
 from trail_scheduler.length_mix import LengthMix
 from trail_scheduler.predictors import SHIPPED_BENCHMARK_SPLIT
 

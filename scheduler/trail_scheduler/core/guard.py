@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trail_scheduler.api import GuardLevel, PolicyName, SchedulerSettings
+from trail_contract.api import GuardLevel, PolicyName, SchedulerSettings
 
 
 def spearman(first: np.ndarray, second: np.ndarray) -> float | None:

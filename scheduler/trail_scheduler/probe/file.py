@@ -31,10 +31,8 @@ from typing import Any
 
 import torch
 
-from trail_scheduler.core.bins import LengthBins
-from trail_scheduler.errors import TrailError
-from trail_scheduler.probe.model import LengthProbe
-from trail_scheduler.probe_format import (
+from trail_contract.errors import TrailError
+from trail_contract.probe_format import (
     MAX_BINS,
     MAX_HIDDEN_SIZE,
     MAX_HIDDEN_UNITS,
@@ -45,6 +43,8 @@ from trail_scheduler.probe_format import (
     ProbeFormatError,
     read_header,
 )
+from trail_scheduler.core.bins import LengthBins
+from trail_scheduler.probe.model import LengthProbe
 
 FORMAT_VERSION = 1
 TENSOR_NAMES = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
@@ -215,7 +215,7 @@ def check_fits(loaded: LoadedProbe, hidden_size: int, num_layers: int) -> None:
 
 
 def _read(data: bytes) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The metadata and the tensors, through the one header parser (:mod:`trail_scheduler.probe_format`)."""
+    """The metadata and the tensors, through the one header parser (:mod:`trail_contract.probe_format`)."""
     try:
         header = read_header(data)
     except ProbeFormatError as error:

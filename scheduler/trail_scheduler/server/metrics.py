@@ -13,7 +13,7 @@ import math
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from trail_scheduler.api import CHOICE_SETTINGS, ConfigView, GuardView, SchedulerSettings
+from trail_contract.api import CHOICE_SETTINGS, ConfigView, GuardView, SchedulerSettings
 from trail_scheduler.vllm.control import EngineControl, MetricsDrain
 
 logger = logging.getLogger("trail.metrics")

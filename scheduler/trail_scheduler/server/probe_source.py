@@ -28,8 +28,8 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx
 
-from trail_scheduler.api import ProbeSource
-from trail_scheduler.errors import TrailError
+from trail_contract.api import ProbeSource
+from trail_contract.errors import TrailError
 
 logger = logging.getLogger("trail.probe_source")
 

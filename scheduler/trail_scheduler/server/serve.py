@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from trail_scheduler.api import CHOICE_SETTINGS, SchedulerSettings, explain, read_settings_file
-from trail_scheduler.errors import TrailError
+from trail_contract.api import CHOICE_SETTINGS, SchedulerSettings, explain, read_settings_file
+from trail_contract.errors import TrailError
 from trail_scheduler.server.probe_source import DEFAULT_DEADLINE_SECONDS, ProbeFetchError, ProbeSources
 from trail_scheduler.vllm.engine_config import TRAIL_ENGINE_ARGS, TrailEngineConfig, engine_args
 

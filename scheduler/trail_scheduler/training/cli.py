@@ -8,7 +8,7 @@ import json
 import logging
 from pathlib import Path
 
-from trail_scheduler.api import RefinementPrior, SchedulerSettings, explain
+from trail_contract.api import RefinementPrior, SchedulerSettings, explain
 from trail_scheduler.length_mix import LENGTH_MIXES
 
 
@@ -120,7 +120,7 @@ def _recipe_arguments(parser, **defaults) -> None:
 
 def _probe_arguments(parser) -> None:
     """What only a probe's training takes (not the prompt predictor's)."""
-    from trail_scheduler.probe_format import PROMPT_READINGS
+    from trail_contract.probe_format import PROMPT_READINGS
 
     parser.add_argument(
         "--prompt-reading",

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trail_contract.errors import TrailError
+from trail_contract.probe_format import PROMPT_READINGS
 from trail_scheduler.core.bins import LengthBins
-from trail_scheduler.errors import TrailError
-from trail_scheduler.probe_format import PROMPT_READINGS
 from trail_scheduler.vllm.collector import SHARD_GLOB, SHARD_METADATA_KEY
 
 SPLITS = ("train", "validation", "test", "benchmark")

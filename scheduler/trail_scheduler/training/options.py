@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from trail_scheduler.probe_format import PROMPT_READINGS
+from trail_contract.probe_format import PROMPT_READINGS
 
 
 @dataclass(frozen=True)

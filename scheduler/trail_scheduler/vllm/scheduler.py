@@ -38,7 +38,7 @@ from vllm.v1.core.sched.request_queue import PriorityRequestQueue, SchedulingPol
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
-from trail_scheduler.api import (
+from trail_contract.api import (
     ConfigUpdate,
     ConfigView,
     GuardView,

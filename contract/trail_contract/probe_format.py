@@ -23,7 +23,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from trail_scheduler.errors import TrailError
+from trail_contract.errors import TrailError
 
 METADATA_KEY = "trail"
 MAX_HEADER_BYTES = 1024 * 1024  # a probe's header is a few KiB; its training record fits with room to spare
