@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trail_contract.api import SchedulerSettings
+from trail_contract.settings import SchedulerSettings
 from trail_scheduler.core.refine import expected_remaining
 from trail_scheduler.length_mix import CHAT_MIX
 from trail_scheduler.predictors import SHIPPED_PROBE, SHIPPED_PROMPT_PREDICTOR

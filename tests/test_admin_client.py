@@ -7,8 +7,8 @@ import json
 import httpx
 import pytest
 
+from trail_contract.admin_api import ConfigUpdate, ConfigView, StatsView
 from trail_contract.admin_client import AdminClient, AdminError
-from trail_contract.api import ConfigUpdate, ConfigView, StatsView
 
 VIEW = {"policy": "trail", "c": 0.8, "predictEvery": 1, "generation": 3, "probe": None}
 STATS = {

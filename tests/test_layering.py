@@ -30,9 +30,11 @@ DEPENDS_ON = {
 # unit -> layer; a unit may import its own modules and units of lower layers only.
 LAYERS = {
     "trail_contract.errors": 0,  # the error base the command line reports
-    "trail_contract.api": 1,  # settings and wire models (pydantic only)
+    "trail_contract.wire": 0,  # the wire models' base and error wording (pydantic only)
+    "trail_contract.settings": 1,  # the scheduler settings model
     "trail_contract.probe_format": 1,  # a probe header, read safely (stdlib only: the operator uses it)
-    "trail_contract.admin_client": 2,  # the admin API's one client (httpx + the contract)
+    "trail_contract.admin_api": 2,  # the admin API's wire models and the settings file
+    "trail_contract.admin_client": 3,  # the admin API's one client (httpx + the contract)
     "trail_scheduler.length_mix": 3,  # chat traffic's answer lengths (stdlib only: every `trail` parser reads it)
     "trail_scheduler.core": 3,
     "trail_operator": 4,  # the control plane, on the contract alone
@@ -114,7 +116,7 @@ def test_the_operator_subcommand_comes_through_its_entry_point() -> None:
     [
         (["trail_operator.handlers", "trail_operator.cli"], ["numpy", "torch", "vllm", "fastapi"]),
         (
-            ["trail_contract.api", "trail_contract.admin_client", "trail_contract.probe_format"],
+            ["trail_contract.admin_api", "trail_contract.admin_client", "trail_contract.probe_format"],
             ["numpy", "torch", "vllm", "fastapi", "kopf", "kubernetes"],
         ),
     ],

@@ -1,6 +1,6 @@
 """A pod's admin API seen from outside: the one client the operator, the bench and the tests use.
 
-Typed by the contract (:mod:`trail_contract.api`) and built on httpx alone, so the
+Typed by the contract (:mod:`trail_contract.admin_api`) and built on httpx alone, so the
 operator imports it without the engine stack. Network errors and 5xx replies are
 retried with exponential backoff when ``attempts`` > 1 (the operator's live retune);
 any other reply that is not 200 is final: a 4xx is the pod refusing the request.
@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from trail_contract.api import ADMIN_PREFIX, ConfigUpdate, ConfigView, StatsView
+from trail_contract.admin_api import ADMIN_PREFIX, ConfigUpdate, ConfigView, StatsView
 
 
 class AdminError(Exception):

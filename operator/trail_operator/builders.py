@@ -22,7 +22,8 @@ from urllib.parse import urlsplit
 
 from lightkube.utils.quantity import parse_quantity
 
-from trail_contract.api import SETTING_KEYS, ConfigUpdate, read_settings_file, settings_file_text
+from trail_contract.admin_api import ConfigUpdate, read_settings_file, settings_file_text
+from trail_contract.settings import SETTING_KEYS
 from trail_operator.crd import API_VERSION, KIND
 from trail_operator.spec import LLMServerSpec
 

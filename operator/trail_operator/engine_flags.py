@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic.alias_generators import to_camel
 
-from trail_contract.api import SchedulerSettings
+from trail_contract.settings import SchedulerSettings
 
 TABLE_FILE = Path(__file__).with_name("engine_flags.json")
 TABLE: dict[str, Any] = json.loads(TABLE_FILE.read_text())

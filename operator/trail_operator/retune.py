@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 
+from trail_contract.admin_api import GuardLevel
 from trail_contract.admin_client import AdminClient, AdminError
-from trail_contract.api import GuardLevel
 from trail_operator.builders import ADMIN_PORT_NAME, CONTAINER_NAME, same_settings
 
 

@@ -16,7 +16,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from trail_contract.api import SchedulerSettings, explain
+from trail_contract.settings import SchedulerSettings
+from trail_contract.wire import explain
 from trail_operator.crd import defaulted_spec
 from trail_operator.engine_flags import check_extra_args
 

@@ -10,7 +10,7 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
-from trail_contract.api import GuardLevel
+from trail_contract.admin_api import GuardLevel
 from trail_operator.retune import PodReport
 
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trail_contract.api import SchedulerSettings
+from trail_contract.settings import SchedulerSettings
 from trail_scheduler.assets import PromptFileError, is_short_request
 from trail_scheduler.bench import policies as P
 from trail_scheduler.bench.loadgen import RequestRecord

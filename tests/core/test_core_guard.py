@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trail_contract.api import GuardLevel, PolicyName, SchedulerSettings
+from trail_contract.admin_api import GuardLevel
+from trail_contract.settings import PolicyName, SchedulerSettings
 from trail_scheduler.core.guard import Displacement, PredictionGuard, spearman
 
 WINDOW, MIN_SAMPLES = 40, 10

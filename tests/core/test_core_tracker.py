@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trail_contract.api import RefinementPrior, SchedulerSettings
+from trail_contract.settings import RefinementPrior, SchedulerSettings
 from trail_scheduler.core.bins import LengthBins
 from trail_scheduler.core.refine import shift
 from trail_scheduler.core.tracker import PredictionTracker

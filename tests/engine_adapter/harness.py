@@ -21,7 +21,7 @@ from vllm.v1.outputs import ModelRunnerOutput
 from vllm.v1.request import Request
 from vllm.v1.structured_output import StructuredOutputManager
 
-from trail_contract.api import SchedulerSettings
+from trail_contract.settings import SchedulerSettings
 from trail_scheduler.assets import bundled_model_path
 from trail_scheduler.core.bins import LengthBins
 from trail_scheduler.probe import LengthProbe, save_probe

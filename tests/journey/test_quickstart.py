@@ -28,7 +28,7 @@ from cluster import BIN, Cluster, eventually
 from node import GATEWAY
 
 from tests.streaming import Streamed, stream_completion
-from trail_contract.api import ConfigView
+from trail_contract.admin_api import ConfigView
 from trail_scheduler.bench.servers import Server
 
 REPO = Path(__file__).resolve().parents[2]

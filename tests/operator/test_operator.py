@@ -29,7 +29,7 @@ from kopf_harness import (
     write_kubeconfig,
 )
 
-from trail_contract.api import ADMIN_PREFIX, ConfigView, GuardView
+from trail_contract.admin_api import ADMIN_PREFIX, ConfigView, GuardView
 from trail_operator.peering import Peering, leads
 from trail_operator.rbac import PERMISSIONS
 

@@ -11,7 +11,8 @@ import json
 import pytest
 from crd_validation import check, pruned
 
-from trail_contract.api import ConfigView, GuardView, SchedulerSettings
+from trail_contract.admin_api import ConfigView, GuardView
+from trail_contract.settings import SchedulerSettings
 from trail_operator import builders
 from trail_operator.apply import (
     LAST_APPLIED,

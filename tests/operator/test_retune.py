@@ -7,7 +7,7 @@ import json
 
 import httpx
 
-from trail_contract.api import SchedulerSettings
+from trail_contract.settings import SchedulerSettings
 from trail_operator.retune import PodTarget, RetuneClient
 
 TARGET = PodTarget("pod-0", "10.0.0.7", 8001)

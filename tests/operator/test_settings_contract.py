@@ -1,6 +1,6 @@
 """The CRD's ``spec.scheduler`` and the settings model are one contract: held equal here.
 
-Adding a setting to :class:`trail_contract.api.SchedulerSettings` without the CRD (or the
+Adding a setting to :class:`trail_contract.settings.SchedulerSettings` without the CRD (or the
 other way round), or giving them different defaults or ranges, fails this test.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trail_contract.api import SETTING_KEYS, SchedulerSettings
+from trail_contract.settings import SETTING_KEYS, SchedulerSettings
 from trail_operator import crd
 
 

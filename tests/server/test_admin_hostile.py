@@ -19,7 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trail_contract.api import SETTING_KEYS, ConfigView, SchedulerSettings
+from trail_contract.admin_api import ConfigView
+from trail_contract.settings import SETTING_KEYS, SchedulerSettings
 from trail_scheduler.server.admin import AdminToken, build_admin_app
 from trail_scheduler.server.probe_source import ProbeSources
 
@@ -214,7 +215,7 @@ def test_the_scheduler_refuses_an_older_generation_as_a_conflict():
     """The engine side of the 409: checked before anything else in the scheduler's apply."""
     from types import SimpleNamespace
 
-    from trail_contract.api import ConfigUpdate
+    from trail_contract.admin_api import ConfigUpdate
     from trail_scheduler.vllm.scheduler import TrailSchedulingMixin
 
     scheduler = SimpleNamespace(trail_generation=7)

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from trail_contract.api import ProbeSource
+from trail_contract.admin_api import ProbeSource
 from trail_scheduler.server.admin import AdminToken, build_admin_app
 from trail_scheduler.server.probe_source import MAX_REDIRECTS, ProbeFetchError, ProbeSources
 

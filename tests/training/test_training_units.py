@@ -242,7 +242,7 @@ def test_eval_replays_the_prior_the_engine_would_use():
     predictor's; the probe prior's is p⁰; after the tokens' readings the three converge."""
     import numpy as np
 
-    from trail_contract.api import RefinementPrior, SchedulerSettings
+    from trail_contract.settings import RefinementPrior, SchedulerSettings
     from trail_scheduler.training.data import RequestStates
     from trail_scheduler.training.evaluate import replay
 
@@ -284,7 +284,7 @@ def test_simulated_bursts_credit_exact_prompt_estimates_with_the_oracles_gain():
     ones make it the oracle's order, whatever the probe reads."""
     import numpy as np
 
-    from trail_contract.api import SchedulerSettings
+    from trail_contract.settings import SchedulerSettings
     from trail_scheduler.core.simulation import RecordedRequest
     from trail_scheduler.training.evaluate import simulated_bursts
 
@@ -309,7 +309,7 @@ def test_simulated_bursts_can_be_drawn_to_chat_traffics_length_mix():
     resampled by length, and a split too small for a bin's quota is a clear error."""
     import numpy as np
 
-    from trail_contract.api import SchedulerSettings
+    from trail_contract.settings import SchedulerSettings
     from trail_scheduler.core.simulation import RecordedRequest
     from trail_scheduler.length_mix import CHAT_MIX
     from trail_scheduler.training.evaluate import simulated_bursts

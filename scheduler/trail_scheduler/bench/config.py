@@ -9,9 +9,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trail_contract.api import SchedulerSettings
 from trail_contract.errors import TrailError
 from trail_contract.probe_format import ProbeFormatError, read_header
+from trail_contract.settings import SchedulerSettings
 from trail_scheduler.bench import policies as P
 from trail_scheduler.bench.servers import Server, check_loopback
 from trail_scheduler.bench.workload import (

@@ -18,8 +18,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from trail_contract.api import SETTING_KEYS, SchedulerSettings, explain
 from trail_contract.errors import TrailError
+from trail_contract.settings import SETTING_KEYS, SchedulerSettings
+from trail_contract.wire import explain
 
 STOCK, TRAIL = "stock", "trail"
 

@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from trail_contract.admin_api import ConfigView, StatsView
 from trail_contract.admin_client import AdminClient
-from trail_contract.api import ConfigView, StatsView
 from trail_contract.errors import TrailError
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trail_contract.api import GuardLevel, PolicyName, SchedulerSettings
+from trail_contract.admin_api import GuardLevel
+from trail_contract.settings import PolicyName, SchedulerSettings
 
 
 def spearman(first: np.ndarray, second: np.ndarray) -> float | None:

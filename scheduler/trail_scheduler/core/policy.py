@@ -21,9 +21,9 @@ from operator import attrgetter
 
 # The settings are the shared contract's: one definition for the policy, the admin API, the engine
 # and the operator (re-exported for the core's users).
-from trail_contract.api import MAX_C as MAX_C
-from trail_contract.api import PolicyName as PolicyName
-from trail_contract.api import SchedulerSettings as SchedulerSettings
+from trail_contract.settings import MAX_C as MAX_C
+from trail_contract.settings import PolicyName as PolicyName
+from trail_contract.settings import SchedulerSettings as SchedulerSettings
 
 
 def is_preemptible(generated_tokens: int, initial_prediction: float, c: float) -> bool:

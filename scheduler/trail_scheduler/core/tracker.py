@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from trail_contract.api import RefinementPrior, SchedulerSettings
+from trail_contract.settings import RefinementPrior, SchedulerSettings
 from trail_scheduler.core.bins import LengthBins
 from trail_scheduler.core.refine import expected_remaining, normalise, refine, remaining_spread, update
 

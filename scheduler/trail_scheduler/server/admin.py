@@ -24,7 +24,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from trail_contract.api import ADMIN_PREFIX, ConfigUpdate, ConfigView, StatsView
+from trail_contract.admin_api import ADMIN_PREFIX, ConfigUpdate, ConfigView, StatsView
 from trail_scheduler.server import metrics
 from trail_scheduler.server.probe_source import ProbeFetchError, ProbeSources
 from trail_scheduler.vllm.control import EngineControl, GenerationConflict, SettingsRefused

@@ -13,7 +13,8 @@ import math
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from trail_contract.api import CHOICE_SETTINGS, ConfigView, GuardView, SchedulerSettings
+from trail_contract.admin_api import ConfigView, GuardView
+from trail_contract.settings import CHOICE_SETTINGS, SchedulerSettings
 from trail_scheduler.vllm.control import EngineControl, MetricsDrain
 
 logger = logging.getLogger("trail.metrics")

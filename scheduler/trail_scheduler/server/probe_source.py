@@ -28,7 +28,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx
 
-from trail_contract.api import ProbeSource
+from trail_contract.admin_api import ProbeSource
 from trail_contract.errors import TrailError
 
 logger = logging.getLogger("trail.probe_source")

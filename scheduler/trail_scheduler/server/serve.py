@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from trail_contract.api import CHOICE_SETTINGS, SchedulerSettings, explain, read_settings_file
+from trail_contract.admin_api import read_settings_file
 from trail_contract.errors import TrailError
+from trail_contract.settings import CHOICE_SETTINGS, SchedulerSettings
+from trail_contract.wire import explain
 from trail_scheduler.server.probe_source import DEFAULT_DEADLINE_SECONDS, ProbeFetchError, ProbeSources
 from trail_scheduler.vllm.engine_config import TRAIL_ENGINE_ARGS, TrailEngineConfig, engine_args
 

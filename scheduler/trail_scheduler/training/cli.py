@@ -8,7 +8,8 @@ import json
 import logging
 from pathlib import Path
 
-from trail_contract.api import RefinementPrior, SchedulerSettings, explain
+from trail_contract.settings import RefinementPrior, SchedulerSettings
+from trail_contract.wire import explain
 from trail_scheduler.length_mix import LENGTH_MIXES
 
 

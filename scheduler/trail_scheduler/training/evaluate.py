@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trail_contract.api import PolicyName, SchedulerSettings
+from trail_contract.settings import PolicyName, SchedulerSettings
 from trail_scheduler.core.refine import expected_remaining
 from trail_scheduler.core.simulation import RecordedRequest, simulate
 from trail_scheduler.core.tracker import PredictionTracker

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from trail_contract.api import ConfigUpdate, ConfigView, StatsView
+from trail_contract.admin_api import ConfigUpdate, ConfigView, StatsView
 
 UTILITY = "scheduler"
 METHODS = ("config", "apply", "stats", "drain_metrics")

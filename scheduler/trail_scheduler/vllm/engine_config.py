@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trail_contract.api import SchedulerSettings
+from trail_contract.settings import SchedulerSettings
 
 CONFIG_KEY = "trail"
 SCHEDULER_CLS = "trail_scheduler.vllm.scheduler.trail_scheduler"  # vLLM's --scheduler-cls: a factory

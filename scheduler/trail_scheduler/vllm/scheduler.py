@@ -38,17 +38,9 @@ from vllm.v1.core.sched.request_queue import PriorityRequestQueue, SchedulingPol
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
-from trail_contract.api import (
-    ConfigUpdate,
-    ConfigView,
-    GuardView,
-    PolicyName,
-    ProbeInfo,
-    RequestStats,
-    SchedulerSettings,
-    StatsView,
-    explain,
-)
+from trail_contract.admin_api import ConfigUpdate, ConfigView, GuardView, ProbeInfo, RequestStats, StatsView
+from trail_contract.settings import PolicyName, SchedulerSettings
+from trail_contract.wire import explain
 from trail_scheduler.core.bins import LengthBins
 from trail_scheduler.core.guard import Displacement, PredictionGuard
 from trail_scheduler.core.policy import Room, RunningRequest, WaitingRequest
