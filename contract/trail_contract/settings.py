@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from enum import Enum
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
@@ -52,6 +52,29 @@ def _is_number(value: Any) -> bool:
 
 def _is_integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _held(annotation: Any) -> tuple[Any, bool]:
+    """The type a setting holds and whether it may be null: ``float | None`` is (float, True)."""
+    kinds = [kind for kind in get_args(annotation) if kind is not type(None)]
+    return (kinds[0] if kinds else annotation), len(kinds) < len(get_args(annotation))
+
+
+def _default_words(kind: type, above: bool, nullable: bool) -> str:
+    if kind is int:
+        words = "an integer from {low} to {high}"
+    else:
+        words = "a number above {low:g} and at most {high:g}" if above else "a number from {low:g} to {high:g}"
+    return words + (" or null" if nullable else "")
+
+
+# How a range is said where the words above would not do; the bounds are the Fields'.
+_RANGE_WORDS = {
+    "c": "a finite number between {low:g} and {high:g}",
+    "max_wait_seconds": "a positive number up to {high:g} (null turns the guard off)",
+    "preemption_margin": "from {low:g} to {high:g} tokens",
+    "probe_ranks_after": "an integer from {low} to {high} tokens",
+}
 
 
 class SchedulerSettings(Wire):
@@ -166,6 +189,7 @@ class SchedulerSettings(Wire):
         "trusts the predictions one level more",
     )
 
+    # A choice by its value, and an unknown one refused with the list (pydantic's enum error names none).
     @field_validator("policy", "refinement_prior", mode="before")
     @classmethod
     def _known_choice(cls, value: Any, info: ValidationInfo) -> Enum:
@@ -177,97 +201,30 @@ class SchedulerSettings(Wire):
             what = info.field_name.replace("_", " ")
             raise ValueError(f"unknown {what} {shown(value)}; expected one of: {names}") from None
 
-    @field_validator("c", mode="before")
+    @field_validator("*", mode="before")
     @classmethod
-    def _c_in_range(cls, value: Any) -> Any:
-        if not (_is_number(value) and 0.0 <= value <= MAX_C):
-            raise ValueError(f"c must be a finite number between 0 and {MAX_C:g}, got {shown(value)}")
+    def _number_in_range(cls, value: Any, info: ValidationInfo) -> Any:
+        """Every number setting, strictly (a Field in lax mode would take "0.5", true or 2.0 for an
+        integer) and refused in the setting's own words; the range checked is the Field's."""
+        field = SchedulerSettings.model_fields.get(info.field_name)
+        kind, nullable = _held(field.annotation) if field else (None, False)
+        if kind not in (int, float) or (value is None and nullable):
+            return value
+        bounds = {type(m).__name__: m for m in field.metadata}
+        above = "Gt" in bounds  # the low bound excluded
+        low, high = (bounds["Gt"].gt if above else bounds["Ge"].ge), bounds["Le"].le
+        fits = _is_integer(value) if kind is int else _is_number(value)
+        if not (fits and (low < value if above else low <= value) and value <= high):
+            words = _RANGE_WORDS.get(info.field_name) or _default_words(kind, above, nullable)
+            raise ValueError(f"{info.field_name} must be {words.format(low=low, high=high)}, got {shown(value)}")
         return value
 
-    @field_validator("predict_every", mode="before")
-    @classmethod
-    def _positive_interval(cls, value: Any) -> Any:
-        if not (_is_integer(value) and 1 <= value <= MAX_PREDICT_EVERY):
-            raise ValueError(f"predict_every must be an integer from 1 to {MAX_PREDICT_EVERY}, got {shown(value)}")
-        return value
-
-    @field_validator("max_wait_seconds", mode="before")
-    @classmethod
-    def _positive_wait(cls, value: Any) -> Any:
-        if value is not None and not (_is_number(value) and 0 < value <= MAX_WAIT_SECONDS):
-            raise ValueError(
-                f"max_wait_seconds must be a positive number up to {MAX_WAIT_SECONDS:g}, or null to turn it off; "
-                f"got {shown(value)}"
-            )
-        return value
-
-    @field_validator("preemption_margin", mode="before")
-    @classmethod
-    def _margin(cls, value: Any) -> Any:
-        if not (_is_number(value) and 0 <= value <= MAX_PREEMPTION_MARGIN):
-            raise ValueError(
-                f"preemption_margin must be from 0 to {MAX_PREEMPTION_MARGIN:g} tokens, got {shown(value)}"
-            )
-        return value
-
-    @field_validator("evidence_weight", mode="before")
-    @classmethod
-    def _weight(cls, value: Any) -> Any:
-        if not (_is_number(value) and 0 < value <= 1):
-            raise ValueError(f"evidence_weight must be a number above 0 and at most 1, got {shown(value)}")
-        return value
-
-    @field_validator("probe_ranks_after", mode="before")
-    @classmethod
-    def _tokens_before_the_probe_ranks(cls, value: Any) -> Any:
-        if not (_is_integer(value) and 0 <= value <= MAX_PROBE_RANKS_AFTER):
-            raise ValueError(
-                f"probe_ranks_after must be an integer from 0 to {MAX_PROBE_RANKS_AFTER} tokens, got {shown(value)}"
-            )
-        return value
-
+    # A Field's strict=True refuses "true" too, but in pydantic's words, not the setting's.
     @field_validator("preemption_by_benefit", "prediction_guard", mode="before")
     @classmethod
     def _switch(cls, value: Any, info: ValidationInfo) -> Any:
         if not isinstance(value, bool):
             raise ValueError(f"{info.field_name} must be true or false, got {shown(value)}")
-        return value
-
-    @classmethod
-    def _field_bounds(cls, name: str) -> tuple[float, float]:
-        """A field's ``ge`` and ``le`` (one statement of each range: the Field's)."""
-        found = {type(m).__name__: m for m in cls.model_fields[name].metadata}
-        return found["Ge"].ge, found["Le"].le
-
-    @field_validator("prediction_guard_window", "prediction_guard_min_samples", mode="before")
-    @classmethod
-    def _guard_count(cls, value: Any, info: ValidationInfo) -> Any:
-        low, high = cls._field_bounds(info.field_name)
-        if not (_is_integer(value) and low <= value <= high):
-            raise ValueError(f"{info.field_name} must be an integer from {low} to {high}, got {shown(value)}")
-        return value
-
-    @field_validator(
-        "recompute_token_cost",
-        "prediction_guard_min_rank_correlation",
-        "prediction_guard_max_regret_ratio",
-        "prediction_guard_hysteresis",
-        mode="before",
-    )
-    @classmethod
-    def _guard_threshold(cls, value: Any, info: ValidationInfo) -> Any:
-        low, high = cls._field_bounds(info.field_name)
-        if not (_is_number(value) and low <= value <= high):
-            raise ValueError(f"{info.field_name} must be a number from {low:g} to {high:g}, got {shown(value)}")
-        return value
-
-    @field_validator("max_preemptions", mode="before")
-    @classmethod
-    def _cap(cls, value: Any) -> Any:
-        if value is not None and not (_is_integer(value) and 0 <= value <= MAX_PREEMPTIONS):
-            raise ValueError(
-                f"max_preemptions must be an integer from 0 to {MAX_PREEMPTIONS} or null, got {shown(value)}"
-            )
         return value
 
     def wire(self) -> dict[str, Any]:
