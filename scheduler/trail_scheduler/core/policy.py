@@ -31,7 +31,10 @@ def is_preemptible(generated_tokens: int, initial_prediction: float, c: float) -
     return generated_tokens < c * initial_prediction
 
 
-@dataclass(frozen=True)
+# The two views are not frozen, though nothing may change one once built: the engine builds
+# one per running request per decode step, and a frozen dataclass costs three times as much
+# to construct (2.7 against 0.7 us; 256 of them were most of a step's scheduling time).
+@dataclass(slots=True)
 class WaitingRequest:
     request_id: str
     arrival_time: float
@@ -41,7 +44,7 @@ class WaitingRequest:
     remaining_spread: float = 0.0  # standard deviation of predicted_remaining (0: unknown)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RunningRequest:
     request_id: str
     arrival_time: float
