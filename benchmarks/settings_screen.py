@@ -22,6 +22,7 @@ import argparse
 import itertools
 import json
 import math
+import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -32,6 +33,8 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from trail_contract.settings import PolicyName, SchedulerSettings  # noqa: E402
+from trail_scheduler.bench.config import REVERSIBLE  # noqa: E402
+from trail_scheduler.bench.probes import reversed_bins  # noqa: E402
 from trail_scheduler.core.refine import expected_remaining  # noqa: E402
 from trail_scheduler.core.simulation import simulate  # noqa: E402
 from trail_scheduler.predictors import SHIPPED_PROBE, SHIPPED_PROMPT_PREDICTOR  # noqa: E402
@@ -39,6 +42,7 @@ from trail_scheduler.probe import load_probe  # noqa: E402
 from trail_scheduler.probe.prompt import load_prompt_predictor  # noqa: E402
 from trail_scheduler.training.data import Collection  # noqa: E402
 from trail_scheduler.training.evaluate import (  # noqa: E402
+    ENGINE_STEP_SECONDS,
     RANKED_AFTER,
     probe_readings,
     rank_correlation,
@@ -78,6 +82,11 @@ def main() -> None:
     parser.add_argument("collection")
     parser.add_argument("--probe", default=str(SHIPPED_PROBE))
     parser.add_argument("--prompt-predictor", default=str(SHIPPED_PROMPT_PREDICTOR))
+    parser.add_argument(
+        "--reverse-bins",
+        choices=REVERSIBLE,
+        help="screen with copies of the predictors whose bins are reversed (as trail bench --reverse-bins)",
+    )
     parser.add_argument("--split", default="validation", choices=("validation", "test", "train"))
     parser.add_argument("--bursts", type=int, default=12)
     parser.add_argument("--burst-size", type=int, default=32)
@@ -96,6 +105,11 @@ def main() -> None:
     combos = settings_grid(fixed, args.grid)
 
     collection = Collection(args.collection)
+    if args.reverse_bins:
+        folder = Path(tempfile.mkdtemp(prefix="trail-reversed-"))
+        args.probe = reversed_bins(Path(args.probe), folder / "probe.safetensors")
+        if args.reverse_bins == "both":
+            args.prompt_predictor = reversed_bins(Path(args.prompt_predictor), folder / "prompt.safetensors")
     probe = load_probe(args.probe)
     predictor = load_prompt_predictor(args.prompt_predictor)
     states = collection.load(probe.layer, args.split, probe.prompt_reading)
@@ -112,7 +126,14 @@ def main() -> None:
 
     def serve(settings: SchedulerSettings):
         return [
-            simulate(burst, settings, probe.bins, args.slots, prefill_tokens_per_step=args.prefill_tokens_per_step)
+            simulate(
+                burst,
+                settings,
+                probe.bins,
+                args.slots,
+                step_seconds=ENGINE_STEP_SECONDS,
+                prefill_tokens_per_step=args.prefill_tokens_per_step,
+            )
             for burst in bursts
         ]
 
@@ -124,6 +145,7 @@ def main() -> None:
             "mean_latency": round(float(np.mean([o.mean_latency / f.mean_latency for o, f in zip(outcomes, fcfs)])), 3),
             "ttft": round(float(np.mean([o.mean_ttft / f.mean_ttft for o, f in zip(outcomes, fcfs)])), 3),
             "preemptions_per_burst": round(float(np.mean([o.preemptions for o in outcomes])), 1),
+            "guard_fell_back": sum(len(o.guard_levels) > 1 for o in outcomes),  # bursts where it acted
         }
 
     references = {
@@ -150,6 +172,8 @@ def main() -> None:
         "answers": len(recorded),
         "probe_sha256": probe.sha256,
         "prompt_predictor_sha256": predictor.loaded.sha256,
+        "reverse_bins": args.reverse_bins,
+        "step_seconds": ENGINE_STEP_SECONDS,
         "bursts": args.bursts,
         "burst_size": size,
         "slots": args.slots,
@@ -161,11 +185,12 @@ def main() -> None:
     output = Path(args.output)
     output.write_text(json.dumps(report, indent=2))
     _plot(output.with_suffix(".png"), report)
-    print(f"{'mean':>6} {'TTFT':>6} {'preempt':>7}  settings")
-    for name, row in references.items():
-        print(f"{row['mean_latency']:6.3f} {row['ttft']:6.3f} {row['preemptions_per_burst']:7.1f}  {name}")
-    for row in rows:
-        print(f"{row['mean_latency']:6.3f} {row['ttft']:6.3f} {row['preemptions_per_burst']:7.1f}  {row['settings']}")
+    print(f"{'mean':>6} {'TTFT':>6} {'preempt':>7} {'guard':>5}  settings  (guard: bursts in which it fell back)")
+    for name, row in [*references.items(), *((row["settings"], row) for row in rows)]:
+        print(
+            f"{row['mean_latency']:6.3f} {row['ttft']:6.3f} {row['preemptions_per_burst']:7.1f} "
+            f"{row['guard_fell_back']:5d}  {name}"
+        )
     print(f"wrote {output} and {output.with_suffix('.png')}")
 
 

@@ -399,6 +399,36 @@ def test_cli_refinement_without_a_probe(monkeypatch, tmp_path):
     assert "needs a probe" in bench_error("--quick", "--policies", "fcfs,trail")
 
 
+def test_a_reversed_copy_predicts_the_mirror_of_the_original_and_loads_as_it(tmp_path):
+    import torch
+
+    from trail_scheduler.bench.probes import reversed_bins
+    from trail_scheduler.predictors import SHIPPED_PROMPT_PREDICTOR
+    from trail_scheduler.probe import load_probe
+    from trail_scheduler.probe.prompt import load_prompt_predictor
+
+    reversed_path = reversed_bins(SHIPPED_PROMPT_PREDICTOR, tmp_path / "prompt.safetensors")
+    original, flipped = load_probe(SHIPPED_PROMPT_PREDICTOR), load_prompt_predictor(reversed_path).loaded
+    hidden = torch.randn(5, original.hidden_size)
+    with torch.inference_mode():
+        expected = original.module.probabilities(hidden).flip(-1)
+        assert torch.allclose(flipped.module.probabilities(hidden), expected, atol=1e-6)
+    assert flipped.bins == original.bins
+    assert flipped.training["bins_reversed_from"] == original.sha256
+    assert flipped.training["data"] == original.training["data"]  # the decoding check still reads it
+
+
+def test_cli_reversed_bins_need_a_predictor_and_engines_the_bench_starts(monkeypatch, tmp_path):
+    from trail_scheduler.bench import config
+
+    monkeypatch.setenv("TRAIL_ADMIN_TOKEN", "x")
+    endpoints = ("--trail-endpoint", "http://127.0.0.1:9", "--admin-endpoint", "http://127.0.0.1:9")
+    assert "not --trail-endpoint" in bench_error("--quick", "--reverse-bins", "both", *endpoints)
+    monkeypatch.setattr(config, "SHIPPED_PROBE", tmp_path / "not-shipped.safetensors")
+    message = bench_error("--quick", "--policies", "fcfs,trail-prompt", "--reverse-bins", "probe")
+    assert "no predictor to reverse" in message
+
+
 def test_cli_unreachable_endpoint(monkeypatch):
     monkeypatch.setenv("TRAIL_ADMIN_TOKEN", "x")
     port = free_port()  # nothing listens here

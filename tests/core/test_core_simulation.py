@@ -186,3 +186,43 @@ def test_preemption_by_benefit_preempts_less_and_serves_faster_when_recompute_co
     benefit = simulate(requests, weighed, BINS, slots=4, prefill_tokens_per_step=50)
     assert benefit.preemptions < plain.preemptions / 2
     assert benefit.mean_latency < 0.95 * plain.mean_latency
+
+
+def lying(request_id: str, length: int, arrival: float) -> RecordedRequest:
+    """An answer whose prompt estimate and probe readings are mirrored: long reads short."""
+    told = truthful(request_id, length, arrival, estimate=64.0 - length)
+    mirror = lambda rows: rows[..., ::-1].copy()  # noqa: E731
+    return RecordedRequest(
+        request_id=request_id,
+        arrival=told.arrival,
+        length=length,
+        prompt_tokens=told.prompt_tokens,
+        first_reading=mirror(told.first_reading),
+        readings=mirror(told.readings),
+        prompt_estimate=told.prompt_estimate,
+    )
+
+
+def test_the_guard_falls_back_to_arrival_order_on_mirrored_predictions_and_keeps_true_ones_order():
+    lengths = np.random.default_rng(0).integers(1, 63, size=160)
+    guarded = TRAIL.model_copy(  # no starvation bound: it would put the burst in arrival order by itself
+        update={
+            "c": 1.0,
+            "max_wait_seconds": None,
+            "prediction_guard": True,
+            "prediction_guard_window": 30,
+            "prediction_guard_min_samples": 15,
+        }
+    )
+    # A burst, a millisecond apart: arrival order is an order of its own.
+    mirrored = [lying(f"r{i}", int(n), i / 1000) for i, n in enumerate(lengths)]
+    fallen = simulate(mirrored, guarded, BINS, slots=4)
+    unguarded = simulate(mirrored, guarded.model_copy(update={"prediction_guard": False}), BINS, slots=4)
+    fcfs = simulate(mirrored, FCFS, BINS, slots=4)
+    assert [level.value for level in fallen.guard_levels] == ["trusting", "no-preemption", "arrival-order"]
+    assert unguarded.mean_latency > fcfs.mean_latency  # wrong predictions cost more than no order
+    assert fallen.mean_latency < unguarded.mean_latency
+    # True lengths keep their order. (Their preemptions may still be regretted: the probe's bins
+    # are coarser than the exact prompt estimates a newcomer is compared with.)
+    told = simulate([truthful(f"r{i}", int(n), i / 1000, estimate=n) for i, n in enumerate(lengths)], guarded, BINS, 4)
+    assert "arrival-order" not in [level.value for level in told.guard_levels]

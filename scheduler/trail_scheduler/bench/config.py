@@ -81,6 +81,9 @@ PRESETS = {
 }
 
 
+REVERSIBLE = ("probe", "both")  # --reverse-bins: which predictors are served reversed
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
@@ -141,6 +144,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sweep-rates", choices=("highest", "all"), help="rates the c sweep runs at")
     parser.add_argument(
         "--probe", type=Path, help="probe file for TRAIL with embedding refinement (default: the shipped one, if any)"
+    )
+    parser.add_argument(
+        "--prompt-predictor", type=Path, help="prompt-predictor file of the TRAIL engines (default: the shipped one)"
+    )
+    parser.add_argument(
+        "--reverse-bins",
+        choices=REVERSIBLE,
+        help="serve with copies of the predictors whose bins are reversed (they predict long where the originals "
+        "predict short): 'probe', or 'both' with the prompt predictor; what TRAIL does when its predictions are wrong",
     )
     parser.add_argument(
         "--max-wait-seconds",
@@ -223,6 +235,8 @@ class BenchConfig:
     probe: Path | None
     prompts: Path | None
     output: Path
+    prompt_predictor: Path | None = None
+    reverse_bins: str | None = None
     notes: list[str] = field(default_factory=list)
     short_requests: bool = False
     length_mix: str = "natural"
@@ -285,9 +299,12 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         raise BenchError("--requests and --output-cap must be at least 1")
     if args.probe is None and SHIPPED_PROBE.is_file():  # the probe trained for the bundled model
         args.probe = SHIPPED_PROBE
-    for flag, path in (("probe", args.probe), ("prompts", args.prompts)):
+    if args.prompt_predictor is None and SHIPPED_PROMPT_PREDICTOR.is_file():
+        args.prompt_predictor = SHIPPED_PROMPT_PREDICTOR
+    for flag, path in (("probe", args.probe), ("prompts", args.prompts), ("prompt predictor", args.prompt_predictor)):
         if path is not None and not path.is_file():
             raise BenchError(f"{flag} file {path} not found")
+    _check_reversible(args)
     decoding = DECODINGS[args.decoding]
     entries, notes = _entries(args, preset, decoding)
     if any(load.share is not None for load in loads) and args.capacity is None:
@@ -309,6 +326,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         max_wait_seconds=args.max_wait_seconds,
         probe=args.probe,
         prompts=args.prompts,
+        prompt_predictor=args.prompt_predictor,
+        reverse_bins=args.reverse_bins,
         short_requests=args.short_requests,
         length_mix=args.length_mix or preset.length_mix,
         decoding=decoding,
@@ -351,9 +370,18 @@ def _entries(args: argparse.Namespace, preset: Preset, decoding: Decoding) -> tu
     c_sweep = _floats(args.c_sweep) if args.c_sweep is not None else preset.c_sweep
     entries, notes = P.resolve(names, c_sweep, have_probe=args.probe is not None, explicit=bool(args.policies))
     if any(e.engine == P.TRAIL for e in entries) and not args.trail_endpoint:
-        predictors = [SHIPPED_PROMPT_PREDICTOR] + ([args.probe] if any(e.probe for e in entries) else [])
+        predictors = [args.prompt_predictor] + ([args.probe] if any(e.probe for e in entries) else [])
         notes += check_decoding(predictors, decoding)
     return entries, notes
+
+
+def _check_reversible(args: argparse.Namespace) -> None:
+    """A given engine serves its own predictors: the bench can neither swap nor reverse them."""
+    if args.trail_endpoint and (args.reverse_bins or args.prompt_predictor not in (None, SHIPPED_PROMPT_PREDICTOR)):
+        raise BenchError("--prompt-predictor and --reverse-bins need engines the bench starts, not --trail-endpoint")
+    reversed_files = {"probe": [args.probe], "both": [args.probe, args.prompt_predictor]}.get(args.reverse_bins, [])
+    if None in reversed_files:
+        raise BenchError(f"--reverse-bins {args.reverse_bins}: there is no predictor to reverse")
 
 
 def _check_capacity_measurable(entries: list[P.PolicyEntry], requests: int, max_num_seqs: int) -> None:

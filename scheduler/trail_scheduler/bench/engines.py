@@ -81,7 +81,10 @@ class Engines:
         if engine == P.STOCK:
             server = start_stock_vllm(self.logs, *self.engine_args)
         else:
-            server = start_trail_serve(self.logs, "--probe", str(config.probe) if probe else "none", *self.engine_args)
+            predictors = ("--probe", str(config.probe) if probe else "none")
+            if config.prompt_predictor is not None:
+                predictors += ("--prompt-predictor", str(config.prompt_predictor))
+            server = start_trail_serve(self.logs, *predictors, *self.engine_args)
         self.stack.callback(server.stop)
         self.progress.remove_task(starting)
         return server

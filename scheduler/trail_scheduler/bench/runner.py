@@ -25,6 +25,7 @@ from trail_scheduler.bench import policies as P
 from trail_scheduler.bench.config import BenchConfig, BenchError, config_from_args
 from trail_scheduler.bench.engines import Engines, empty_prefix_cache
 from trail_scheduler.bench.loadgen import RequestRecord, run_load
+from trail_scheduler.bench.probes import reversed_bins
 from trail_scheduler.bench.report import (
     MIN_HEADROOM,
     compare,
@@ -196,6 +197,16 @@ def _ideal_ratios(config: BenchConfig, samples, lengths: dict[str, int], console
     return ratios
 
 
+def _serve_reversed(config: BenchConfig) -> None:
+    """Point the run at reversed copies of its predictors, written beside its report."""
+    folder = config.output / "reversed-predictors"
+    folder.mkdir(exist_ok=True)
+    config.probe = reversed_bins(config.probe, folder / config.probe.name)
+    if config.reverse_bins == "both":
+        config.prompt_predictor = reversed_bins(config.prompt_predictor, folder / config.prompt_predictor.name)
+    config.notes.append(f"predictors served with their bins reversed ({config.reverse_bins}): {folder}")
+
+
 def run_bench(config: BenchConfig) -> dict:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -205,6 +216,8 @@ def run_bench(config: BenchConfig) -> dict:
     console = Console(stderr=True)
     config.output.mkdir(parents=True, exist_ok=True)
     logs = Path(tempfile.mkdtemp(prefix="trail-bench-logs-", dir=config.output))
+    if config.reverse_bins:
+        _serve_reversed(config)
     model_path = prepare_bundled_model()
     pool = load_prompts(config.prompts, config.short_requests)
     count_tokens = chat_token_counter(model_path)
@@ -232,6 +245,8 @@ def run_bench(config: BenchConfig) -> dict:
             "max_num_seqs": config.max_num_seqs,
             "max_wait_seconds": config.max_wait_seconds,
             "probe": str(config.probe) if config.probe else None,
+            "prompt_predictor": str(config.prompt_predictor) if config.prompt_predictor else None,
+            "reverse_bins": config.reverse_bins,
             "prompts": str(config.prompts) if config.prompts else "sharegpt-bench-pool",
             "short_requests": config.short_requests,
             "length_mix": config.length_mix,

@@ -9,6 +9,9 @@ batch size changing step time, memory) is left out, except recomputation, which 
 given a cost: with ``prefill_tokens_per_step`` finite, a request spends
 ``ceil(tokens to prefill / prefill_tokens_per_step)`` steps on them before its next token.
 
+The prediction guard (when ``settings`` switch it on) measures the finished requests as the
+engine's does and sets the policy's fallback level.
+
 Measured against a real run of the same requests, the difference between a simulated and
 a measured ratio is what the engine costs; between the oracle and TRAIL here, what the
 predictions cost.
@@ -22,7 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from trail_contract.admin_api import GuardLevel
 from trail_scheduler.core.bins import LengthBins
+from trail_scheduler.core.guard import Displacement, PredictionGuard
 from trail_scheduler.core.policy import Policy, PolicyName, Room, RunningRequest, SchedulerSettings, WaitingRequest
 from trail_scheduler.core.tracker import PredictionTracker
 
@@ -49,6 +54,7 @@ class Outcome:
     ttft: tuple[float, ...]  # seconds from arrival to the first token
     preemptions: int
     recomputed_tokens: int  # prompt and generated tokens prefilled again after preemptions
+    guard_levels: tuple[GuardLevel, ...] = (GuardLevel.TRUSTING,)  # the prediction guard's, in turn
 
     @property
     def mean_latency(self) -> float:
@@ -85,8 +91,10 @@ def simulate(
         raise ValueError("request ids must be unique")
     if not all(math.isfinite(r.arrival) and r.arrival >= 0 for r in requests):
         raise ValueError("arrival times must be finite and not negative")
+    guard = PredictionGuard(settings)
     policy = Policy(settings)
     tracker = PredictionTracker(bins, settings)
+    levels = [guard.level]
     pending = sorted(range(len(requests)), key=lambda i: (requests[i].arrival, i))
     served: dict[str, _Served] = {}
     waiting: list[str] = []
@@ -111,6 +119,8 @@ def simulate(
             Room(free_slots=slots - len(running), free_blocks=math.inf),
             now,
         )
+        for displacer, victim in decision.displacements:
+            guard.preempted(Displacement(displacer, victim, served[displacer].generated, served[victim].generated))
         for request_id in decision.preempt:
             state = served[request_id]
             running.remove(request_id)
@@ -135,6 +145,9 @@ def simulate(
             if state.generated >= state.request.length:
                 running.remove(request_id)
                 finished_at[request_id] = done_at
+                if guard.finished(request_id, tracker.get(request_id).initial_prediction, state.request.length):
+                    policy = Policy(guard.effective(settings))
+                    levels.append(guard.level)
                 tracker.finish(request_id, state.request.length)
         step += 1
     return Outcome(
@@ -142,6 +155,7 @@ def simulate(
         ttft=tuple(served[r.request_id].first_token_at - r.arrival for r in requests),
         preemptions=preemptions,
         recomputed_tokens=recomputed,
+        guard_levels=tuple(levels),
     )
 
 
