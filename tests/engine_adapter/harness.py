@@ -26,8 +26,9 @@ from trail_scheduler.assets import bundled_model_path
 from trail_scheduler.core.bins import LengthBins
 from trail_scheduler.probe import LengthProbe, save_probe
 from trail_scheduler.vllm.engine_config import TrailEngineConfig
+from trail_scheduler.vllm.hints import PROMPT_DISTRIBUTION_ARG, PROMPT_ESTIMATE_ARG
 from trail_scheduler.vllm.runner import StepEvidence
-from trail_scheduler.vllm.scheduler import PROMPT_DISTRIBUTION_ARG, PROMPT_ESTIMATE_ARG, TrailSchedulingMixin
+from trail_scheduler.vllm.scheduler import TrailSchedulingMixin
 
 BLOCK_SIZE = 16
 TOKEN = 100  # what the fake model samples: not the model's EOS (2)
