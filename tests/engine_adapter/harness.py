@@ -152,7 +152,7 @@ class Engine:
         self.in_flight: deque = deque()
         self.readings: dict[str, np.ndarray] = {}
         self.probe_error: Exception | None = None  # the workers' probe fails at the next step
-        probe = scheduler.trail_probe
+        probe = scheduler.trail_control.probe
         self.probe_sha256 = None if probe is None else probe.sha256  # the probe the workers run
 
     def add(self, *requests: Request) -> None:

@@ -16,9 +16,9 @@ request with the largest one, so protected requests get the smallest values), an
 lets vLLM build the batch. After each step it folds the worker's probe readings into
 the per-request beliefs.
 
-It is also the engine's control point for the admin API (:mod:`trail_scheduler.vllm.control`):
-a change is validated, committed to the policy at once and handed to the workers
-with the next step's ``SchedulerOutput`` (see :mod:`trail_scheduler.vllm.runner`).
+The admin API's way in is one object the scheduler holds, its control plane
+(:mod:`trail_scheduler.vllm.control_plane`): the settings and probe in force, and the
+reports; this module keeps the per-step hooks.
 """
 
 from __future__ import annotations
@@ -26,47 +26,31 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.request_queue import SchedulingPolicy, create_request_queue
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import RequestStatus
 
-from trail_contract.admin_api import ConfigUpdate, ConfigView, GuardView, ProbeInfo, RequestStats, StatsView
-from trail_contract.settings import PolicyName, SchedulerSettings
-from trail_contract.wire import explain
 from trail_scheduler.core.bins import LengthBins
 from trail_scheduler.core.guard import Displacement, PredictionGuard
 from trail_scheduler.core.policy import Room, RunningRequest, WaitingRequest
 from trail_scheduler.core.ranked import RankedQueues
 from trail_scheduler.core.tracker import PredictionTracker
-from trail_scheduler.probe import LoadedProbe, ProbeFileError, load_probe
-from trail_scheduler.vllm.backlog import OutputRate, drain_seconds
-from trail_scheduler.vllm.control import METHODS, ApplyReply, MetricsDrain
+from trail_scheduler.vllm.backlog import OutputRate
+from trail_scheduler.vllm.control_plane import ControlPlane
 from trail_scheduler.vllm.engine_config import TrailEngineConfig
 from trail_scheduler.vllm.hints import request_hints
 from trail_scheduler.vllm.metrics import EngineMetrics
 from trail_scheduler.vllm.ranked_queue import RankedQueue
-from trail_scheduler.vllm.runner import RunnerUpdate, capture_layer
 
 # Under vLLM's logger: the engine-core process configures only vLLM's logging, so this is
-# how the scheduler's lines (which class runs, settings changes) reach the server's log.
+# how the scheduler's lines (which class runs, settings changes, fallbacks) reach the server's log.
 logger = logging.getLogger("vllm.trail.scheduler")
 
 # Ends whose output length says nothing about the prediction (the prediction guard skips them).
 UNMEASURED_ENDS = (RequestStatus.FINISHED_ABORTED, RequestStatus.FINISHED_ERROR, RequestStatus.FINISHED_IGNORED)
-
-
-@dataclass(frozen=True)
-class ProbeIdentity:
-    sha256: str
-    layer: int
-    hidden_size: int
-    bins: LengthBins
-    model: str | None
 
 
 class TrailSchedulingMixin:
@@ -79,23 +63,14 @@ class TrailSchedulingMixin:
         self.waiting = RankedQueue()
         self.kv_holding_waiting = create_request_queue(self.policy)
         config = TrailEngineConfig.from_vllm_config(self.vllm_config)
-        self.trail_settings = config.settings
-        self.trail_probe_failure: str | None = None  # why the workers dropped the probe in force
         # The decision kept between steps: told which requests changed, it re-ranks only those.
         # Changed since the last decision: requests scheduled, given output, preempted or freed
         # (the waiting queue itself records what came and went).
-        self.trail_queues = RankedQueues(self.trail_settings)
+        self.trail_queues = RankedQueues(config.settings)
         self._trail_changed: set[str] = set()
-        self.trail_guard = PredictionGuard(self.trail_settings)
-        self._trail_follow_settings()
-        self.trail_generation = config.generation
-        self.trail_probe: ProbeIdentity | None = None
+        self.trail_guard = PredictionGuard(config.settings)
         self.trail_tracker = PredictionTracker(LengthBins.uniform(), config.settings)
         self._trail_last_order: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
-        probe = load_probe(config.probe_path) if config.probe_path else None  # as the runner did
-        self.trail_layer = capture_layer(config, probe, self.vllm_config.model_config)
-        self.trail_set_probe(probe)
-        self.trail_pending_update: RunnerUpdate | None = None
         self.trail_worker_probe: str | None = None  # the probe whose readings the workers sent last
         self.trail_metrics = EngineMetrics()
         self.trail_preemptions_total = 0
@@ -103,152 +78,15 @@ class TrailSchedulingMixin:
         self._trail_resuming: set[str] = set()  # preempted, not yet scheduled again
         self.trail_last_decision_seconds = 0.0
         self.trail_output_rate = OutputRate()
+        # The admin API's way in (the settings and probe in force); it re-tunes the parts above.
+        self.trail_control = ControlPlane(self, config)
 
-    # -- control (the admin API's way in) -------------------------------------------
     def __call__(self, method: str, update: dict | None = None, probe_bytes: bytes | None = None) -> dict[str, Any]:
-        """vLLM's utility call ``"scheduler"``; replies are wire models as plain data.
+        """vLLM's utility call ``"scheduler"`` (:mod:`trail_scheduler.vllm.control`) lands here.
 
         Fixed parameters: vLLM matches utility arguments against this signature.
         """
-        if method not in METHODS:
-            raise ValueError(f"unknown TRAIL method {method!r}")
-        if method == "apply":
-            try:
-                reply = self.trail_apply(ConfigUpdate.model_validate(update or {}), probe_bytes)
-            except ValidationError as error:  # the admin API checked it already; other callers may not
-                reply = ApplyReply(error=explain(error))
-        else:
-            reply = getattr(self, f"trail_{method}")()
-        return reply.model_dump(mode="json", by_alias=True)
-
-    def trail_apply(self, update: ConfigUpdate, probe_bytes: bytes | None = None) -> ApplyReply:
-        """Check a change completely against this engine, then commit it; on error nothing changes."""
-        if update.generation is not None and update.generation < self.trail_generation:
-            return ApplyReply(
-                error=f"generation {update.generation} is older than generation {self.trail_generation} in force; "
-                "nothing changed",
-                conflict=True,
-            )
-        try:
-            settings = update.applied_to(self.trail_settings)
-            probe = None
-            if probe_bytes is not None:
-                probe = load_probe(probe_bytes)
-                model = self.vllm_config.model_config
-                probe_config = TrailEngineConfig(probe_layer=self.trail_layer)
-                capture_layer(probe_config, probe, model)  # hidden size, layer range
-        except ProbeFileError as error:
-            return ApplyReply(error=f"probe rejected: {error}")
-        except ValueError as error:
-            return ApplyReply(error=str(error))
-        self.trail_settings = settings
-        self.trail_tracker.follow(settings)
-        self.trail_guard.follow(settings)
-        self.trail_generation = self.trail_generation + 1 if update.generation is None else update.generation
-        if probe is not None:
-            self.trail_set_probe(probe)
-            self.trail_probe_failure = None
-        self._trail_follow_settings()
-        # Updates wait for the next step (none comes while the engine is idle): a later
-        # settings-only change must not drop a probe still on its way to the workers.
-        pending = self.trail_pending_update
-        if probe is None and pending is not None:
-            probe = pending.probe
-        self.trail_pending_update = RunnerUpdate(settings.predict_every, probe)
-        logger.info("TRAIL settings generation %d in force: %s", self.trail_generation, settings)
-        return ApplyReply(config=self.trail_config())
-
-    def _trail_follow_settings(self) -> None:
-        """Decide by the settings in force, as far as the prediction guard trusts the predictions;
-        length-unaware (first come, first served) while the workers have dropped the probe after
-        a failure, until a new probe is applied."""
-        settings: SchedulerSettings = self.trail_guard.effective(self.trail_settings)
-        if self.trail_probe_failure is not None:
-            settings = settings.model_copy(update={"policy": PolicyName.FCFS})
-        self.trail_queues.follow(settings)
-        self.trail_policy = self.trail_queues.policy
-
-    def _trail_probe_failed(self, sha256: str, failure: str) -> None:
-        self.trail_metrics.probe_failures += 1
-        if self.trail_probe is None or sha256 != self.trail_probe.sha256 or self.trail_probe_failure is not None:
-            return  # a probe already replaced, or already known to have failed
-        self.trail_probe_failure = f"probe {sha256[:12]} failed on the worker: {failure}"
-        self._trail_follow_settings()
-        logger.error("%s; ranking first come, first served until a new probe is applied", self.trail_probe_failure)
-
-    def trail_set_probe(self, probe: LoadedProbe | None) -> None:
-        if probe is None:
-            self.trail_probe = None
-            return
-        self.trail_probe = ProbeIdentity(probe.sha256, probe.layer, probe.hidden_size, probe.bins, probe.model)
-        self.trail_tracker.set_bins(probe.bins)
-        self._trail_changed.update(self.requests)  # estimates may have changed with the bins
-
-    def trail_config(self) -> ConfigView:
-        probe = self.trail_probe
-        deciding = self.trail_policy.settings
-        return ConfigView(
-            **self.trail_settings.wire(),
-            generation=self.trail_generation,
-            probe=None
-            if probe is None
-            else ProbeInfo(
-                sha256=probe.sha256,
-                layer=probe.layer,
-                hidden_size=probe.hidden_size,
-                bins=probe.bins.to_list(),
-                model=probe.model,
-            ),
-            capture_layer=self.trail_layer,
-            probe_failure=self.trail_probe_failure,
-            effective_policy=deciding.policy,
-            effective_c=deciding.c,
-            prediction_guard_state=self._trail_guard_view(),
-        )
-
-    def trail_stats(self) -> StatsView:
-        return StatsView(
-            policy=self.trail_settings.policy,
-            num_running=len(self.running),
-            num_waiting=len(self.waiting),
-            running=[self._trail_request_stats(r, running=True) for r in self.running],
-            waiting=[self._trail_request_stats(r, running=False) for r in self.waiting],
-            preemptions_total=self.trail_preemptions_total,
-            last_decision_seconds=self.trail_last_decision_seconds,
-            worker_probe_sha256=self.trail_worker_probe,
-            probe_failure=self.trail_probe_failure,
-            **self._trail_backlog(),
-            prediction_guard=self._trail_guard_view(),
-        )
-
-    def _trail_guard_view(self) -> GuardView:
-        guard = self.trail_guard
-        return GuardView(
-            enabled=guard.enabled,
-            level=guard.level,
-            rank_correlation=guard.rank_correlation,
-            regret_ratio=guard.regret_ratio,
-            samples=guard.samples,
-            min_samples=guard.min_samples,
-            resolved_preemptions=guard.resolved_preemptions,
-        )
-
-    def trail_drain_metrics(self) -> MetricsDrain:
-        predicted = [
-            s.predicted_remaining for r in self.running if (s := self.trail_tracker.get(r.request_id)) is not None
-        ]
-        drained = self.trail_metrics.drain(predicted, self.trail_config())
-        return drained.model_copy(update=self._trail_backlog())
-
-    def _trail_backlog(self) -> dict[str, Any]:
-        """The predicted work left in this engine (StatsView's and MetricsDrain's fields)."""
-        tracker = self.trail_tracker
-        tokens = 0.0
-        for request in (*self.running, *self.waiting.unordered()):
-            state = tracker.get(request.request_id)
-            tokens += state.predicted_remaining if state else tracker.unknown_estimate
-        rate = self.trail_output_rate.per_second()
-        return {"predicted_backlog_tokens": tokens, "predicted_drain_seconds": drain_seconds(tokens, rate)}
+        return self.trail_control.dispatch(method, update, probe_bytes)
 
     # -- requests -----------------------------------------------------------------
     def add_request(self, request) -> None:
@@ -293,7 +131,7 @@ class TrailSchedulingMixin:
                 guard.regret_ratio,
                 guard.samples,
             )
-            self._trail_follow_settings()
+            self.trail_control.follow_settings()
 
     # -- the step -----------------------------------------------------------------
     def schedule(self, *args, **kwargs):
@@ -305,8 +143,8 @@ class TrailSchedulingMixin:
         self._trail_changed.update(output.num_scheduled_tokens)  # computed tokens, placeholders, admissions
         if self._trail_resuming:
             self._trail_count_resumed(output)
-        if self.trail_pending_update is not None:  # every step's output reaches every worker
-            output.trail_update, self.trail_pending_update = self.trail_pending_update, None
+        if self.trail_control.pending_update is not None:  # every step's output reaches every worker
+            output.trail_update, self.trail_control.pending_update = self.trail_control.pending_update, None
         return output
 
     def update_from_output(self, scheduler_output, model_runner_output):
@@ -322,11 +160,11 @@ class TrailSchedulingMixin:
         self._trail_changed.update(model_runner_output.req_ids)
         evidence = getattr(model_runner_output, "trail_evidence", None)
         if evidence is not None and evidence.failure is not None:
-            self._trail_probe_failed(evidence.probe_sha256, evidence.failure)
+            self.trail_control.probe_failed(evidence.probe_sha256, evidence.failure)
         elif evidence is not None:
             self.trail_worker_probe = evidence.probe_sha256
             # Readings of a probe being replaced (the new one is on its way) are not mixed in.
-            if self.trail_probe is not None and evidence.probe_sha256 == self.trail_probe.sha256:
+            if self.trail_control.probe is not None and evidence.probe_sha256 == self.trail_control.probe.sha256:
                 tracker.observe(evidence.request_ids, evidence.probabilities, evidence.from_prefill)
         return super().update_from_output(scheduler_output, model_runner_output)
 
@@ -427,18 +265,6 @@ class TrailSchedulingMixin:
             remaining_spread=state.remaining_spread if state else 0.0,
             # The prefix cache may still hold some of it when it resumes; nobody knows how much now.
             recompute_tokens=request.num_tokens,
-        )
-
-    def _trail_request_stats(self, request, running: bool) -> RequestStats:
-        state = self.trail_tracker.get(request.request_id)
-        estimate = state.predicted_remaining if state else self.trail_tracker.unknown_estimate
-        preemptible = self.trail_policy.preemptible(self._running_view(request), time.time()) if running else None
-        return RequestStats(
-            request_id=request.request_id,
-            generated_tokens=request.num_output_tokens,
-            predicted_remaining=estimate,
-            preemptible=preemptible,
-            preemptions=request.num_preemptions,
         )
 
 
