@@ -90,11 +90,12 @@ def parts(scheduler: TrailScheduler, repeats: int) -> dict[str, dict[str, float]
     waiting = [scheduler._waiting_view(r) for r in scheduler.waiting]
     running = [scheduler._running_view(r) for r in scheduler.running]
     room = Room(free_slots=0, free_blocks=scheduler.kv_cache_manager.block_pool.get_num_free_blocks())
+    policy = scheduler.trail_queues.policy
     return {
         "nothing_changed": unchanged,
         "8_estimates_moved": few_moved,
         "every_running_estimate_moved": all_moved,
-        "rebuilt_decision_alone": timed(lambda: scheduler.trail_policy.decide(waiting, running, room, now), repeats),
+        "rebuilt_decision_alone": timed(lambda: policy.decide(waiting, running, room, now), repeats),
     }
 
 

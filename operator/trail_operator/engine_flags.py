@@ -37,7 +37,7 @@ from trail_contract.settings import SchedulerSettings
 TABLE_FILE = Path(__file__).with_name("engine_flags.json")
 TABLE: dict[str, Any] = json.loads(TABLE_FILE.read_text())
 
-# vLLM destinations the operator sets (trail_operator.builders.server_args writes them,
+# vLLM destinations the operator sets (trail_operator.pod.server_args writes them,
 # the model also as vLLM's positional model_tag), and what to do instead.
 OPERATOR_DESTS: dict[str, str] = {
     "model": "use spec.model",

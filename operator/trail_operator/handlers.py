@@ -42,8 +42,10 @@ from typing import Any
 
 import kopf
 
-from trail_operator import builders, crd, kube, peering, webhook
-from trail_operator.builders import Images, Peer
+from trail_operator import crd, kube, peering, webhook
+from trail_operator.layout import LABEL_SERVER
+from trail_operator.owned import Peer
+from trail_operator.pod import Images
 from trail_operator.reconcile import Context, backoff, reconcile
 from trail_operator.retune import RetuneClient, ready_targets
 
@@ -52,7 +54,7 @@ TICK_SECONDS = min(1.0, RESYNC_SECONDS / 2)  # how often the resync loop looks f
 # The finalizer older versions put on LLMServers: named so that kopf, needing none now, removes it.
 FINALIZER = "trail.dev/operator"
 LLMSERVERS = (crd.GROUP, crd.VERSION, crd.PLURAL)
-OWNED_LABELS = {builders.LABEL_SERVER: kopf.PRESENT}
+OWNED_LABELS = {LABEL_SERVER: kopf.PRESENT}
 OWNED_WATCHES = (("v1", "pods"), ("apps", "v1", "deployments"))
 
 
@@ -66,7 +68,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logg
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=crd.GROUP)
     settings.posting.level = logging.WARNING  # log lines as Events: warnings and errors (reconcile posts Normal ones)
     for resource in OWNED_WATCHES:
-        settings.watching.label_selectors[resource] = builders.LABEL_SERVER  # the label exists
+        settings.watching.label_selectors[resource] = LABEL_SERVER  # the label exists
     webhook.configure(settings)  # the admission webhook (trail_operator.webhook), when the chart enables it
     memo.ctx = Context(kube.connect(), RetuneClient(), Images.from_env(), Peer.from_env())
     memo.setdefault("peering", None)  # trail_operator.peering.Peering with --peering (cli), else standalone
@@ -184,7 +186,7 @@ async def pod_changed(
     type: str, body: kopf.Body, labels: kopf.Labels, namespace: str, memo: kopf.Memo, logger: Any, **_: Any
 ) -> None:
     seen = [] if type == "DELETED" else ready_targets([dict(body)])
-    await _owned_changed(memo, namespace, labels[builders.LABEL_SERVER], seen, logger)
+    await _owned_changed(memo, namespace, labels[LABEL_SERVER], seen, logger)
 
 
 @kopf.on.event(*OWNED_WATCHES[1], labels=OWNED_LABELS)
@@ -194,4 +196,4 @@ async def deployment_changed(
     status = body.get("status") or {}
     counts = {key: status.get(key) for key in ("observedGeneration", "replicas", "updatedReplicas", "readyReplicas")}
     seen = None if type == "DELETED" else (body["metadata"].get("generation"), counts)
-    await _owned_changed(memo, namespace, labels[builders.LABEL_SERVER], seen, logger)
+    await _owned_changed(memo, namespace, labels[LABEL_SERVER], seen, logger)

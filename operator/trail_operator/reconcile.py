@@ -30,11 +30,14 @@ from typing import Any
 import kopf
 from lightkube import AsyncClient
 
-from trail_operator import builders, kube
+from trail_operator import kube
 from trail_operator.apply import OwnershipError, canonical, execute, needs_write, plan, removals
-from trail_operator.builders import Images, Owner, Peer
 from trail_operator.events import build_event, lifecycle_events
+from trail_operator.layout import Owner, endpoint, names, selector_labels, selector_string
+from trail_operator.owned import Peer, build_all, build_secret, secret_token
+from trail_operator.pod import Images
 from trail_operator.retune import PodReport, RetuneClient, ready_targets
+from trail_operator.scheduler_settings import probe_sha256, scheduler_generation, scheduler_update, stored_settings
 from trail_operator.spec import LLMServerSpec, SecretKeyRef, SpecError, parse_spec
 from trail_operator.status import Observation, compute_status
 
@@ -116,8 +119,8 @@ def kept_token(owner: Owner, secret: dict[str, Any] | None) -> str | None:
     """The live Secret's token while the Secret is exactly what we wrote: a deleted,
     hand-edited or emptied Secret, or one whose token an older operator recorded in clear
     in an annotation, gets a new token (and the Secret is created afresh)."""
-    token = builders.secret_token(secret)
-    if token is None or needs_write(secret, builders.build_secret(owner, token)):
+    token = secret_token(secret)
+    if token is None or needs_write(secret, build_secret(owner, token)):
         return None
     return token
 
@@ -133,19 +136,15 @@ def desire(
 ) -> Desired:
     """What the LLMServer should own and its pods run, given what it owns now: the admin
     token is kept, and so is the settings generation while the settings are unchanged."""
-    expected_sha = builders.probe_sha256(spec, probe_data)
-    start_settings = builders.scheduler_update(spec, 0, probe_data, live=False)
-    sched_gen = builders.scheduler_generation(
-        builders.stored_settings(owned.get("ConfigMap")), start_settings, generation, expected_sha
-    )
+    expected_sha = probe_sha256(spec, probe_data)
+    start_settings = scheduler_update(spec, 0, probe_data, live=False)
+    sched_gen = scheduler_generation(stored_settings(owned.get("ConfigMap")), start_settings, generation, expected_sha)
     token = kept_token(owner, owned.get("Secret")) or secrets.token_urlsafe(32)
     return Desired(
-        objects=builders.build_all(
-            owner, spec, images, token=token, generation=sched_gen, probe_data=probe_data, peer=peer
-        ),
+        objects=build_all(owner, spec, images, token=token, generation=sched_gen, probe_data=probe_data, peer=peer),
         token=token,
         scheduler_generation=sched_gen,
-        settings=builders.scheduler_update(spec, sched_gen, probe_data, live=True),
+        settings=scheduler_update(spec, sched_gen, probe_data, live=True),
         probe_sha=expected_sha,
     )
 
@@ -157,8 +156,8 @@ async def read_live(ctx: Context, namespace: str, name: str) -> Live:
     kinds = ctx.owned_kinds()
     server, *owned, pods = await asyncio.gather(
         kube.get(ctx.client, "LLMServer", namespace, name),
-        *(kube.get(ctx.client, kind, namespace, builders.names(named)[key]) for kind, key in kinds),
-        kube.list_labelled(ctx.client, "Pod", namespace, builders.selector_labels(named)),
+        *(kube.get(ctx.client, kind, namespace, names(named)[key]) for kind, key in kinds),
+        kube.list_labelled(ctx.client, "Pod", namespace, selector_labels(named)),
     )
     return Live(server=server, owned={kind: obj for (kind, _), obj in zip(kinds, owned, strict=True)}, pods=pods)
 
@@ -214,8 +213,8 @@ async def reconcile(
     owner = Owner(name, namespace, meta["uid"])
     context = {
         "generation": meta.get("generation"),
-        "endpoint": builders.endpoint(owner),
-        "selector": builders.selector_string(owner),
+        "endpoint": endpoint(owner),
+        "selector": selector_string(owner),
         "deployment": live.owned["Deployment"],
         "refused": (server.get("status") or {}).get("refusedSettings"),  # kept when this pass stops early
     }

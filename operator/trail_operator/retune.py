@@ -17,7 +17,8 @@ import httpx
 
 from trail_contract.admin_api import GuardLevel
 from trail_contract.admin_client import AdminClient, AdminError
-from trail_operator.builders import ADMIN_PORT_NAME, CONTAINER_NAME, same_settings
+from trail_operator.layout import ADMIN_PORT_NAME, CONTAINER_NAME
+from trail_operator.scheduler_settings import same_settings
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from chart_helpers import CHART, REPO
 
-from trail_operator import builders
+from trail_operator import layout
 
 DOC = REPO / "docs" / "kubernetes.md"
 NOTES = CHART / "templates" / "NOTES.txt"
@@ -30,7 +30,7 @@ def test_commands_match_the_cpu_example_and_the_operators_service(text_file):
     example = yaml.safe_load(CPU_EXAMPLE.read_text())
     name = example["metadata"]["name"]
     text = text_file.read_text()
-    assert f"kubectl port-forward svc/{name} {builders.HTTP_PORT}:{builders.HTTP_PORT}" in text
+    assert f"kubectl port-forward svc/{name} {layout.HTTP_PORT}:{layout.HTTP_PORT}" in text
     assert f'"model": "{example["spec"]["model"]["servedModelName"]}"' in text
     patch = re.search(rf"kubectl patch llms {name} --type merge -p '([^']+)'", text)
     assert patch, "the retune command is missing"

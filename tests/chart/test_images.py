@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from chart_helpers import CHART, REPO
 
-from trail_operator.builders import RUN_AS
+from trail_operator.pod import RUN_AS
 
 IMAGES = REPO / "images"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -163,7 +163,7 @@ def test_cpu_image_prepares_the_bundled_model_as_its_user():
 
 
 def test_cpu_image_model_cache_is_where_serve_looks(monkeypatch):
-    from trail_operator.builders import CACHE_DIR
+    from trail_operator.pod import CACHE_DIR
     from trail_scheduler import assets
 
     env = " ".join(image("server-cpu").all("ENV"))

@@ -2,7 +2,7 @@
 
 kubernetes-validate has no schema for the ServiceMonitor (a Prometheus-operator CRD
 kind), so its test checks what matters instead: that it selects the Services the
-operator really builds (trail_operator.builders) on the port that serves /metrics.
+operator really builds (trail_operator.owned.build_service) on the port that serves /metrics.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 import pytest
 from chart_helpers import CHART, NAMESPACE, by_kind, one
 
-from trail_operator import builders
+from trail_operator import layout, owned
 
 MONITORING = CHART / "ci" / "monitoring-values.yaml"
 NAMESPACED = CHART / "ci" / "namespaced-values.yaml"
@@ -51,8 +51,8 @@ def test_the_server_exports_the_promised_metrics():
 
 
 def operator_service() -> dict:
-    owner = builders.Owner(name="chat", namespace="team-a", uid="0000")
-    return builders.build_service(owner)
+    owner = layout.Owner(name="chat", namespace="team-a", uid="0000")
+    return owned.build_service(owner)
 
 
 def test_defaults_render_no_monitoring_objects(default_manifests):
@@ -82,7 +82,7 @@ def test_servicemonitor_follows_watched_namespaces(helm):
 
 
 def test_servicemonitor_does_not_select_the_admin_port():
-    admin = builders.ADMIN_PORT_NAME
+    admin = layout.ADMIN_PORT_NAME
     assert admin not in {p["name"] for p in operator_service()["spec"]["ports"]}
     template = (CHART / "templates" / "_server.tpl").read_text()
     assert admin not in template.split("serverMetricsPort", 1)[1]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from chart_helpers import NAMESPACE, one
 
-from trail_operator import builders
-from trail_operator.builders import Owner, Peer
+from trail_operator.layout import Owner
+from trail_operator.owned import Peer, build_network_policy
 
 
 def operator_env(manifests: list[dict]) -> tuple[dict, dict]:
@@ -31,7 +31,7 @@ def test_on_by_default_and_the_policy_admits_the_operators_pods(default_manifest
     assert peer is not None and peer.namespace == NAMESPACE
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert peer.labels and peer.labels.items() <= pod_labels.items()
-    policy = builders.build_network_policy(Owner("demo", "ml", "uid"), peer)
+    policy = build_network_policy(Owner("demo", "ml", "uid"), peer)
     admitted = policy["spec"]["ingress"][1]["from"][0]
     assert admitted["podSelector"]["matchLabels"].items() <= pod_labels.items()
     assert admitted["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": NAMESPACE}

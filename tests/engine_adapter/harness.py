@@ -26,8 +26,9 @@ from trail_scheduler.assets import bundled_model_path
 from trail_scheduler.core.bins import LengthBins
 from trail_scheduler.probe import LengthProbe, save_probe
 from trail_scheduler.vllm.engine_config import TrailEngineConfig
+from trail_scheduler.vllm.hints import PROMPT_DISTRIBUTION_ARG, PROMPT_ESTIMATE_ARG
 from trail_scheduler.vllm.runner import StepEvidence
-from trail_scheduler.vllm.scheduler import PROMPT_DISTRIBUTION_ARG, PROMPT_ESTIMATE_ARG, TrailSchedulingMixin
+from trail_scheduler.vllm.scheduler import TrailSchedulingMixin
 
 BLOCK_SIZE = 16
 TOKEN = 100  # what the fake model samples: not the model's EOS (2)
@@ -151,7 +152,7 @@ class Engine:
         self.in_flight: deque = deque()
         self.readings: dict[str, np.ndarray] = {}
         self.probe_error: Exception | None = None  # the workers' probe fails at the next step
-        probe = scheduler.trail_probe
+        probe = scheduler.trail_control.probe
         self.probe_sha256 = None if probe is None else probe.sha256  # the probe the workers run
 
     def add(self, *requests: Request) -> None:

@@ -38,29 +38,30 @@ def test_drain_seconds(backlog, rate, seconds):
 def test_the_backlog_is_every_requests_predicted_remaining_and_moves_with_the_work(make_engine):
     engine = make_engine(policy="sjf", max_num_seqs=2)
     scheduler = engine.scheduler
-    assert (scheduler.trail_stats().predicted_backlog_tokens, scheduler.trail_stats().predicted_drain_seconds) == (0, 0)
+    control = scheduler.trail_control
+    assert (control.stats().predicted_backlog_tokens, control.stats().predicted_drain_seconds) == (0, 0)
     engine.add(
         make_request("a", max_tokens=40, estimate=40.0),
         make_request("b", max_tokens=20, estimate=20.0),
         make_request("c", max_tokens=30, estimate=30.0),  # waits: two slots
     )
-    arrived = scheduler.trail_stats()
+    arrived = control.stats()
     assert arrived.predicted_backlog_tokens == 90.0
     assert arrived.predicted_drain_seconds is None  # nothing measured yet
     engine.run(6)
-    busy = scheduler.trail_stats()
+    busy = control.stats()
     per_request = sum(r.predicted_remaining for r in (*busy.running, *busy.waiting))
     assert busy.num_waiting == 1 and busy.predicted_backlog_tokens == per_request < 90.0
     assert busy.predicted_drain_seconds == pytest.approx(
         busy.predicted_backlog_tokens / scheduler.trail_output_rate.per_second()
     )
-    drained = scheduler.trail_drain_metrics()  # what the API server's poller records
+    drained = control.drain_metrics()  # what the API server's poller records
     assert drained.predicted_backlog_tokens == busy.predicted_backlog_tokens
     metrics.record(drained)
     assert REGISTRY.get_sample_value("trail_predicted_backlog_tokens") == busy.predicted_backlog_tokens
     assert REGISTRY.get_sample_value("trail_predicted_drain_seconds") == pytest.approx(busy.predicted_drain_seconds)
     engine.run_to_completion()
-    done = scheduler.trail_stats()
+    done = control.stats()
     assert (done.predicted_backlog_tokens, done.predicted_drain_seconds) == (0, 0)
     assert scheduler.trail_output_rate.per_second() > 0  # kept for the next burst
 
@@ -68,6 +69,6 @@ def test_the_backlog_is_every_requests_predicted_remaining_and_moves_with_the_wo
 def test_an_unmeasured_drain_time_is_exported_as_nan(make_engine):
     engine = make_engine(policy="fcfs")
     engine.add(make_request("a", estimate=10.0))
-    metrics.record(engine.scheduler.trail_drain_metrics())
+    metrics.record(engine.scheduler.trail_control.drain_metrics())
     assert REGISTRY.get_sample_value("trail_predicted_backlog_tokens") == 10.0
     assert math.isnan(REGISTRY.get_sample_value("trail_predicted_drain_seconds"))

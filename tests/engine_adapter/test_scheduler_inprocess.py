@@ -126,7 +126,7 @@ def test_preemption_costs_are_counted_how_far_along_and_what_resuming_rebuilt(ma
     needed = {r.request_id: r.num_tokens for r in (old, young)}
     assert all(n > 2 * BLOCK_SIZE for n in needed.values())
     engine.run_to_completion()
-    drained = engine.scheduler.trail_drain_metrics()
+    drained = engine.scheduler.trail_control.drain_metrics()
     # Cached: the full blocks short of the last token, which vLLM always computes.
     cached = sum((n - 1) // BLOCK_SIZE * BLOCK_SIZE for n in needed.values()) if prefix_caching else 0
     assert drained.resumed_tokens == {"prefix_cache": cached, "recomputed": sum(needed.values()) - cached}
@@ -137,7 +137,7 @@ def test_preemption_costs_are_counted_how_far_along_and_what_resuming_rebuilt(ma
         n - 16 - in_flight for n in needed.values()
     )
     assert {reason for reason, _ in drained.preempted_generated} == {"policy"}
-    again = engine.scheduler.trail_drain_metrics()  # drained once
+    again = engine.scheduler.trail_control.drain_metrics()  # drained once
     assert again.resumed_tokens == {} and again.preempted_generated == []
 
 
@@ -287,7 +287,7 @@ def test_a_request_aborted_mid_prefill_leaves_nothing_behind(make_engine, probe_
     engine.run_to_completion()
     scheduler = engine.scheduler
     assert scheduler.trail_tracker.requests == {} and scheduler.requests == {}
-    stats = scheduler.trail_stats()
+    stats = scheduler.trail_control.stats()
     assert stats.running == [] and stats.waiting == []
     # Only "other" finished with output, so only its errors were measured.
     assert sorted(stage for stage, _ in scheduler.trail_metrics.errors) == ["first", "prompt", "refined"]
@@ -303,7 +303,7 @@ def test_a_probe_sent_to_an_idle_engine_rides_the_next_step_even_after_a_setting
     assert apply(scheduler, {"predictEvery": 2}, data).error is None
     assert apply(scheduler, {"c": 0.3}).error is None
     assert "c" in apply(scheduler, {"c": -1}).error  # a refused change touches nothing
-    config = scheduler.trail_config()
+    config = scheduler.trail_control.config()
     assert config.probe.sha256 == sha and config.c == 0.3
     engine.add(make_request("r"))
     update = engine.step().trail_update
@@ -324,12 +324,12 @@ def test_readings_of_a_probe_being_replaced_are_not_mixed_in(make_engine, probe_
     engine.readings["r"] = reading(1)
     state = scheduler.trail_tracker.get("r")
     engine.run(4)  # the workers still run the old probe
-    assert scheduler.trail_stats().worker_probe_sha256 == old_sha
+    assert scheduler.trail_control.stats().worker_probe_sha256 == old_sha
     assert state.belief is None and state.first_estimate is None
     assert state.predicted_remaining == 300 - state.generated  # the prompt estimate, counting down
     engine.probe_sha256 = new_sha  # the update arrived
     engine.run(2)
-    assert scheduler.trail_stats().worker_probe_sha256 == new_sha
+    assert scheduler.trail_control.stats().worker_probe_sha256 == new_sha
     assert state.belief is not None and state.predicted_remaining < 100
 
 
@@ -380,12 +380,12 @@ def test_a_probe_failing_on_the_workers_falls_back_to_first_come_first_served(ma
     engine.run(1)
     engine.probe_error = RuntimeError("CUDA error: an illegal memory access was encountered")
     engine.run(2)
-    config = scheduler.trail_config()
+    config = scheduler.trail_control.config()
     assert config.probe_failure is not None and sha[:12] in config.probe_failure
     assert "illegal memory access" in config.probe_failure
-    assert scheduler.trail_stats().probe_failure == config.probe_failure
+    assert scheduler.trail_control.stats().probe_failure == config.probe_failure
     assert config.policy.value == "trail"  # the settings in force are unchanged; the ranking falls back
-    assert scheduler.trail_drain_metrics().probe_failures == 1
+    assert scheduler.trail_control.drain_metrics().probe_failures == 1
     # Arrival order wins now, whatever the estimates say.
     engine.add(make_request("long", max_tokens=4, estimate=500, arrival_time=time.time()))
     engine.add(make_request("short", max_tokens=4, estimate=5, arrival_time=time.time() + 1))
@@ -394,7 +394,7 @@ def test_a_probe_failing_on_the_workers_falls_back_to_first_come_first_served(ma
     assert not scheduler.requests  # none lost
     # A new probe clears the failure.
     assert apply(scheduler, {}, path.read_bytes()).error is None
-    assert scheduler.trail_config().probe_failure is None
+    assert scheduler.trail_control.config().probe_failure is None
     engine.add(make_request("long2", max_tokens=4, estimate=500, arrival_time=time.time()))
     engine.add(make_request("short2", max_tokens=4, estimate=5, arrival_time=time.time() + 1))
     engine.add(make_request("blocker", max_tokens=4, estimate=1, arrival_time=time.time() - 1))
@@ -446,13 +446,13 @@ def test_reversed_predictions_trip_the_guard_it_stops_preempting_then_serves_in_
     # Requests admitted after the fallback were admitted first come, first served.
     later = admissions[len(admissions) - 10 :]
     assert later == sorted(later)
-    stats = engine.scheduler.trail_stats().prediction_guard
+    stats = engine.scheduler.trail_control.stats().prediction_guard
     assert stats.level.value == "arrival-order" and stats.rank_correlation < 0
-    assert engine.scheduler.trail_policy.name.value == "fcfs"
-    config = engine.scheduler.trail_config()
+    assert engine.scheduler.trail_queues.policy.name.value == "fcfs"
+    config = engine.scheduler.trail_control.config()
     assert config.policy.value == "trail" and config.c == 2.0  # the settings stay as set
     assert (config.effective_policy.value, config.prediction_guard_state) == ("fcfs", stats)  # what /config reports
-    metrics.record(engine.scheduler.trail_drain_metrics())  # the drain carries the guard in its config
+    metrics.record(engine.scheduler.trail_control.drain_metrics())  # the drain carries the guard in its config
     assert REGISTRY.get_sample_value("trail_prediction_guard_level") == 2
 
 
@@ -460,10 +460,10 @@ def test_good_predictions_never_trip_the_guard(make_engine):
     engine = make_engine(max_num_seqs=2, **GUARDED)
     _, trace = _serve_a_stream(engine, lambda length: float(length))
     assert {level for level, _ in trace} == {"trusting"}
-    stats = engine.scheduler.trail_stats().prediction_guard
+    stats = engine.scheduler.trail_control.stats().prediction_guard
     assert stats.rank_correlation > 0.9 and stats.samples == 20
     assert trace[-1][1] > 0 and stats.regret_ratio == 0.0  # it preempted, and none was regretted
-    config = engine.scheduler.trail_config()
+    config = engine.scheduler.trail_control.config()
     assert (config.effective_policy.value, config.effective_c, config.prediction_guard_state.level.value) == (
         "trail",
         2.0,

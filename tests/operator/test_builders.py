@@ -9,8 +9,10 @@ import kubernetes_validate
 import pytest
 from conftest import EXAMPLES, load
 
-from trail_operator import builders
-from trail_operator.builders import Images, Owner
+from trail_operator.layout import ADMIN_PORT, HTTP_PORT, SCHEDULER_DIR, SCHEDULER_FILE, TOKEN_KEY, Owner
+from trail_operator.owned import Peer, build_all, secret_token
+from trail_operator.pod import CACHE_DIR, DEFAULT_CPU_IMAGE, FETCH_DEADLINE_SECONDS, RUN_AS, TOKEN_DIR, Images
+from trail_operator.scheduler_settings import probe_sha256, scheduler_generation, scheduler_update
 from trail_operator.spec import parse_spec
 
 OWNER = Owner(name="demo", namespace="ml", uid="1234-uid")
@@ -20,7 +22,7 @@ PROBE = b"\x00probe-bytes" * 200
 
 def build(spec_dict, probe_data=None, generation=3):
     spec = parse_spec(spec_dict)
-    return spec, builders.build_all(OWNER, spec, IMAGES, token="tok", generation=generation, probe_data=probe_data)
+    return spec, build_all(OWNER, spec, IMAGES, token="tok", generation=generation, probe_data=probe_data)
 
 
 def container(deployment):
@@ -63,19 +65,19 @@ def test_the_admin_token_is_a_mounted_file_never_in_the_pod_template(cpu_example
     _, (*_, deployment) = build(cpu_example["spec"])
     pod, c = deployment["spec"]["template"]["spec"], container(deployment)
     args = c["args"]
-    assert args[args.index("--admin-token-file") + 1] == f"{builders.TOKEN_DIR}/{builders.TOKEN_KEY}"
+    assert args[args.index("--admin-token-file") + 1] == f"{TOKEN_DIR}/{TOKEN_KEY}"
     volume = next(v for v in pod["volumes"] if v["name"] == "admin-token")
     assert volume == {"name": "admin-token", "secret": {"secretName": "demo-admin", "defaultMode": 0o440}}
     mount = next(m for m in c["volumeMounts"] if m["name"] == "admin-token")
-    assert mount == {"name": "admin-token", "mountPath": builders.TOKEN_DIR, "readOnly": True}
-    assert pod["securityContext"]["fsGroup"] == builders.RUN_AS  # group-readable for uid 10001
+    assert mount == {"name": "admin-token", "mountPath": TOKEN_DIR, "readOnly": True}
+    assert pod["securityContext"]["fsGroup"] == RUN_AS  # group-readable for uid 10001
     assert "TRAIL_ADMIN_TOKEN" not in json.dumps(deployment)
     spec = parse_spec(cpu_example["spec"])
     first, second = (
-        builders.build_all(OWNER, spec, IMAGES, token=token, generation=1, probe_data=None)
+        build_all(OWNER, spec, IMAGES, token=token, generation=1, probe_data=None)
         for token in ("first-token-value", "second-token-value")
     )
-    assert builders.secret_token(first[0]) == "first-token-value"
+    assert secret_token(first[0]) == "first-token-value"
     assert first[1:] == second[1:]  # a new token changes the Secret alone
     assert "first-token-value" not in json.dumps(first[1:])
 
@@ -178,13 +180,11 @@ def test_probe_sources_the_pods_accept(cpu_example) -> None:
     # The file:// URLs the operator sends are under those folders.
     probe = {"configMapKeyRef": {"name": "probes", "key": "p.bin"}}
     cm_spec = parse_spec({**cpu_example["spec"], "scheduler": {"probe": probe}})
-    assert builders.scheduler_update(cm_spec, 1, PROBE, live=False)["probe"]["url"].startswith(
-        f"file://{builders.SCHEDULER_DIR}/"
-    )
+    assert scheduler_update(cm_spec, 1, PROBE, live=False)["probe"]["url"].startswith(f"file://{SCHEDULER_DIR}/")
     path_spec = parse_spec(
         {**cpu_example["spec"], "model": pvc, "scheduler": {"probe": {"path": "p.bin", "sha256": "a" * 64}}}
     )
-    assert builders.scheduler_update(path_spec, 1, None, live=False)["probe"]["url"] == "file:///models/p.bin"
+    assert scheduler_update(path_spec, 1, None, live=False)["probe"]["url"] == "file:///models/p.bin"
 
 
 def test_a_probe_url_on_a_new_host_rolls_the_pods(cpu_example) -> None:
@@ -204,10 +204,10 @@ def test_configmap_probe_is_copied_and_referenced_by_sha(cpu_example) -> None:
     spec_dict["scheduler"]["probe"] = {"configMapKeyRef": {"name": "probes", "key": "p.bin"}}
     spec, (_, configmap, *_) = build(spec_dict, probe_data=PROBE)
     settings = json.loads(configmap["data"]["scheduler.json"])
-    sha = builders.probe_sha256(spec, PROBE)
+    sha = probe_sha256(spec, PROBE)
     assert settings["probe"] == {"url": "file:///etc/trail/scheduler/probe.bin", "sha256": sha}
     assert "probe.bin" in configmap["binaryData"]
-    live = builders.scheduler_update(spec, 3, PROBE, live=True)
+    live = scheduler_update(spec, 3, PROBE, live=True)
     assert set(live["probe"]) == {"data"}
 
 
@@ -219,14 +219,14 @@ def test_url_model_gets_fetch_init_container() -> None:
     assert init["command"][-2:] == ["--sha256", "b" * 64]
     cap = 64 << 30  # the CRD's default model.url.maxBytes
     assert init["command"][init["command"].index("--max-bytes") + 1] == str(cap)
-    assert init["command"][init["command"].index("--deadline") + 1] == str(builders.FETCH_DEADLINE_SECONDS)
+    assert init["command"][init["command"].index("--deadline") + 1] == str(FETCH_DEADLINE_SECONDS)
     assert {"name": "model", "emptyDir": {"sizeLimit": str(2 * cap)}} in pod["volumes"]
 
 
 def test_default_images_from_environment(monkeypatch) -> None:
     monkeypatch.setenv("TRAIL_DEFAULT_GPU_IMAGE", "registry/gpu:9")
     monkeypatch.delenv("TRAIL_DEFAULT_CPU_IMAGE", raising=False)
-    assert Images.from_env() == Images(gpu="registry/gpu:9", cpu=builders.DEFAULT_CPU_IMAGE)
+    assert Images.from_env() == Images(gpu="registry/gpu:9", cpu=DEFAULT_CPU_IMAGE)
 
 
 def test_scheduler_generation_moves_only_when_settings_do() -> None:
@@ -239,10 +239,10 @@ def test_scheduler_generation_moves_only_when_settings_do() -> None:
         "maxPreemptions": None,
     }
     stored = {**desired, "generation": 5, "probeSha256": None}
-    assert builders.scheduler_generation(stored, desired, 9, None) == 5
-    assert builders.scheduler_generation(stored, {**desired, "c": 1.0}, 9, None) == 9
-    assert builders.scheduler_generation(stored, {**desired, "c": 1.0}, None, None) == 6
-    assert builders.scheduler_generation(None, desired, None, None) == 1
+    assert scheduler_generation(stored, desired, 9, None) == 5
+    assert scheduler_generation(stored, {**desired, "c": 1.0}, 9, None) == 9
+    assert scheduler_generation(stored, {**desired, "c": 1.0}, None, None) == 6
+    assert scheduler_generation(None, desired, None, None) == 1
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -255,16 +255,14 @@ def test_trail_serve_reads_the_settings_file_the_operator_writes(path, tmp_path)
 
     spec, objects = build(load(path)["spec"], generation=7)
     configmap, deployment = objects[1], objects[-1]
-    (tmp_path / builders.SCHEDULER_FILE).write_text(configmap["data"][builders.SCHEDULER_FILE])
+    (tmp_path / SCHEDULER_FILE).write_text(configmap["data"][SCHEDULER_FILE])
     args = container(deployment)["args"]
     config_flag = args.index("--scheduler-config")
-    assert args[config_flag + 1] == f"{builders.SCHEDULER_DIR}/{builders.SCHEDULER_FILE}"
+    assert args[config_flag + 1] == f"{SCHEDULER_DIR}/{SCHEDULER_FILE}"
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     # The probe is fetched at start; here only the settings are read (no download).
-    parsed, _ = parser.parse_known_args(
-        ["--scheduler-config", str(tmp_path / builders.SCHEDULER_FILE), "--probe", "none"]
-    )
+    parsed, _ = parser.parse_known_args(["--scheduler-config", str(tmp_path / SCHEDULER_FILE), "--probe", "none"])
     settings, _, generation = scheduler_settings(parsed)
     assert generation == 7
     assert (settings.policy, settings.c, settings.predict_every) == (
@@ -276,11 +274,9 @@ def test_trail_serve_reads_the_settings_file_the_operator_writes(path, tmp_path)
 
 
 def test_network_policy_opens_the_openai_port_and_the_admin_port_to_the_operator_only(cpu_example) -> None:
-    peer = builders.Peer(
-        "trail-system", {"app.kubernetes.io/name": "trail-operator", "app.kubernetes.io/instance": "t"}
-    )
+    peer = Peer("trail-system", {"app.kubernetes.io/name": "trail-operator", "app.kubernetes.io/instance": "t"})
     spec = parse_spec(cpu_example["spec"])
-    objects = builders.build_all(OWNER, spec, IMAGES, token="tok", generation=1, probe_data=None, peer=peer)
+    objects = build_all(OWNER, spec, IMAGES, token="tok", generation=1, probe_data=None, peer=peer)
     kinds = ["Secret", "ConfigMap", "Service", "PodDisruptionBudget", "NetworkPolicy", "Deployment"]
     assert [o["kind"] for o in objects] == kinds
     policy, deployment = objects[4], objects[5]
@@ -289,8 +285,8 @@ def test_network_policy_opens_the_openai_port_and_the_admin_port_to_the_operator
     assert policy["spec"]["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     open_port, admin = policy["spec"]["ingress"]
-    assert open_port == {"ports": [{"protocol": "TCP", "port": builders.HTTP_PORT}]}  # from anywhere
-    assert admin["ports"] == [{"protocol": "TCP", "port": builders.ADMIN_PORT}]
+    assert open_port == {"ports": [{"protocol": "TCP", "port": HTTP_PORT}]}  # from anywhere
+    assert admin["ports"] == [{"protocol": "TCP", "port": ADMIN_PORT}]
     assert admin["from"] == [
         {
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "trail-system"}},
@@ -302,14 +298,14 @@ def test_network_policy_opens_the_openai_port_and_the_admin_port_to_the_operator
 
 def test_network_policy_settings_come_from_the_charts_env(monkeypatch) -> None:
     monkeypatch.delenv("TRAIL_NETWORK_POLICY", raising=False)
-    assert builders.Peer.from_env() is None
+    assert Peer.from_env() is None
     monkeypatch.setenv("TRAIL_NETWORK_POLICY", "true")
     monkeypatch.setenv("TRAIL_OPERATOR_NAMESPACE", "ops")
     monkeypatch.delenv("TRAIL_OPERATOR_POD_LABELS", raising=False)
     with pytest.raises(ValueError, match="TRAIL_OPERATOR_POD_LABELS"):
-        builders.Peer.from_env()
+        Peer.from_env()
     monkeypatch.setenv("TRAIL_OPERATOR_POD_LABELS", '{"app": "op"}')
-    assert builders.Peer.from_env() == builders.Peer("ops", {"app": "op"})
+    assert Peer.from_env() == Peer("ops", {"app": "op"})
 
 
 def test_env_names_the_operator_sets_are_reserved() -> None:
@@ -355,7 +351,7 @@ def test_an_inference_pool_only_when_routing_asks_for_one(cpu_example) -> None:
     assert pool["apiVersion"] == "inference.networking.k8s.io/v1"
     assert pool["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
     assert pool["spec"]["selector"] == deployment["spec"]["selector"]  # the pods, and only them
-    assert pool["spec"]["targetPorts"] == [{"number": builders.HTTP_PORT}]
+    assert pool["spec"]["targetPorts"] == [{"number": HTTP_PORT}]
     assert pool["spec"]["endpointPickerRef"] == {
         "kind": "Service",
         "name": "demo-epp",  # default: NAME-epp
@@ -389,6 +385,6 @@ def test_a_cache_claim_is_shared_by_every_replica_and_restart() -> None:
     pod = deployment["spec"]["template"]["spec"]
     assert {"name": "cache", "persistentVolumeClaim": {"claimName": "demo-cache"}} in pod["volumes"]
     env = {e["name"]: e.get("value") for e in container(deployment)["env"]}
-    assert env["HF_HOME"].startswith(builders.CACHE_DIR)  # the downloads land in the claim
+    assert env["HF_HOME"].startswith(CACHE_DIR)  # the downloads land in the claim
     assert "ephemeral-storage" not in container(deployment).get("resources", {}).get("requests", {})
     assert objects.index(claim) < objects.index(deployment)  # the claim exists before pods mount it

@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO
 from crd_validation import _cel_errors
 
-from trail_operator import builders, engine_flags
+from trail_operator import engine_flags, pod
 from trail_operator.crd import openapi_schema
 from trail_operator.engine_flags import OPERATOR_DESTS, TABLE, TABLE_FILE, USER_TRAIL_FLAGS, check_extra_args
 from trail_operator.spec import SpecError, parse_spec
@@ -83,7 +83,7 @@ def real_parse(generator) -> Any:
 
     from trail_scheduler.server.serve import add_arguments
 
-    operator_line = builders.server_args(parse_spec({"model": {"bundled": True}}))
+    operator_line = pod.server_args(parse_spec({"model": {"bundled": True}}))
 
     def parse(argv: list[str]) -> dict[str, Any] | None:
         trail = argparse.ArgumentParser(prog="trail serve")
@@ -138,7 +138,7 @@ def test_everything_the_operator_writes_is_owned() -> None:
             "engine": {"maxModelLen": 64, "gpuMemoryUtilization": 0.5, "maxNumSeqs": 2, "dtype": "auto"},
         }
     )
-    line = builders.server_args(spec)
+    line = pod.server_args(spec)
     flags = [(flag, value) for flag, value in zip(line, line[1:]) if flag.startswith("--")]
     assert len(flags) == 13
     for flag, value in flags:

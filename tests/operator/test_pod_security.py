@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from conftest import EXAMPLES, load
 
-from trail_operator import builders
-from trail_operator.builders import Images, Owner
+from trail_operator.layout import Owner
+from trail_operator.pod import Images, build_deployment
 from trail_operator.spec import parse_spec
 
 OWNER = Owner("demo", "ml", "uid-1")
@@ -93,7 +93,7 @@ SPECS = {
 
 @pytest.mark.parametrize("name", SPECS)
 def test_server_pods_pass_the_restricted_profile(name) -> None:
-    deployment = builders.build_deployment(OWNER, parse_spec(SPECS[name]), Images())
+    deployment = build_deployment(OWNER, parse_spec(SPECS[name]), Images())
     pod = deployment["spec"]["template"]["spec"]
     assert restricted_violations(pod) == []
     assert pod["automountServiceAccountToken"] is False  # they never talk to the Kubernetes API
@@ -122,9 +122,7 @@ def test_server_pods_pass_the_restricted_profile(name) -> None:
     ],
 )
 def test_the_check_finds_what_the_profile_refuses(edit, expected) -> None:
-    pod = copy.deepcopy(
-        builders.build_deployment(OWNER, parse_spec(SPECS["model-url"]), Images())["spec"]["template"]["spec"]
-    )
+    pod = copy.deepcopy(build_deployment(OWNER, parse_spec(SPECS["model-url"]), Images())["spec"]["template"]["spec"])
     pod["containers"][0]["securityContext"].pop("runAsNonRoot")  # the pod's setting covers it
     pod["containers"][0]["securityContext"].pop("seccompProfile")
     assert restricted_violations(pod) == []

@@ -13,7 +13,6 @@ from crd_validation import check, pruned
 
 from trail_contract.admin_api import ConfigView, GuardView
 from trail_contract.settings import SchedulerSettings
-from trail_operator import builders
 from trail_operator.apply import (
     LAST_APPLIED,
     OwnershipError,
@@ -26,9 +25,11 @@ from trail_operator.apply import (
     removals,
     with_record,
 )
-from trail_operator.builders import Images, Owner
 from trail_operator.crd import openapi_schema
 from trail_operator.events import build_event, lifecycle_events
+from trail_operator.layout import CONTAINER_NAME, Owner
+from trail_operator.owned import build_secret, secret_token
+from trail_operator.pod import Images, build_deployment
 from trail_operator.reconcile import (
     Desired,
     ProbeSourceError,
@@ -98,32 +99,32 @@ def test_plan_refuses_everything_when_one_object_is_someone_elses():
 
 def test_no_secret_value_in_any_annotation():
     """`kubectl describe secret` prints annotations: the record holds the token's hash only."""
-    secret = with_record(builders.build_secret(OWNER, "s3cret-token"))
+    secret = with_record(build_secret(OWNER, "s3cret-token"))
     annotations = json.dumps(secret["metadata"]["annotations"])
     assert "s3cret-token" not in annotations
     assert base64.b64encode(b"s3cret-token").decode() not in annotations
     recorded = last_applied(secret)["data"]["token"]
     assert recorded == "sha256:" + hashlib.sha256(secret["data"]["token"].encode()).hexdigest()
-    assert not needs_write(secret, builders.build_secret(OWNER, "s3cret-token"))
-    assert needs_write(secret, builders.build_secret(OWNER, "another"))
+    assert not needs_write(secret, build_secret(OWNER, "s3cret-token"))
+    assert needs_write(secret, build_secret(OWNER, "another"))
 
 
 def test_a_secret_is_replaced_never_patched():
-    live = with_record(builders.build_secret(OWNER, "old"))
-    writes = plan(OWNER.uid, [builders.build_secret(OWNER, "new")], [live])
+    live = with_record(build_secret(OWNER, "old"))
+    writes = plan(OWNER.uid, [build_secret(OWNER, "new")], [live])
     assert [(w.verb, w.kind) for w in writes] == [("delete", "Secret"), ("create", "Secret")]
-    assert plan(OWNER.uid, [builders.build_secret(OWNER, "old")], [live]) == []
+    assert plan(OWNER.uid, [build_secret(OWNER, "old")], [live]) == []
 
 
 def test_the_token_is_kept_only_while_the_secret_is_as_written():
-    written = with_record(builders.build_secret(OWNER, "tok"))
+    written = with_record(build_secret(OWNER, "tok"))
     assert kept_token(OWNER, written) == "tok"
     assert kept_token(OWNER, None) is None  # deleted
     edited = copy.deepcopy(written)
     edited["data"]["token"] = base64.b64encode(b"chosen-by-hand").decode()
     assert kept_token(OWNER, edited) is None
     legacy = copy.deepcopy(written)  # an older operator recorded the token in clear
-    legacy["metadata"]["annotations"][LAST_APPLIED] = json.dumps(builders.build_secret(OWNER, "tok"))
+    legacy["metadata"]["annotations"][LAST_APPLIED] = json.dumps(build_secret(OWNER, "tok"))
     assert kept_token(OWNER, legacy) is None
     emptied = {**copy.deepcopy(written), "data": {}}
     assert kept_token(OWNER, emptied) is None
@@ -137,7 +138,7 @@ def test_a_hand_edit_of_a_field_we_set_is_undone():
             "engine": {"env": [{"name": "EMPTY", "value": ""}]},
         }
     )
-    desired = builders.build_deployment(OWNER, spec, Images())
+    desired = build_deployment(OWNER, spec, Images())
     live = with_record(desired)
     # What the API server adds or rewrites is not an edit: defaults, status, canonical
     # quantities, empty strings left out (so the builders leave them out too).
@@ -171,7 +172,7 @@ def test_desire_keeps_token_and_generation_until_the_settings_change(cpu_example
     first = desire(OWNER, spec, Images(), 1, {}, None)
     assert first.scheduler_generation == 1 and first.settings["generation"] == 1
     secret, *_ = first.objects
-    assert builders.secret_token(secret) == first.token
+    assert secret_token(secret) == first.token
     live = [with_record(o) for o in first.objects]  # as the pass wrote them
     owned = {o["kind"]: o for o in live}
 
@@ -225,7 +226,7 @@ def pod(name, ready=True, ip="10.0.0.1", admin=True, deleting=False):
     meta = {"name": name, **({"deletionTimestamp": "now"} if deleting else {})}
     return {
         "metadata": meta,
-        "spec": {"containers": [{"name": builders.CONTAINER_NAME, "ports": ports}]},
+        "spec": {"containers": [{"name": CONTAINER_NAME, "ports": ports}]},
         "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
     }
 

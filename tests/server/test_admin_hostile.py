@@ -216,12 +216,12 @@ def test_the_scheduler_refuses_an_older_generation_as_a_conflict():
     from types import SimpleNamespace
 
     from trail_contract.admin_api import ConfigUpdate
-    from trail_scheduler.vllm.scheduler import TrailSchedulingMixin
+    from trail_scheduler.vllm.control_plane import ControlPlane
 
-    scheduler = SimpleNamespace(trail_generation=7)
-    reply = TrailSchedulingMixin.trail_apply(scheduler, ConfigUpdate(c=0.1, generation=6))
+    control = SimpleNamespace(generation=7)
+    reply = ControlPlane.apply(control, ConfigUpdate(c=0.1, generation=6))
     assert reply.conflict and "generation 6 is older than generation 7" in reply.error
-    assert scheduler.trail_generation == 7
+    assert control.generation == 7
 
 
 # -- hostile bodies: every one a 4xx naming the field, nothing applied -------------------

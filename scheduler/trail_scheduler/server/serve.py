@@ -176,7 +176,7 @@ def attach_request_hints(engine, predictor, accept_client_hints: bool = False) -
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from trail_scheduler.vllm.scheduler import HINT_PREFIX, PROMPT_DISTRIBUTION_ARG, PROMPT_ESTIMATE_ARG
+    from trail_scheduler.vllm.hints import HINT_PREFIX, PROMPT_DISTRIBUTION_ARG, PROMPT_ESTIMATE_ARG
 
     executor = None if predictor is None else ThreadPoolExecutor(1, thread_name_prefix="trail-prompt-predictor")
     edges = None if predictor is None else predictor.bins.to_list()

@@ -2,9 +2,10 @@
 
 vLLM's utility calls run ``getattr(engine_core, name)(*args)`` in the engine-core
 loop between steps; the name ``"scheduler"`` resolves to the TRAIL scheduler, whose
-``__call__`` runs one of :data:`METHODS`. The channel carries plain data, so each
-side speaks the wire models below and converts at the boundary: :class:`EngineControl`
-is the API server's end, :meth:`TrailSchedulingMixin.__call__` the engine's.
+``__call__`` hands one of :data:`METHODS` to its control plane. The channel carries plain
+data, so each side speaks the wire models below and converts at the boundary:
+:class:`EngineControl` is the API server's end,
+:class:`~trail_scheduler.vllm.control_plane.ControlPlane` the engine's.
 """
 
 from __future__ import annotations
