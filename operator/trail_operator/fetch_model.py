@@ -9,12 +9,21 @@ the whole fetch must finish within ``--deadline`` seconds (a stalled server is c
 by the read timeout). Nothing half-written is ever left where the server looks: the
 archive and its extraction go to a staging folder inside the volume, removed on any
 failure, and only a complete, verified checkpoint is moved into place.
+
+Downloaded once per ``--dest``: a complete copy is marked (``MARKER``: the URL and sha256
+it came from) and a later fetch of the same source finds it and downloads nothing. With
+a cache claim every replica fetches into the same folder of the shared volume, so the
+fetch holds an exclusive lock on it: pods started together wait for the first one's
+download instead of repeating it (where the file system's locks reach across nodes, as
+for huggingface_hub's own).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
+import json
 import shutil
 import sys
 import tarfile
@@ -25,6 +34,8 @@ from pathlib import Path
 import httpx
 
 READ_TIMEOUT_SECONDS = 60.0
+MARKER = ".trail-fetched"  # in --dest once a complete copy is there: where it came from
+LOCK = ".trail-fetch.lock"
 
 
 class FetchError(ValueError):
@@ -50,9 +61,24 @@ def _download(url: str, archive: Path, max_bytes: int, deadline: float) -> str:
     return digest.hexdigest()
 
 
-def fetch(url: str, dest: Path, max_bytes: int, deadline_seconds: float, sha256: str | None = None) -> Path:
+def fetch(url: str, dest: Path, max_bytes: int, deadline_seconds: float, sha256: str | None = None) -> bool:
+    """Put the checkpoint at ``url`` into ``dest`` unless a complete copy of it is there;
+    whether it was downloaded."""
     deadline = time.monotonic() + deadline_seconds
     dest.mkdir(parents=True, exist_ok=True)
+    source = json.dumps({"url": url, "sha256": sha256 or ""})
+    marker = dest / MARKER
+    with (dest / LOCK).open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes (or the process dies)
+        if marker.exists() and marker.read_text() == source:
+            return False
+        marker.unlink(missing_ok=True)
+        _download_into(url, dest, max_bytes, deadline, sha256)
+        marker.write_text(source)
+    return True
+
+
+def _download_into(url: str, dest: Path, max_bytes: int, deadline: float, sha256: str | None) -> None:
     for leftover in dest.glob(".fetch-*"):  # an earlier attempt that was killed mid-way
         shutil.rmtree(leftover, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=dest))
@@ -73,12 +99,11 @@ def fetch(url: str, dest: Path, max_bytes: int, deadline_seconds: float, sha256:
             raise FetchError(f"{url}: not unpacked within the deadline")
         for item in unpacked.iterdir():
             target = dest / item.name
-            if target.is_dir():  # a restarted pod's earlier, complete copy
+            if target.is_dir():  # an earlier copy, incomplete or of another source
                 shutil.rmtree(target)
             item.replace(target)  # a rename within the volume: all or nothing per item
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return dest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,11 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, required=True, help="seconds for the whole fetch")
     args = parser.parse_args(argv)
     try:
-        fetch(args.url, args.dest, args.max_bytes, args.deadline, args.sha256)
+        downloaded = fetch(args.url, args.dest, args.max_bytes, args.deadline, args.sha256)
     except (httpx.HTTPError, ValueError, tarfile.TarError, OSError) as error:
         print(f"fetch-model: {error}", file=sys.stderr)
         return 1
-    print(f"fetch-model: {args.url} → {args.dest}")
+    print(f"fetch-model: {args.url} → {args.dest}" if downloaded else f"fetch-model: {args.dest} has {args.url}")
     return 0
 
 

@@ -1,12 +1,16 @@
 """Two or more operator replicas, one acting: kopf's peering, and the resync loop kept to it.
 
 Every replica runs with the same peering name (``trail operator run --peering NAME``) and
-a random priority. kopf keeps each replica's keep-alive (priority, lastseen, lifetime) in
+a priority by seniority (:func:`seniority`). kopf keeps each replica's keep-alive (priority, lastseen, lifetime) in
 the status of a ``ClusterKopfPeering`` (all namespaces) or of a ``KopfPeering`` in each
 watched namespace, and pauses every replica that sees a live peer of higher or equal
 priority: only the highest acts. A replica that stops gracefully removes its entry
 and a standby takes over at once; one that is killed is dead once its lifetime
-(``LIFETIME_SECONDS``) has passed without a keep-alive.
+(``LIFETIME_SECONDS``) has passed without a keep-alive. The earlier a replica joined, the
+higher its priority: the leader is the oldest live replica, so a replica that restarts
+or is replaced joins as a standby and never takes the lead from the one acting (with
+random priorities it would half the time: a second handover, and a race with the
+standby that is taking over from a killed leader).
 
 kopf pauses only what it runs: its handlers. The resync loop is the operator's own task
 (see handlers), so before it starts passes it asks :func:`leads` of the same peering
@@ -18,6 +22,7 @@ from __future__ import annotations
 import datetime
 import secrets
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +31,8 @@ from lightkube import AsyncClient
 from trail_operator import kube
 
 LIFETIME_SECONDS = 15  # a killed leader is replaced within this (kopf's default: 60)
-PRIORITY_RANGE = 1 << 30  # random priorities: a tie (both replicas pause) is all but impossible
+SENIORITY_END = 1 << 33  # seconds since 1970 (the year 2242): priorities stay positive
+TIE_BITS = 20  # replicas joining in the same second: a random order (a tie pauses both)
 
 
 @dataclass(frozen=True)
@@ -41,7 +47,7 @@ class Peering:
     @classmethod
     def join(cls, name: str, namespaces: tuple[str, ...] = ()) -> Peering:
         identity = f"{socket.gethostname()}/{secrets.token_hex(4)}"
-        return cls(name, identity, 1 + secrets.randbelow(PRIORITY_RANGE), namespaces)
+        return cls(name, identity, seniority(time.time()), namespaces)
 
     def objects(self) -> list[dict[str, Any]]:
         """The peering objects kopf keeps the keep-alives in (it does not create them)."""
@@ -69,6 +75,12 @@ class Peering:
             await kube.get(client, obj["kind"], obj["metadata"].get("namespace"), self.name) for obj in self.objects()
         ]
         return all(leads((peer or {}).get("status") or {}, self.identity, self.priority, now) for peer in peers)
+
+
+def seniority(joined: float) -> int:
+    """The priority of a replica joining at ``joined`` (seconds since 1970): higher the
+    earlier, random among those of the same second; below 2**53, exact in any JSON reader."""
+    return ((SENIORITY_END - int(joined)) << TIE_BITS) + secrets.randbelow(1 << TIE_BITS)
 
 
 def leads(status: dict[str, Any], identity: str, priority: int, now: datetime.datetime) -> bool:

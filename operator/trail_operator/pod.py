@@ -6,6 +6,7 @@ from mounted files (the ConfigMap, the Secret), so changing either never rolls t
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -115,11 +116,21 @@ def server_args(spec: LLMServerSpec) -> list[str]:
 
 def node_storage_bytes(spec: LLMServerSpec) -> int:
     """What the pod keeps on the node's disk (its disk-backed emptyDirs at their limits):
-    the cache unless it is a claim, and a model.url download."""
-    total = 0 if spec.cache.persistent_volume_claim is not None else int(parse_quantity(spec.cache.size))
+    the cache and a model.url download, unless they go to the cache claim."""
+    if spec.cache.persistent_volume_claim is not None:
+        return 0
+    total = int(parse_quantity(spec.cache.size))
     if spec.model.url is not None:
         total += 2 * spec.model.url.max_bytes
     return total
+
+
+def url_model_folder(spec: LLMServerSpec) -> str:
+    """Where a model.url checkpoint goes inside the cache claim: one folder per source, so
+    every replica finds (and waits for) the same download, and a new URL gets its own."""
+    assert spec.model.url is not None
+    source = f"{spec.model.url.url} {spec.model.url.sha256 or ''}"
+    return f"models/{hashlib.sha256(source.encode()).hexdigest()[:16]}"
 
 
 def _resources(spec: LLMServerSpec) -> dict[str, Any]:
@@ -203,10 +214,17 @@ def build_deployment(owner: Owner, spec: LLMServerSpec, images: Images) -> dict[
         )
     elif spec.model.url is not None:
         source = spec.model.url
-        mounts.append({"name": "model", "mountPath": MODELS_DIR, "readOnly": True})
-        # Room for the archive and its unpacked copy at once; the kubelet evicts a pod past it.
-        volumes.append({"name": "model", "emptyDir": {"sizeLimit": str(2 * source.max_bytes)}})
-        fetch = ["python", "-m", "trail_operator.fetch_model", "--url", source.url, "--dest", MODELS_DIR]
+        if spec.cache.persistent_volume_claim is not None:
+            # Downloaded once into the shared claim; the server sees its folder as the model volume.
+            folder = url_model_folder(spec)
+            mounts.append({"name": "cache", "mountPath": MODELS_DIR, "subPath": folder, "readOnly": True})
+            dest, fetch_mount = f"{CACHE_DIR}/{folder}", {"name": "cache", "mountPath": CACHE_DIR}
+        else:
+            mounts.append({"name": "model", "mountPath": MODELS_DIR, "readOnly": True})
+            # Room for the archive and its unpacked copy at once; the kubelet evicts a pod past it.
+            volumes.append({"name": "model", "emptyDir": {"sizeLimit": str(2 * source.max_bytes)}})
+            dest, fetch_mount = MODELS_DIR, {"name": "model", "mountPath": MODELS_DIR}
+        fetch = ["python", "-m", "trail_operator.fetch_model", "--url", source.url, "--dest", dest]
         fetch += ["--max-bytes", str(source.max_bytes), "--deadline", str(FETCH_DEADLINE_SECONDS)]
         if source.sha256:
             fetch += ["--sha256", source.sha256]
@@ -215,7 +233,7 @@ def build_deployment(owner: Owner, spec: LLMServerSpec, images: Images) -> dict[
                 "name": "fetch-model",
                 "image": image(spec, images),
                 "command": fetch,
-                "volumeMounts": [{"name": "model", "mountPath": MODELS_DIR}],
+                "volumeMounts": [fetch_mount],
                 "securityContext": container_security(),
                 "terminationMessagePolicy": "FallbackToLogsOnError",  # the reason shows in the pod's status
             }

@@ -8,8 +8,13 @@ Every Pod object becomes real processes, started exactly as the pod spec says:
   with its ``env`` (``value``, ``secretKeyRef``, ``configMapKeyRef``, ``fieldRef`` resolved
   from the API server at container start);
 - **volumes**: ConfigMap, Secret and emptyDir volumes are materialised as folders and
-  bind-mounted at their ``mountPath`` (read-only where asked) in a private mount namespace,
-  plus the service-account folder a kubelet mounts (token, ``ca.crt``, namespace);
+  bind-mounted at their ``mountPath`` (or a ``subPath`` of them; read-only where asked) in a
+  private mount namespace, plus the service-account folder a kubelet mounts (token,
+  ``ca.crt``, namespace); a PersistentVolumeClaim is one folder on this node, shared by
+  every pod that mounts the claim (a node-local volume, as kind's local-path provisioner
+  makes);
+- **hostname**: the pod's name, in a UTS namespace of its own, resolving to the pod's IP
+  through the ``/etc/hosts`` a kubelet writes (else every lookup of it waits on DNS);
 - **probes**: startup, readiness and liveness ``httpGet`` probes at the pod's IP with the
   spec's periods and thresholds; Ready and ``containerStatuses`` (restart counts, states,
   last termination with ``FallbackToLogsOnError`` messages) written to the Pod's status;
@@ -62,6 +67,8 @@ OWNED_KINDS = {  # what the garbage collector looks at: kind -> API path under a
     "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
     "NetworkPolicy": "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
     "PodDisruptionBudget": "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
+    "PersistentVolumeClaim": "/api/v1/namespaces/{ns}/persistentvolumeclaims",
+    "InferencePool": "/apis/inference.networking.k8s.io/v1/namespaces/{ns}/inferencepools",
 }
 OWNER_KINDS = {"LLMServer": "/apis/trail.dev/v1alpha1/llmservers", "Deployment": "/apis/apps/v1/deployments"}
 
@@ -326,7 +333,7 @@ class Pod:
         command = [_expand(part, env) for part in (spec.get("command") or []) + (spec.get("args") or [])]
         if not command:
             raise LookupError(f"container {container.name} has no command (the node stand-in runs no images)")
-        script = ["set -e"]
+        script = ["set -e", f"hostname {shlex.quote(self.name)}"]
         mounts = await self._mounts(container)
         # The product (this checkout and its virtualenv) is what an image would hold; a volume
         # mounted over a folder above it (an emptyDir at /tmp, with the clone under /tmp) must not
@@ -336,9 +343,8 @@ class Pod:
         if covered:
             script.append(f"mkdir -p {staged} && mount --bind {shlex.quote(str(PRODUCT))} {staged}")
         for source, target, read_only in mounts:
-            script.append(
-                f"mkdir -p {shlex.quote(target)} && mount --bind {shlex.quote(str(source))} {shlex.quote(target)}"
-            )
+            make = f"mkdir -p {shlex.quote(target)} && " if source.is_dir() else ""  # a file mounts over a file
+            script.append(f"{make}mount --bind {shlex.quote(str(source))} {shlex.quote(target)}")
             if read_only:
                 script.append(f"mount -o remount,bind,ro {shlex.quote(target)}")
         if covered:
@@ -351,6 +357,7 @@ class Pod:
             self.netns,
             "unshare",
             "--mount",
+            "--uts",
             "--propagation",
             "private",
             "sh",
@@ -389,7 +396,13 @@ class Pod:
         mounts = []
         for mount in container.spec.get("volumeMounts") or []:
             source = await self._volume(volumes[mount["name"]])
+            if mount.get("subPath"):
+                source = source / mount["subPath"]
+                source.mkdir(parents=True, exist_ok=True)  # as a kubelet makes a missing subPath
             mounts.append((source, mount["mountPath"], bool(mount.get("readOnly"))))
+        hosts = self.dir / "hosts"
+        hosts.write_text(f"127.0.0.1\tlocalhost\n::1\tlocalhost\n{self.ip}\t{self.name}\n")
+        mounts.append((hosts, "/etc/hosts", True))
         if self.obj["spec"].get("automountServiceAccountToken", True):
             folder = self.dir / "serviceaccount"
             folder.mkdir(exist_ok=True)
@@ -405,6 +418,13 @@ class Pod:
         if "emptyDir" in volume:
             folder.mkdir(parents=True, exist_ok=True)
             return folder
+        if "persistentVolumeClaim" in volume:
+            claim = volume["persistentVolumeClaim"]["claimName"]
+            if await self.node.get(f"/api/v1/namespaces/{self.namespace}/persistentvolumeclaims/{claim}") is None:
+                raise LookupError(f"persistentvolumeclaim {claim!r} not found (volume {volume['name']})")
+            shared = self.node.workdir / "claims" / f"{self.namespace}_{claim}"
+            shared.mkdir(parents=True, exist_ok=True)
+            return shared
         if "configMap" in volume or "secret" in volume:
             kind, name = (
                 ("configmaps", volume["configMap"]["name"])
@@ -422,7 +442,9 @@ class Pod:
             for key, value in files.items():
                 (folder / key).write_bytes(value)
             return folder
-        raise LookupError(f"volume {volume['name']}: only configMap, secret and emptyDir are stood in for")
+        raise LookupError(
+            f"volume {volume['name']}: only configMap, secret, emptyDir and persistentVolumeClaim are stood in for"
+        )
 
     # -- status --------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ prints its timing; the closing summary is what docs/kubernetes.md records.
 from __future__ import annotations
 
 import base64
+import datetime
 import functools
 import http.server
 import json
@@ -29,12 +30,37 @@ from node import GATEWAY
 
 from tests.streaming import Streamed, stream_completion
 from trail_contract.admin_api import ConfigView
+from trail_operator.fetch_model import LOCK
 from trail_scheduler.bench.servers import Server
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "llmserver-cpu-smollm2.yaml"
 NAME = "smollm2"
 START_S = 400  # an engine start on 2 busy cores, plus the startup probe's period
+ROUTING_ON = '{"spec":{"routing":{"inferencePool":{"enabled":true}}}}'
+PEERING = "trail-operator"  # the chart's kopf peering: the release's full name
+TAKEOVER_S = 30.0  # a killed operator replica's keep-alive lapses in 15 s (trail_operator.peering)
+# The Gateway API Inference Extension's CRD, which users install from its release manifests;
+# the schema is left open here (the emulated API server checks no schema).
+INFERENCE_POOL_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "inferencepools.inference.networking.k8s.io"},
+    "spec": {
+        "group": "inference.networking.k8s.io",
+        "scope": "Namespaced",
+        "names": {"kind": "InferencePool", "plural": "inferencepools", "singular": "inferencepool"},
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+            }
+        ],
+    },
+}
 
 pytestmark = [pytest.mark.engine, pytest.mark.journey, pytest.mark.timeout(1800)]
 TIMINGS: dict[str, float] = {}
@@ -90,6 +116,58 @@ def stream(pod: dict, content: str, max_tokens: int) -> Streamed:
     return stream_completion(f"http://{pod['status']['podIP']}:8000/v1/chat/completions", body)
 
 
+BACKLOG = ("trail_predicted_backlog_tokens", "trail_predicted_drain_seconds")
+
+
+def backlog(pod: dict) -> dict[str, float]:
+    """The pod's predicted work left, from its /metrics (what an autoscaler or endpoint picker reads)."""
+    text = httpx.get(f"http://{pod['status']['podIP']}:8000/metrics", timeout=30).text
+    lines = (line.partition(" ") for line in text.splitlines())
+    return {name: float(value) for name, _, value in lines if name in BACKLOG}
+
+
+def busy_backlogs(pods: list[dict], streams: list) -> list[list[dict[str, float]]]:
+    """Each pod's backlog, read every second until ``streams`` (futures) are done."""
+    samples: list[list[dict[str, float]]] = [[] for _ in pods]
+    while not all(stream.done() for stream in streams):
+        for pod, seen in zip(pods, samples, strict=True):
+            seen.append(backlog(pod))
+        time.sleep(1.0)  # the pods refresh it every second
+    return samples
+
+
+def backlog_rose_and_fell(pod: dict, samples: list[dict[str, float]]) -> None:
+    """While requests ran the pod predicted work left, tokens and (once it had measured a rate)
+    seconds; once they finished, none."""
+    assert any(s["trail_predicted_backlog_tokens"] > 0 and s["trail_predicted_drain_seconds"] > 0 for s in samples), (
+        samples
+    )
+    eventually(lambda: backlog(pod) == dict.fromkeys(BACKLOG, 0.0), 10, "the backlog back to 0")
+
+
+def operator_pods(cluster: Cluster) -> list[dict]:
+    return [p for p in cluster.get("pods", "-n", "trail-system")["items"] if condition(p, "Ready")["status"] == "True"]
+
+
+def operator_peers(cluster: Cluster) -> dict[str, dict]:
+    """The operator replicas alive in the chart's peering, by kopf identity (``POD/suffix``:
+    a pod's hostname is its name)."""
+    now = datetime.datetime.now(datetime.UTC)
+    status = cluster.get("clusterkopfpeering", PEERING).get("status") or {}
+    return {
+        identity: entry
+        for identity, entry in status.items()
+        if entry
+        and datetime.datetime.fromisoformat(entry["lastseen"]) + datetime.timedelta(seconds=entry["lifetime"]) > now
+    }
+
+
+def operator_leader(cluster: Cluster) -> str:
+    """The identity of the replica that acts: kopf's highest priority."""
+    peers = operator_peers(cluster)
+    return max(peers, key=lambda identity: peers[identity]["priority"])
+
+
 def ready_pods(cluster: Cluster, count: int, name: str = NAME) -> list[dict]:
     def check():
         pods = cluster.pods(name)
@@ -139,13 +217,8 @@ def test_quickstart(cluster: Cluster, tmp_path: Path) -> None:
     ).stdout
     (tmp_path / "chart.yaml").write_text(rendered)
     cluster.kubectl("apply", "--validate=false", "-f", str(tmp_path / "chart.yaml"))
-    operator = eventually(
-        lambda: [
-            p for p in cluster.get("pods", "-n", "trail-system")["items"] if condition(p, "Ready")["status"] == "True"
-        ],
-        120,
-        "the operator pod Ready",
-    )[0]
+    cluster.kubectl("apply", "--validate=false", "-f", "-", input=json.dumps(INFERENCE_POOL_CRD))
+    eventually(lambda: operator_pods(cluster), 120, "an operator pod Ready")
 
     # 2. kubectl apply -f examples/llmserver-cpu-smollm2.yaml, then wait for READY.
     started = time.monotonic()
@@ -171,6 +244,7 @@ def test_quickstart(cluster: Cluster, tmp_path: Path) -> None:
     pid = runtime.container("server").process.pid
     with ThreadPoolExecutor(4) as pool:
         streams = [pool.submit(stream, pod, f"Count to {n} slowly.", 96) for n in (50, 60, 70)]
+        samples = pool.submit(busy_backlogs, [pod], streams)
         time.sleep(2)
         started = time.monotonic()
         cluster.kubectl("patch", "llms", NAME, "--type", "merge", "-p", '{"spec":{"scheduler":{"c":0.5}}}')
@@ -180,6 +254,7 @@ def test_quickstart(cluster: Cluster, tmp_path: Path) -> None:
         TIMINGS["edit_to_status_s"] = time.monotonic() - started
         results = [future.result() for future in streams]
     assert all(done.tokens == 96 and done.finish == "length" for done in results), results
+    backlog_rose_and_fell(pod, samples.result()[0])
     assert runtime.container("server").process.pid == pid and runtime.container("server").restarts == 0
     # Applied live, not by a restart. (On 2 cores with three streams, the operator's API
     # round-trips to the in-process emulator dominate: 6.3 s measured; see docs/kubernetes.md.)
@@ -196,21 +271,30 @@ def test_quickstart(cluster: Cluster, tmp_path: Path) -> None:
     assert (config.c, config.generation) == (0.5, generation)
     assert pods_report(cluster, 0.5, 1)[0]["generation"] == generation
 
-    # 6. Restart the operator: nothing changes, nothing is lost.
-    # (The Deployment's status is the node's to write: compare what the operator owns.)
+    # 6. Kill the acting operator replica (SIGKILL: no goodbye) and turn the InferencePool on
+    #    at once: the standby takes over when the killed one's keep-alive lapses and creates
+    #    the pool; nothing else changes, nothing is lost.
+    #    (The Deployment's status is the node's to write: compare what the operator owns.)
+    operators = eventually(
+        lambda: len(operator_peers(cluster)) == 2 and len(ready := operator_pods(cluster)) == 2 and ready,
+        120,
+        "two operator replicas",
+    )
+    leader = operator_leader(cluster)
+    [killed] = [p for p in operators if p["metadata"]["name"] == leader.split("/")[0]]
+    [standby] = [p for p in operators if p is not killed]
     deployment = cluster.get("deployment", NAME)
     configmap_version = cluster.get("configmap", f"{NAME}-scheduler")["metadata"]["resourceVersion"]
-    cluster.kubectl("delete", "pod", "-n", "trail-system", operator["metadata"]["name"])
-    eventually(
-        lambda: [
-            p
-            for p in cluster.get("pods", "-n", "trail-system")["items"]
-            if p["metadata"]["uid"] != operator["metadata"]["uid"] and condition(p, "Ready")["status"] == "True"
-        ],
-        120,
-        "a new operator pod Ready",
-    )
-    time.sleep(3)  # its first reconcile
+    logged = len(cluster.running(standby).logs("operator"))
+    started = time.monotonic()
+    os.kill(cluster.running(killed).container("operator").process.pid, signal.SIGKILL)
+    cluster.kubectl("patch", "llms", NAME, "--type", "merge", "-p", ROUTING_ON)
+    pool = eventually(lambda: cluster.get("inferencepool", NAME), 2 * TAKEOVER_S, "the InferencePool")
+    TIMINGS["operator_kill_to_takeover_s"] = time.monotonic() - started
+    assert TIMINGS["operator_kill_to_takeover_s"] <= TAKEOVER_S, TIMINGS
+    assert "Resuming operations" in cluster.running(standby).logs("operator")[logged:]  # kopf's word for it
+    assert pool["spec"]["selector"] == deployment["spec"]["selector"]
+    assert pool["metadata"]["ownerReferences"][0]["uid"] == server(cluster)["metadata"]["uid"]
     after = cluster.get("deployment", NAME)
     assert (after["metadata"]["generation"], after["spec"]) == (
         deployment["metadata"]["generation"],
@@ -221,23 +305,7 @@ def test_quickstart(cluster: Cluster, tmp_path: Path) -> None:
     assert same["metadata"]["uid"] == pod["metadata"]["uid"] and cluster.running(same).container("server").restarts == 1
     assert pod_config(cluster, same, token).generation == generation
 
-    # 7. Scale 1 → 2 → 1 through the scale subresource, as an autoscaler does: the operator
-    #    follows it and leaves spec.replicas as the autoscaler set it.
-    started = time.monotonic()
-    cluster.kubectl("scale", "llms", NAME, "--replicas=2")
-    pods = ready_pods(cluster, 2)
-    TIMINGS["scale_up_to_ready_s"] = time.monotonic() - started
-    assert server(cluster)["spec"]["replicas"] == 2 and cluster.get("deployment", NAME)["spec"]["replicas"] == 2
-    for entry in pods_report(cluster, 0.5, 2):
-        assert entry["generation"] == generation
-    new = next(p for p in pods if p["metadata"]["uid"] != pod["metadata"]["uid"])
-    assert pod_config(cluster, new, token).c == 0.5 and chat(new, "Name a colour.").strip()
-    cluster.kubectl("scale", "llms", NAME, "--replicas=1")
-    eventually(
-        lambda: len(cluster.pods(NAME)) == 1 and node_runs_exactly_the_api_pods(cluster), 120, "scaled back to 1"
-    )
-
-    # 8. A probe the pods refuse: Degraded with the pod's message, and the pod keeps serving.
+    # 7. A probe the pods refuse: Degraded with the pod's message, and the pod keeps serving.
     # (A manifest, not `kubectl create configmap --from-file`: kubectl sends typed objects as
     # protobuf, which the emulator cannot read.)
     cluster.kubectl(
@@ -275,7 +343,12 @@ def test_quickstart(cluster: Cluster, tmp_path: Path) -> None:
     cluster.kubectl("patch", "llms", NAME, "--type", "merge", "-p", '{"spec":{"scheduler":{"probe":null}}}')
     eventually(lambda: condition(server(cluster), "Degraded")["status"] == "False", 60, "Degraded cleared")
 
-    # 9. Delete the LLMServer: everything it owned is gone, its processes too.
+    # The killed replica is back (its container restarted) as a standby: the oldest replica leads.
+    assert cluster.running(killed).container("operator").restarts == 1
+    eventually(lambda: len(operator_peers(cluster)) == 2, 60, "the killed operator replica back in the peering")
+    assert operator_leader(cluster).split("/")[0] == standby["metadata"]["name"]
+
+    # 8. Delete the LLMServer: everything it owned is gone, its processes too.
     cluster.kubectl("delete", "llms", NAME, "--timeout=120s")
     for kind, name in (
         ("deployment", NAME),
@@ -283,6 +356,7 @@ def test_quickstart(cluster: Cluster, tmp_path: Path) -> None:
         ("configmap", f"{NAME}-scheduler"),
         ("secret", f"{NAME}-admin"),
         ("poddisruptionbudget", NAME),
+        ("inferencepool", NAME),
     ):
         eventually(lambda: cluster.kubectl("get", kind, name, check=False).returncode != 0, 30, f"{kind} deleted")
     eventually(lambda: not cluster.pods(NAME) and node_runs_exactly_the_api_pods(cluster), 120, "server pods stopped")
@@ -300,22 +374,33 @@ def probe_for_hidden_size(hidden_size: int) -> bytes:
         return path.read_bytes()
 
 
+class Served(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder and records every path asked for (how many downloads a model took)."""
+
+    asked: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802  (http.server's name)
+        self.asked.append(self.path)
+        super().do_GET()
+
+
 @pytest.fixture(scope="module")
 def model_server(tmp_path_factory):
-    """A loopback-range HTTP server (on the pod network's gateway) with a tar of the bundled checkpoint."""
+    """A loopback-range HTTP server (on the pod network's gateway) with a tar of the bundled
+    checkpoint; yields its URL and the paths it was asked for."""
     from trail_scheduler.assets import prepare_bundled_model
 
     folder = tmp_path_factory.mktemp("models")
     with tarfile.open(folder / "smollm2.tar", "w") as tar:
         tar.add(prepare_bundled_model(), arcname=".")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler = functools.partial(Served, directory=str(folder))
     httpd = http.server.ThreadingHTTPServer((GATEWAY, 0), handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://{GATEWAY}:{httpd.server_address[1]}"
+    yield f"http://{GATEWAY}:{httpd.server_address[1]}", Served.asked
     httpd.shutdown()
 
 
-def url_server(name: str, url: str) -> str:
+def url_server(name: str, url: str, cache: dict | None = None) -> str:
     return json.dumps(
         {
             "apiVersion": "trail.dev/v1alpha1",
@@ -323,6 +408,7 @@ def url_server(name: str, url: str) -> str:
             "metadata": {"name": name},
             "spec": {
                 "replicas": 1,
+                "cache": cache or {},
                 "model": {"url": {"url": url}, "servedModelName": NAME},
                 "engine": {"maxModelLen": 2048, "dtype": "float32", "extraArgs": ["--enforce-eager"]},
                 "resources": {"gpus": 0},
@@ -332,9 +418,12 @@ def url_server(name: str, url: str) -> str:
     )
 
 
-def test_model_url(cluster: Cluster, model_server: str) -> None:
-    """model.url: the init container downloads the checkpoint; a broken URL is reported, nothing half-written."""
-    cluster.kubectl("apply", "--validate=false", "-f", "-", input=url_server("broken", f"{model_server}/missing.tar"))
+def test_model_url(cluster: Cluster, model_server: tuple[str, list[str]]) -> None:
+    """model.url: the init container downloads the checkpoint; a broken URL is reported, nothing
+    half-written. With a cache claim, a replica an autoscaler adds (through the scale
+    subresource) serves the first one's download."""
+    url, asked = model_server
+    cluster.kubectl("apply", "--validate=false", "-f", "-", input=url_server("broken", f"{url}/missing.tar"))
     failed = eventually(
         lambda: [
             s
@@ -350,13 +439,59 @@ def test_model_url(cluster: Cluster, model_server: str) -> None:
     [broken] = cluster.pods("broken")
     assert condition(broken, "Ready")["status"] == "False"
     models = cluster.running(broken).dir / "volumes" / "model"
-    assert not any(models.iterdir()), sorted(models.iterdir())  # nothing half-written for the server to use
+    # Nothing half-written for the server to use: no checkpoint, no mark of a complete one.
+    assert [p.name for p in models.iterdir()] == [LOCK], sorted(models.iterdir())
     cluster.kubectl("delete", "llms", "broken", "--timeout=120s")
 
     started = time.monotonic()
-    cluster.kubectl("apply", "--validate=false", "-f", "-", input=url_server("fetched", f"{model_server}/smollm2.tar"))
-    eventually(lambda: condition(server(cluster, "fetched"), "Ready")["status"] == "True", START_S, "Ready")
+    shared = {"size": "2Gi", "persistentVolumeClaim": {"accessMode": "ReadWriteOnce"}}  # one node here
+    cluster.kubectl("apply", "--validate=false", "-f", "-", input=url_server("fetched", f"{url}/smollm2.tar", shared))
+    [first] = ready_pods(cluster, 1, "fetched")
     TIMINGS["model_url_apply_to_ready_s"] = time.monotonic() - started
+
+    # An autoscaler's scale-up, through the scale subresource: the new replica finds the
+    # checkpoint in the shared cache (one download for both), and the operator leaves
+    # spec.replicas as the autoscaler set it.
+    started = time.monotonic()
+    cluster.kubectl("scale", "llms", "fetched", "--replicas=2")
+    pods = ready_pods(cluster, 2, "fetched")
+    TIMINGS["scale_up_from_cache_to_ready_s"] = time.monotonic() - started
+    assert server(cluster, "fetched")["spec"]["replicas"] == 2
+    assert asked.count("/smollm2.tar") == 1, asked
+    [added] = [p for p in pods if p["metadata"]["uid"] != first["metadata"]["uid"]]
+    claim = "/var/cache/trail/models/"
+    assert cluster.running(first).logs("fetch-model").startswith(f"fetch-model: {url}/smollm2.tar → {claim}")
+    assert cluster.running(added).logs("fetch-model").startswith(f"fetch-model: {claim}")  # "… has <url>"
+    owner = cluster.get("persistentvolumeclaim", "fetched-cache")["metadata"]["ownerReferences"][0]
+    assert owner["uid"] == server(cluster, "fetched")["metadata"]["uid"]
+
+    # Every pod exports its predicted backlog, moving with its requests.
+    with ThreadPoolExecutor(3) as pool:
+        streams = [pool.submit(stream, p, "Name the planets.", 48) for p in pods]
+        samples = busy_backlogs(pods, streams)
+        assert all(done.result().tokens == 48 for done in streams)
+    for p, seen in zip(pods, samples, strict=True):
+        backlog_rose_and_fell(p, seen)
+
+    # And its scale-down.
+    cluster.kubectl("scale", "llms", "fetched", "--replicas=1")
+    eventually(
+        lambda: len(cluster.pods("fetched")) == 1 and node_runs_exactly_the_api_pods(cluster), 120, "scaled to 1"
+    )
+    assert server(cluster, "fetched")["spec"]["replicas"] == 1
+    assert cluster.get("deployment", "fetched")["spec"]["replicas"] == 1
+    scale = eventually(  # what an autoscaler reads back: the replicas and the pods' selector
+        lambda: (scale := cluster.get("llms", "fetched", "--subresource=scale"))["status"]["replicas"] == 1 and scale,
+        60,
+        "the Scale reporting 1 replica",
+    )
+    assert scale["spec"]["replicas"] == 1
+    assert scale["status"]["selector"] == "app.kubernetes.io/name=trail-server,trail.dev/llmserver=fetched"
     [pod] = cluster.pods("fetched")
     assert chat(pod, "Give three tips for staying healthy.").strip()
     cluster.kubectl("delete", "llms", "fetched", "--timeout=120s")
+    eventually(
+        lambda: cluster.kubectl("get", "persistentvolumeclaim", "fetched-cache", check=False).returncode != 0,
+        30,
+        "the cache claim deleted with its LLMServer",
+    )

@@ -9,9 +9,17 @@ import kubernetes_validate
 import pytest
 from conftest import EXAMPLES, load
 
-from trail_operator.layout import ADMIN_PORT, HTTP_PORT, SCHEDULER_DIR, SCHEDULER_FILE, TOKEN_KEY, Owner
+from trail_operator.layout import ADMIN_PORT, HTTP_PORT, MODELS_DIR, SCHEDULER_DIR, SCHEDULER_FILE, TOKEN_KEY, Owner
 from trail_operator.owned import Peer, build_all, secret_token
-from trail_operator.pod import CACHE_DIR, DEFAULT_CPU_IMAGE, FETCH_DEADLINE_SECONDS, RUN_AS, TOKEN_DIR, Images
+from trail_operator.pod import (
+    CACHE_DIR,
+    DEFAULT_CPU_IMAGE,
+    FETCH_DEADLINE_SECONDS,
+    RUN_AS,
+    TOKEN_DIR,
+    Images,
+    url_model_folder,
+)
 from trail_operator.scheduler_settings import probe_sha256, scheduler_generation, scheduler_update
 from trail_operator.spec import parse_spec
 
@@ -388,3 +396,22 @@ def test_a_cache_claim_is_shared_by_every_replica_and_restart() -> None:
     assert env["HF_HOME"].startswith(CACHE_DIR)  # the downloads land in the claim
     assert "ephemeral-storage" not in container(deployment).get("resources", {}).get("requests", {})
     assert objects.index(claim) < objects.index(deployment)  # the claim exists before pods mount it
+
+
+def test_a_url_model_with_a_cache_claim_is_downloaded_once_into_it() -> None:
+    """Every replica's init container fetches into the same folder of the claim (the fetch
+    skips a complete copy, and waits on a lock for one in progress); the server mounts it."""
+    url = {"url": "https://x.example/m.tar", "maxBytes": 1 << 30}
+    cache = {"size": "10Gi", "persistentVolumeClaim": {}}
+    spec, objects = build({"model": {"url": url}, "cache": cache})
+    pod = objects[-1]["spec"]["template"]["spec"]
+    folder = url_model_folder(spec)
+    init = pod["initContainers"][0]
+    assert init["command"][init["command"].index("--dest") + 1] == f"{CACHE_DIR}/{folder}"
+    assert init["volumeMounts"] == [{"name": "cache", "mountPath": CACHE_DIR}]
+    models = next(m for m in container(objects[-1])["volumeMounts"] if m["mountPath"] == MODELS_DIR)
+    assert models == {"name": "cache", "mountPath": MODELS_DIR, "subPath": folder, "readOnly": True}
+    assert "model" not in [v["name"] for v in pod["volumes"]]  # no per-pod copy
+    assert "ephemeral-storage" not in container(objects[-1]).get("resources", {}).get("requests", {})
+    other = parse_spec({"model": {"url": {**url, "url": "https://x.example/n.tar"}}, "cache": cache})
+    assert url_model_folder(other) != folder  # a new source never reads the old copy

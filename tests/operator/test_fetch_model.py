@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from trail_operator.fetch_model import main
+from trail_operator.fetch_model import LOCK, MARKER, main
 
 LIMIT = ["--max-bytes", str(1 << 20), "--deadline", "30"]
 
@@ -71,6 +71,11 @@ def write_archive(path: Path, files: dict[str, bytes]) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def checkpoint(dest: Path) -> list[str]:
+    """What the server would see in ``dest`` (the lock file aside)."""
+    return sorted(p.name for p in dest.iterdir() if p.name != LOCK)
+
+
 CHECKPOINT = {"SmolLM2/config.json": b'{"hidden_size": 576}', "SmolLM2/model.safetensors": b"\0" * 4096}
 
 
@@ -81,7 +86,7 @@ def test_downloads_verifies_and_unpacks_a_checkpoint(served, tmp_path, capsys):
     assert main(["--url", f"{base}/model.tar.gz", "--dest", str(dest), "--sha256", sha, *LIMIT]) == 0
     assert (dest / "SmolLM2" / "config.json").read_bytes() == CHECKPOINT["SmolLM2/config.json"]
     assert (dest / "SmolLM2" / "model.safetensors").stat().st_size == 4096
-    assert [p.name for p in dest.iterdir()] == ["SmolLM2"]  # the download itself is gone
+    assert checkpoint(dest) == [MARKER, "SmolLM2"]  # the download itself is gone
     assert "model.tar.gz" in capsys.readouterr().out
 
 
@@ -91,7 +96,7 @@ def test_a_wrong_sha256_fails_and_unpacks_nothing(served, tmp_path, capsys):
     dest = tmp_path / "models"
     assert main(["--url", f"{base}/model.tar.gz", "--dest", str(dest), "--sha256", "0" * 64, *LIMIT]) == 1
     assert "sha256 mismatch" in capsys.readouterr().err
-    assert list(dest.iterdir()) == []
+    assert checkpoint(dest) == []
 
 
 def test_a_missing_file_is_a_clear_error(served, tmp_path, capsys):
@@ -122,7 +127,7 @@ def test_an_archive_announced_over_the_cap_is_refused_before_reading(served, tmp
     dest = tmp_path / "models"
     assert main(["--url", f"{base}/big.tar.gz", "--dest", str(dest), "--max-bytes", "1000", "--deadline", "30"]) == 1
     assert "over the limit of 1000 (model.url.maxBytes)" in capsys.readouterr().err
-    assert list(dest.iterdir()) == []
+    assert checkpoint(dest) == []
 
 
 def test_a_download_without_a_size_stops_at_the_cap(endless, tmp_path, capsys):
@@ -131,7 +136,7 @@ def test_a_download_without_a_size_stops_at_the_cap(endless, tmp_path, capsys):
     assert main(["--url", f"{endless}/zeros", "--dest", str(dest), *LIMIT]) == 1
     assert "sent more than 1048576 bytes" in capsys.readouterr().err
     assert time.monotonic() - started < 10
-    assert list(dest.iterdir()) == []  # the partial archive is gone
+    assert checkpoint(dest) == []  # the partial archive is gone
 
 
 def test_a_download_past_the_deadline_is_cut_off(endless, tmp_path, capsys):
@@ -141,7 +146,7 @@ def test_a_download_past_the_deadline_is_cut_off(endless, tmp_path, capsys):
     assert main(args) == 1
     assert "within the deadline" in capsys.readouterr().err
     assert time.monotonic() - started < 5
-    assert list(dest.iterdir()) == []
+    assert checkpoint(dest) == []
 
 
 def test_an_archive_unpacking_past_the_cap_is_refused(served, tmp_path, capsys):
@@ -151,7 +156,7 @@ def test_an_archive_unpacking_past_the_cap_is_refused(served, tmp_path, capsys):
     dest = tmp_path / "models"
     assert main(["--url", f"{base}/bomb.tar.gz", "--dest", str(dest), *LIMIT]) == 1
     assert "unpacks to 4194304 bytes" in capsys.readouterr().err
-    assert list(dest.iterdir()) == []
+    assert checkpoint(dest) == []
 
 
 def test_a_restarted_fetch_replaces_the_earlier_copy(served, tmp_path):
@@ -163,4 +168,51 @@ def test_a_restarted_fetch_replaces_the_earlier_copy(served, tmp_path):
     (dest / ".fetch-killed").mkdir()  # an attempt killed mid-way
     assert main(["--url", f"{base}/model.tar.gz", "--dest", str(dest), *LIMIT]) == 0
     assert sorted(p.name for p in (dest / "SmolLM2").iterdir()) == ["config.json", "model.safetensors"]
-    assert [p.name for p in dest.iterdir()] == ["SmolLM2"]
+    assert checkpoint(dest) == [MARKER, "SmolLM2"]
+
+
+def test_a_complete_copy_is_not_downloaded_again(served, tmp_path, capsys):
+    root, base = served
+    write_archive(root / "model.tar.gz", CHECKPOINT)
+    write_archive(root / "other.tar.gz", {"Other/config.json": b"{}"})
+    dest = tmp_path / "models"
+    assert main(["--url", f"{base}/model.tar.gz", "--dest", str(dest), *LIMIT]) == 0
+    (root / "model.tar.gz").unlink()  # a second download would now fail
+    assert main(["--url", f"{base}/model.tar.gz", "--dest", str(dest), *LIMIT]) == 0
+    assert capsys.readouterr().out.endswith(f"{dest} has {base}/model.tar.gz\n")
+    assert main(["--url", f"{base}/other.tar.gz", "--dest", str(dest), *LIMIT]) == 0  # another source: fetched
+    assert checkpoint(dest) == [MARKER, "Other", "SmolLM2"]
+
+
+class Counted(SimpleHTTPRequestHandler):
+    """Serves its folder slowly, counting the downloads (pods sharing a cache claim)."""
+
+    downloads = 0
+
+    def do_GET(self) -> None:  # noqa: N802  (http.server's name)
+        type(self).downloads += 1
+        time.sleep(0.5)  # long enough for the other fetch to reach the lock
+        super().do_GET()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_fetches_into_one_folder_at_once_download_once(tmp_path):
+    """Two pods sharing a cache claim, started together: the second waits for the first's copy."""
+    root = tmp_path / "www"
+    root.mkdir()
+    write_archive(root / "model.tar.gz", CHECKPOINT)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Counted, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    dest, url = tmp_path / "cache" / "models" / "key", f"http://127.0.0.1:{server.server_address[1]}/model.tar.gz"
+    codes: list[int] = []
+    argv = ["--url", url, "--dest", str(dest), *LIMIT]
+    pods = [threading.Thread(target=lambda: codes.append(main(argv))) for _ in "ab"]
+    for pod in pods:
+        pod.start()
+    for pod in pods:
+        pod.join(30)
+    server.shutdown()
+    assert codes == [0, 0] and Counted.downloads == 1
+    assert checkpoint(dest) == [MARKER, "SmolLM2"]

@@ -30,7 +30,7 @@ from kopf_harness import (
 )
 
 from trail_contract.admin_api import ADMIN_PREFIX, ConfigView, GuardView
-from trail_operator.peering import Peering, leads
+from trail_operator.peering import Peering, leads, seniority
 from trail_operator.rbac import PERMISSIONS
 
 CPU_SPEC = load(REPO / "examples" / "llmserver-cpu-smollm2.yaml")["spec"]
@@ -657,6 +657,19 @@ def test_kopfs_rule_for_who_leads():
     assert not leads({"b": peer(5, 0)}, "me", 5, now)  # a tie pauses both, as in kopf
     assert leads({"b": peer(6, 20)}, "me", 5, now)  # dead: no keep-alive within its lifetime
     assert leads({"b": None, "c": {"priority": 9}}, "me", 5, now)  # left, or not a keep-alive
+
+
+def test_the_oldest_replica_leads_and_a_restarted_one_joins_below_it():
+    """Seniority: a leader killed and restarted (or replaced) comes back as a standby, so the
+    standby that took over keeps the lead; replicas of the same second are ordered at random."""
+    started = 1_780_000_000.0
+    standby, restarted = seniority(started), seniority(started + 1)
+    assert restarted < standby < 2**53
+    now = datetime.datetime.now(datetime.UTC)
+    alive = {"lifetime": 15, "lastseen": now.isoformat()}
+    status = {"standby": {**alive, "priority": standby}, "restarted": {**alive, "priority": restarted}}
+    assert leads(status, "standby", standby, now) and not leads(status, "restarted", restarted, now)
+    assert len({seniority(started) for _ in range(50)}) > 1  # no tie by construction
 
 
 async def test_an_inference_pool_is_created_with_routing_on_and_deleted_with_it_off(cluster):
