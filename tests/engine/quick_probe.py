@@ -20,7 +20,7 @@ LAYER = 10
 MAX_TOKENS = 96
 
 
-def train_quick_probe(path: Path, prompts: int = 32, seed: int = 0) -> tuple[str, list[str]]:
+def train_quick_probe(path: Path, prompts: int = 12, seed: int = 0) -> tuple[str, list[str]]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(seed)
