@@ -34,7 +34,7 @@ from tqdm import tqdm  # noqa: E402
 
 from trail_contract.settings import PolicyName, SchedulerSettings  # noqa: E402
 from trail_scheduler.bench.config import REVERSIBLE  # noqa: E402
-from trail_scheduler.bench.probes import reversed_bins  # noqa: E402
+from trail_scheduler.bench.probes import reversed_predictors  # noqa: E402
 from trail_scheduler.core.refine import expected_remaining  # noqa: E402
 from trail_scheduler.core.simulation import simulate  # noqa: E402
 from trail_scheduler.predictors import SHIPPED_PROBE, SHIPPED_PROMPT_PREDICTOR  # noqa: E402
@@ -107,9 +107,9 @@ def main() -> None:
     collection = Collection(args.collection)
     if args.reverse_bins:
         folder = Path(tempfile.mkdtemp(prefix="trail-reversed-"))
-        args.probe = reversed_bins(Path(args.probe), folder / "probe.safetensors")
-        if args.reverse_bins == "both":
-            args.prompt_predictor = reversed_bins(Path(args.prompt_predictor), folder / "prompt.safetensors")
+        args.probe, args.prompt_predictor = reversed_predictors(
+            args.reverse_bins, Path(args.probe), Path(args.prompt_predictor), folder
+        )
     probe = load_probe(args.probe)
     predictor = load_prompt_predictor(args.prompt_predictor)
     states = collection.load(probe.layer, args.split, probe.prompt_reading)

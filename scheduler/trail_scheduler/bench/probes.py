@@ -57,3 +57,12 @@ def reversed_bins(source: Path, path: Path) -> Path:
         prompt_reading=loaded.prompt_reading,
     )
     return path
+
+
+def reversed_predictors(which: str, probe: Path, prompt_predictor: Path, folder: Path) -> tuple[Path, Path]:
+    """The probe reversed, and the prompt predictor too if ``which`` is "both", written into
+    ``folder``: the (probe, prompt predictor) pair to serve."""
+    probe = reversed_bins(probe, folder / probe.name)
+    if which == "both":
+        prompt_predictor = reversed_bins(prompt_predictor, folder / prompt_predictor.name)
+    return probe, prompt_predictor

@@ -25,7 +25,7 @@ from trail_scheduler.bench import policies as P
 from trail_scheduler.bench.config import BenchConfig, BenchError, config_from_args
 from trail_scheduler.bench.engines import Engines, empty_prefix_cache
 from trail_scheduler.bench.loadgen import RequestRecord, run_load
-from trail_scheduler.bench.probes import reversed_bins
+from trail_scheduler.bench.probes import reversed_predictors
 from trail_scheduler.bench.report import (
     MIN_HEADROOM,
     compare,
@@ -201,9 +201,9 @@ def _serve_reversed(config: BenchConfig) -> None:
     """Point the run at reversed copies of its predictors, written beside its report."""
     folder = config.output / "reversed-predictors"
     folder.mkdir(exist_ok=True)
-    config.probe = reversed_bins(config.probe, folder / config.probe.name)
-    if config.reverse_bins == "both":
-        config.prompt_predictor = reversed_bins(config.prompt_predictor, folder / config.prompt_predictor.name)
+    config.probe, config.prompt_predictor = reversed_predictors(
+        config.reverse_bins, config.probe, config.prompt_predictor, folder
+    )
     config.notes.append(f"predictors served with their bins reversed ({config.reverse_bins}): {folder}")
 
 
