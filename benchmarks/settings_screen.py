@@ -5,7 +5,9 @@ A screen, not a result: the ideal engine (``core/simulation.py``) leaves out wha
 engine adds, except recomputation after a preemption (``--prefill-tokens-per-step``), so a
 setting it favours is then measured with ``trail bench`` before it becomes a default.
 Bursts are ``--burst-size`` answers of one split of a collection drawn with seeds 0, 1, ...;
-every setting serves the same bursts with the same predictions.
+every setting serves the same bursts with the same predictions. With ``--load`` they arrive
+as a Poisson stream instead, at that share of the ideal engine's capacity (``--slots``
+requests at a time, one token each per step).
 
     .venv/bin/python benchmarks/settings_screen.py runs/greedy --split validation \\
         --grid refinementPrior=probe,prompt --grid evidenceWeight=1,0.2,0.05 --grid probeRanksAfter=0,16 \\
@@ -19,6 +21,7 @@ PNG (mean latency against TTFT, one point per setting).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -92,6 +95,9 @@ def main() -> None:
     parser.add_argument("--burst-size", type=int, default=32)
     parser.add_argument("--slots", type=int, default=8, help="batch slots (the engine's max-num-seqs)")
     parser.add_argument(
+        "--load", type=float, help="Poisson arrivals at this share of the ideal engine's capacity (default: a burst)"
+    )
+    parser.add_argument(
         "--prefill-tokens-per-step",
         type=float,
         default=128.0,
@@ -119,10 +125,7 @@ def main() -> None:
     first, readings = probe_readings(probe, states)
     recorded = recorded_requests(states, prompts, first, readings, estimates, (predictor.bins, distributions))
     size = min(args.burst_size, len(recorded))
-    bursts = [
-        [recorded[i] for i in sorted(np.random.default_rng(seed).choice(len(recorded), size, replace=False))]
-        for seed in range(args.bursts)
-    ]
+    bursts = [drawn(recorded, size, seed, args.slots, args.load) for seed in range(args.bursts)]
 
     def serve(settings: SchedulerSettings):
         return [
@@ -175,6 +178,7 @@ def main() -> None:
         "reverse_bins": args.reverse_bins,
         "step_seconds": ENGINE_STEP_SECONDS,
         "bursts": args.bursts,
+        "load": args.load,
         "burst_size": size,
         "slots": args.slots,
         "prefill_tokens_per_step": None if math.isinf(args.prefill_tokens_per_step) else args.prefill_tokens_per_step,
@@ -194,6 +198,18 @@ def main() -> None:
     print(f"wrote {output} and {output.with_suffix('.png')}")
 
 
+def drawn(recorded: list, size: int, seed: int, slots: int, load: float | None) -> list:
+    """``size`` answers drawn with ``seed``, all arriving at once or, at ``load``, as a Poisson
+    stream at that share of the ideal engine's capacity (``slots`` tokens per step)."""
+    rng = np.random.default_rng(seed)
+    chosen = [recorded[i] for i in sorted(rng.choice(len(recorded), size, replace=False))]
+    if load is None:
+        return chosen
+    rate = load * slots / (np.mean([r.length for r in chosen]) * ENGINE_STEP_SECONDS)  # requests per second
+    arrivals = np.cumsum(rng.exponential(1.0 / rate, size))
+    return [dataclasses.replace(r, arrival=float(t)) for r, t in zip(chosen, arrivals)]
+
+
 def _plot(path: Path, report: dict) -> None:
     figure, axes = plt.subplots(figsize=(7, 5))
     rows = report["rows"]
@@ -206,7 +222,8 @@ def _plot(path: Path, report: dict) -> None:
     axes.axhline(1.0, color="grey", linewidth=0.6)
     axes.set_xlabel("mean TTFT / FCFS's")
     axes.set_ylabel("mean latency / FCFS's")
-    axes.set_title(f"ideal engine, {report['bursts']} bursts of {report['burst_size']}, {report['slots']} slots")
+    shape = "bursts" if report["load"] is None else f"streams at {report['load']}x capacity"
+    axes.set_title(f"ideal engine, {report['bursts']} {shape} of {report['burst_size']}, {report['slots']} slots")
     axes.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=120)

@@ -173,14 +173,23 @@ class GuardView(Wire):
     enabled: bool
     level: GuardLevel
     rank_correlation: float | None = Field(
-        description="Spearman's, first predictions against lengths, over the window of finished requests"
+        description="Somers' D of the first predictions (what preemption acts on) against the lengths, over the "
+        "pairs whose order is known: two finished requests of the window, or one and a request in flight that "
+        "has generated more (1: every pair in order, 0: chance, -1: every pair reversed)"
     )
+    prompt_rank_correlation: float | None = Field(
+        default=None, description="the same, of the prompt estimates (what orders the waiting queue)"
+    )
+    pairs: int = Field(default=0, description="pairs of requests in a known order the rank correlations rest on")
     regret_ratio: float | None = Field(
         description="share of resolved preemptions in the window where the victim had less left than its displacer"
     )
     samples: int = Field(description="finished requests in the window")
     min_samples: int = Field(description="samples it needs before it changes level (the setting, at most the window)")
-    resolved_preemptions: int = Field(description="preemptions in the window whose two requests both finished")
+    resolved_preemptions: int = Field(
+        description="preemptions in the window whose outcome is known (one of the two finished, and the other "
+        "finished too or has generated more than the finished one had left)"
+    )
 
 
 class ConfigView(SchedulerSettings):

@@ -150,9 +150,9 @@ class SchedulerSettings(Wire):
     )
 
     prediction_guard: bool = Field(
-        default=False,
-        description="measure how well the first length predictions rank finished requests and how often a "
-        "preemption is regretted, and fall back (no preemption, then arrival order) while they are weak",
+        default=True,
+        description="measure how well the length predictions rank the requests and how often a preemption is "
+        "regretted, and fall back (no preemption, or arrival order) while they are weak",
     )
     prediction_guard_window: int = Field(
         default=200,
@@ -161,32 +161,32 @@ class SchedulerSettings(Wire):
         description="finished requests (and resolved preemptions) the prediction guard measures over",
     )
     prediction_guard_min_samples: int = Field(
-        default=50,
+        default=8,
         ge=2,
         le=MAX_GUARD_WINDOW,
-        description="samples the prediction guard needs before it changes level, and finished requests between "
-        "two changes (at most the window)",
+        description="finished requests the prediction guard needs before it changes level, and between two "
+        "changes (at most the window)",
     )
     prediction_guard_min_rank_correlation: float = Field(
-        default=0.2,
+        default=0.0,
         ge=-1,
         le=1,
-        description="below this rank correlation between first predictions and lengths the prediction guard "
-        "falls back one level",
+        description="below this rank correlation (Somers' D, 0: chance) by more than its standard error, the "
+        "prediction guard stops preempting (first predictions) or serves in arrival order (prompt estimates)",
     )
     prediction_guard_max_regret_ratio: float = Field(
-        default=0.5,
+        default=0.75,
         ge=0,
         le=1,
         description="above this share of regretted preemptions (the victim had less left than its displacer) "
-        "the prediction guard stops preempting",
+        "by more than its standard error, the prediction guard stops preempting",
     )
     prediction_guard_hysteresis: float = Field(
         default=0.1,
         ge=0,
         le=2,
-        description="how far above its threshold the rank correlation must be before the prediction guard "
-        "trusts the predictions one level more",
+        description="how far above its threshold a rank correlation must be before the prediction guard "
+        "trusts that prediction again",
     )
 
     # A choice by its value, and an unknown one refused with the list (pydantic's enum error names none).

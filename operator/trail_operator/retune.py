@@ -51,10 +51,12 @@ class PodReport:
             if self.view.get("effectivePolicy") is not None:
                 entry.update(effectivePolicy=self.view["effectivePolicy"], effectiveC=self.view["effectiveC"])
             if self.guard is not None:
-                entry["predictionGuardState"] = {  # rounded: a resync rewrites the status only when one moved
+                # Rounded, and without the pair count that moves with every finish: a resync
+                # rewrites the status only when a measure moved.
+                entry["predictionGuardState"] = {
                     key: round(value, 2) if isinstance(value, float) else value
                     for key, value in self.guard.items()
-                    if value is not None
+                    if value is not None and key != "pairs"
                 }
         if self.error:
             entry["message"] = self.error

@@ -109,9 +109,13 @@ def _synced(obs: Observation) -> dict[str, Any]:
 
 def _measures(guard: dict[str, Any]) -> str:
     """A pod's prediction guard measures, for a condition's message."""
-    correlation, regret = guard.get("rankCorrelation"), guard.get("regretRatio")
-    ranking = "not measured" if correlation is None else f"{correlation:.2f}"
-    preemptions = guard["resolvedPreemptions"]
+    first, prompt = guard.get("rankCorrelation"), guard.get("promptRankCorrelation")
+    ranking = (
+        "not measured"
+        if first is None
+        else f"{first:.2f} (first predictions), {'-' if prompt is None else f'{prompt:.2f}'} (prompt estimates)"
+    )
+    regret, preemptions = guard.get("regretRatio"), guard["resolvedPreemptions"]
     regretted = "no preemption resolved" if regret is None else f"regret ratio {regret:.2f} over {preemptions}"
     return f"rank correlation {ranking} over {guard['samples']} finished requests, {regretted}"
 

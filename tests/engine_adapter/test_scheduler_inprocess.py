@@ -432,17 +432,16 @@ def _serve_a_stream(engine: Engine, estimate) -> tuple[list[str], list[tuple[str
     return admissions, trace
 
 
-def test_reversed_predictions_trip_the_guard_it_stops_preempting_then_serves_in_arrival_order(make_engine):
+def test_reversed_predictions_trip_the_guard_it_stops_preempting_and_serves_in_arrival_order(make_engine):
     engine = make_engine(max_num_seqs=2, **GUARDED)
     admissions, trace = _serve_a_stream(engine, lambda length: 60 - length)
     levels = [level for level, _ in trace]
-    stopped = levels.index("no-preemption")
-    assert trace[stopped][1] > 0, "it preempted on the reversed predictions before it tripped"
-    arrival_order = levels.index("arrival-order")
-    assert stopped < arrival_order
-    # From the first trip on, nothing is preempted for the ranking's sake.
-    assert {preempted for _, preempted in trace[stopped:]} == {trace[stopped][1]}
-    assert set(levels[arrival_order:]) == {"arrival-order"}
+    # The estimates that order the queue rank wrongly: straight to arrival order, for good.
+    tripped = levels.index("arrival-order")
+    assert set(levels[:tripped]) == {"trusting"} and set(levels[tripped:]) == {"arrival-order"}
+    assert trace[tripped][1] > 0, "it preempted on the reversed predictions before it tripped"
+    # From the trip on, nothing is preempted for the ranking's sake.
+    assert {preempted for _, preempted in trace[tripped:]} == {trace[tripped][1]}
     # Requests admitted after the fallback were admitted first come, first served.
     later = admissions[len(admissions) - 10 :]
     assert later == sorted(later)

@@ -321,6 +321,8 @@ def guarded(name, enabled=True, level="trusting", correlation=0.61234, samples=6
         enabled=enabled,
         level=level,
         rank_correlation=correlation,
+        prompt_rank_correlation=None if correlation is None else 0.4,
+        pairs=0 if correlation is None else 900,
         regret_ratio=None if correlation is None else 0.6,
         samples=samples,
         min_samples=50,
@@ -343,7 +345,8 @@ def test_a_pod_whose_guard_fell_back_is_named_with_its_measures_and_what_it_orde
     assert (predictions["status"], predictions["reason"]) == ("False", "PredictionsWeak")
     assert predictions["message"] == (
         "predictions weak on this traffic: pod a: no-preemption "
-        "(rank correlation 0.05 over 64 finished requests, regret ratio 0.60 over 16)"
+        "(rank correlation 0.05 (first predictions), 0.40 (prompt estimates) over 64 finished requests, "
+        "regret ratio 0.60 over 16)"
     )
     assert status["degradedPods"] == "a (no-preemption)"
     a, b = status["pods"]
@@ -352,6 +355,7 @@ def test_a_pod_whose_guard_fell_back_is_named_with_its_measures_and_what_it_orde
         "enabled": True,
         "level": "no-preemption",
         "rankCorrelation": 0.05,
+        "promptRankCorrelation": 0.4,
         "regretRatio": 0.6,
         "samples": 64,
         "minSamples": 50,
@@ -364,7 +368,11 @@ def test_a_pod_whose_guard_fell_back_is_named_with_its_measures_and_what_it_orde
     ("pod", "expected", "said"),
     [
         (PodReport("p", "ip", synced=True, view={"generation": 2}), ("Unknown", "NotReported"), "no ready pod"),
-        (guarded("p", enabled=False), ("Unknown", "GuardOff"), "pod p: rank correlation 0.61 over 64"),
+        (
+            guarded("p", enabled=False),
+            ("Unknown", "GuardOff"),
+            "pod p: rank correlation 0.61 (first predictions), 0.40",
+        ),
         (
             guarded("p", correlation=None, samples=1),
             ("Unknown", "TooFewSamples"),

@@ -1,51 +1,74 @@
 """The prediction guard: whether the length predictions are worth acting on, measured on
-the requests that finish, and what the scheduler falls back to when they are not.
+every request that has generated tokens, and what the scheduler falls back to when they
+are not.
 
-Two measures over sliding windows:
+Its measures count a request still in flight as a censored observation: one that has
+generated more tokens than a finished request is known to be the longer of the two. So
+evidence arrives with the first finishes of a burst, not after the policy has ranked it.
 
-- **rank correlation**: Spearman's, between each finished request's first prediction (the
-  ``r`` of the preemption rule) and the length it turned out to have, over the last
-  ``window`` finished requests. Shortest-first needs the order right, not the values.
-- **regret ratio**: of the last ``window`` preemptions whose two requests both finished, the
-  share where the victim's remaining length at the preemption was shorter than its
-  displacer's: the preemption made things worse.
+- **rank correlations**, one per prediction the scheduler acts on: Somers' D (Harrell's
+  concordance rescaled to −1..1: 1 orders every comparable pair right, 0 is chance, −1
+  orders every one wrong) between a prediction and the length, over the pairs of requests
+  whose order is known: two of the last ``window`` finished with different lengths, or one
+  of them and a request in flight that has already generated more. The *first prediction*
+  (``r`` of the preemption rule, the start of the belief a running request is ranked on)
+  decides preemption; the *prompt estimate* (what ranks the waiting queue) decides the order.
+- **regret ratio**: of the last ``window`` preemptions whose outcome is known, the share
+  where the victim had less left at the preemption than its displacer: the preemption made
+  things worse. Known as soon as one of the two finishes and the other has generated more
+  than the finished one had left.
 
-Three levels, each falling back further: ``trusting`` (the policy as set), ``no-preemption``
-(as ``c = 0``: still ranks, never displaces a started request), ``arrival-order`` (first come,
-first served). Weak measures move one level down, recovered ranking one level up. No level
-changes before ``min_samples`` samples, nor within ``min_samples`` finished requests of the
-last change (fresh evidence for each step), and recovering needs the correlation above its
-threshold by ``hysteresis``. Preempting is what regret measures, so while it is off regret
-cannot recover: once the ranking has, preemption is tried again and the regret window starts
-empty. With the guard switched off it still measures; only the level stays ``trusting``.
+Three levels: ``trusting`` (the policy as set), ``no-preemption`` (as ``c = 0``: still
+ranks, never displaces a started request) while the first predictions rank weakly or
+preemptions are regretted, ``arrival-order`` (first come, first served) while the prompt
+estimates rank weakly. No level changes before ``min_samples`` finished requests, nor within
+``min_samples`` finished requests of the last change, and trusting again needs a rank
+correlation above its threshold by ``hysteresis``. Preempting is what regret measures, so
+while it is off regret cannot recover: once the first predictions rank well again,
+preemption is tried again and the regret window starts empty. With the guard switched off
+it still measures; only the level stays ``trusting``.
 
-Pure and deterministic: the adapter reports finishes, aborts and preemptions.
+Pure and deterministic: the adapter reports finishes (with the requests in flight), aborts
+and preemptions.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from trail_contract.admin_api import GuardLevel
 from trail_contract.settings import PolicyName, SchedulerSettings
+from trail_scheduler.core.tracker import RequestPrediction
 
 
-def spearman(first: np.ndarray, second: np.ndarray) -> float | None:
-    """Spearman's rank correlation (ties share their average rank); None where either side
-    is constant: it then says nothing about how well one ranks the other."""
-    a, b = _average_ranks(first), _average_ranks(second)
-    a, b = a - a.mean(), b - b.mean()
-    scale = float(np.sqrt((a * a).sum() * (b * b).sum()))
-    return None if scale == 0.0 else float((a * b).sum() / scale)
+def somers_d(
+    predicted: np.ndarray, lengths: np.ndarray, censored_predicted: np.ndarray, censored_generated: np.ndarray
+) -> tuple[float | None, int]:
+    """Somers' D of predictions against lengths, and how many pairs it rests on.
+
+    ``predicted``/``lengths``: finished requests. ``censored_*``: requests in flight, each
+    known to be longer than every finished one with fewer tokens than it has generated.
+    A pair whose predictions tie counts half right. None where no pair's order is known.
+    """
+    lengths = np.asarray(lengths, float)
+    known = lengths[:, None] < np.concatenate([lengths, censored_generated])[None, :]
+    pairs = int(np.count_nonzero(known))
+    if pairs == 0:
+        return None, 0
+    shorter, longer = np.asarray(predicted, float)[:, None], np.concatenate([predicted, censored_predicted])[None, :]
+    right = np.count_nonzero(known & (longer > shorter))
+    wrong = np.count_nonzero(known & (longer < shorter))
+    return float(right - wrong) / pairs, pairs
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    return ((ends - counts + ends - 1) / 2.0)[inverse]
+def kendall_standard_error(samples: int) -> float:
+    """The standard error of a rank correlation (Kendall's) over ``samples`` requests when
+    the predictions rank nothing: how far from chance a reading can be by luck alone."""
+    return float(np.sqrt(2 * (2 * samples + 5) / (9 * samples * (samples - 1)))) if samples > 1 else 1.0
 
 
 @dataclass(frozen=True)
@@ -59,16 +82,19 @@ class Displacement:
 
 
 class PredictionGuard:
-    """Measures the predictions on finished requests and sets the level of fallback."""
+    """Measures the predictions and sets the level of fallback."""
 
     def __init__(self, settings: SchedulerSettings) -> None:
         self.level = GuardLevel.TRUSTING
-        self._finished: deque[tuple[float, float]] = deque()  # (first prediction, length)
+        # (first prediction, prompt estimate, length) of the last finished requests
+        self._finished: deque[tuple[float, float, float]] = deque()
         self._regrets: deque[bool] = deque()
-        self._open: dict[str, list[Displacement]] = {}  # by both ends, until both finish
+        self._open: dict[str, list[Displacement]] = {}  # by both ends, until the outcome is known
         self._lengths: dict[str, int] = {}  # finished requests still in an open displacement
         self._since_change = 0  # finished requests since the level last changed
-        self.rank_correlation: float | None = None
+        self.rank_correlation: float | None = None  # of the first predictions
+        self.prompt_rank_correlation: float | None = None  # of the prompt estimates
+        self.pairs = 0  # pairs of requests in a known order, the rank correlations rest on
         self.follow(settings)
 
     def follow(self, settings: SchedulerSettings) -> None:
@@ -80,7 +106,6 @@ class PredictionGuard:
         self.hysteresis = settings.prediction_guard_hysteresis
         self._finished = deque(self._finished, maxlen=self.window)
         self._regrets = deque(self._regrets, maxlen=self.window)
-        self._measure_ranking()
         if not self.enabled:
             self.level = GuardLevel.TRUSTING
 
@@ -109,13 +134,18 @@ class PredictionGuard:
         for end in (displacement.displacer, displacement.victim):
             self._open.setdefault(end, []).append(displacement)
 
-    def finished(self, request_id: str, first_prediction: float, length: int) -> bool:
-        """A request finished with ``length`` generated tokens; True if the level changed."""
-        self._finished.append((first_prediction, float(length)))
-        self._measure_ranking()
+    def finished(
+        self, request_id: str, prediction: RequestPrediction, length: int, in_flight: Mapping[str, RequestPrediction]
+    ) -> bool:
+        """A request finished with ``length`` generated tokens; ``in_flight``: the requests
+        the scheduler tracks (this one, and those that generated nothing, are skipped).
+        True if the level changed."""
+        self._finished.append((prediction.initial_prediction, prediction.prompt_estimate, float(length)))
+        others = [p for other, p in in_flight.items() if other != request_id and p.generated > 0]
+        self._measure_ranking(np.array([(p.initial_prediction, p.prompt_estimate, p.generated) for p in others]))
         if request_id in self._open:
             self._lengths[request_id] = length
-            self._resolve(request_id)
+        self._resolve({other: in_flight[other].generated for other in self._open if other in in_flight})
         self._since_change += 1
         return self._decide_level()
 
@@ -126,15 +156,29 @@ class PredictionGuard:
             self._forget(other, displacement)
         self._lengths.pop(request_id, None)
 
-    def _resolve(self, request_id: str) -> None:
-        for displacement in list(self._open[request_id]):
-            displacer, victim = displacement.displacer, displacement.victim
-            if displacer in self._lengths and victim in self._lengths:
-                victim_left = self._lengths[victim] - displacement.victim_generated
-                displacer_left = self._lengths[displacer] - displacement.displacer_generated
-                self._regrets.append(victim_left < displacer_left)
-                self._forget(displacer, displacement)
-                self._forget(victim, displacement)
+    def _resolve(self, generated: dict[str, int]) -> None:
+        """Settle every open displacement whose outcome is now known."""
+        for request_id in list(self._lengths):
+            for displacement in list(self._open.get(request_id, [])):
+                regretted = self._regretted(displacement, generated)
+                if regretted is not None:
+                    self._regrets.append(regretted)
+                    self._forget(displacement.displacer, displacement)
+                    self._forget(displacement.victim, displacement)
+
+    def _regretted(self, displacement: Displacement, generated: dict[str, int]) -> bool | None:
+        """Whether the victim had less left than its displacer; None while that is unknown:
+        one of them finished, and the other has not yet generated more than it had left."""
+        victim_end, displacer_end = self._lengths.get(displacement.victim), self._lengths.get(displacement.displacer)
+        victim_since = generated.get(displacement.victim, 0) - displacement.victim_generated
+        displacer_since = generated.get(displacement.displacer, 0) - displacement.displacer_generated
+        if victim_end is not None:
+            victim_left = victim_end - displacement.victim_generated
+            if displacer_end is not None:
+                return victim_left < displacer_end - displacement.displacer_generated
+            return True if displacer_since > victim_left else None
+        displacer_left = displacer_end - displacement.displacer_generated
+        return False if victim_since >= displacer_left else None
 
     def _forget(self, request_id: str, displacement: Displacement) -> None:
         remaining = self._open.get(request_id)
@@ -146,32 +190,44 @@ class PredictionGuard:
             self._lengths.pop(request_id, None)
 
     # -- the level ------------------------------------------------------------------------
-    def _measure_ranking(self) -> None:
-        if len(self._finished) < 2:
-            self.rank_correlation = None
-            return
-        pairs = np.asarray(self._finished)
-        self.rank_correlation = spearman(pairs[:, 0], pairs[:, 1])
+    def _measure_ranking(self, censored: np.ndarray) -> None:
+        """The rank correlations over the finished window and ``censored`` (rows: first
+        prediction, prompt estimate, tokens generated so far)."""
+        finished = np.asarray(self._finished)
+        censored = censored.reshape(-1, 3)
+        self.rank_correlation, self.pairs = somers_d(finished[:, 0], finished[:, 2], censored[:, 0], censored[:, 2])
+        self.prompt_rank_correlation, _ = somers_d(finished[:, 1], finished[:, 2], censored[:, 1], censored[:, 2])
 
     def _decide_level(self) -> bool:
-        if not self.enabled or self._since_change < self.min_samples:
+        if not self.enabled or self._since_change < self.min_samples or self.samples < self.min_samples:
             return False
-        correlation = self.rank_correlation if self.samples >= self.min_samples else None
-        weak_ranking = correlation is not None and correlation < self.min_rank_correlation
-        ranking_recovered = correlation is not None and correlation >= self.min_rank_correlation + self.hysteresis
-        regret = self.regret_ratio if self.resolved_preemptions >= self.min_samples else None
-        regretful = regret is not None and regret > self.max_regret_ratio
-        level = self.level
-        if level is GuardLevel.TRUSTING and (weak_ranking or regretful):
-            level = GuardLevel.NO_PREEMPTION
-        elif level is GuardLevel.NO_PREEMPTION and weak_ranking:
+        ordering = self._judge(self.prompt_rank_correlation, GuardLevel.ARRIVAL_ORDER)
+        preempting = self._judge(self.rank_correlation, GuardLevel.NO_PREEMPTION)
+        resolved = self.resolved_preemptions
+        if self.level is GuardLevel.TRUSTING and resolved >= self.min_samples:
+            # Regretted more often than the threshold by more than a standard error of the share.
+            if self.regret_ratio - 0.5 / np.sqrt(resolved) > self.max_regret_ratio:
+                preempting = False
+        if ordering is False:
             level = GuardLevel.ARRIVAL_ORDER
-        elif level is GuardLevel.NO_PREEMPTION and ranking_recovered:
-            level = GuardLevel.TRUSTING
-            self._regrets.clear()  # measured before preemption stopped: a fresh window decides
-        elif level is GuardLevel.ARRIVAL_ORDER and ranking_recovered:
+        elif preempting is False:
             level = GuardLevel.NO_PREEMPTION
+        else:
+            level = GuardLevel.TRUSTING
         if level is self.level:
             return False
+        if self.level is GuardLevel.NO_PREEMPTION and level is GuardLevel.TRUSTING:
+            self._regrets.clear()  # measured before preemption stopped: a fresh window decides
         self.level, self._since_change = level, 0
         return True
+
+    def _judge(self, correlation: float | None, fallback: GuardLevel) -> bool | None:
+        """Whether a prediction is trusted at the level above ``fallback``. Trusted, it is
+        distrusted once its rank correlation is below the threshold by more than a standard
+        error (a few finishes of a burst are a narrow, noisy sample); distrusted, it is
+        trusted again at threshold + hysteresis."""
+        if correlation is None:
+            return None if self.level.fallback < fallback.fallback else False
+        if self.level.fallback >= fallback.fallback:
+            return correlation >= self.min_rank_correlation + self.hysteresis
+        return correlation + kendall_standard_error(self.samples) >= self.min_rank_correlation

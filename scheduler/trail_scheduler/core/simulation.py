@@ -145,7 +145,7 @@ def simulate(
             if state.generated >= state.request.length:
                 running.remove(request_id)
                 finished_at[request_id] = done_at
-                if guard.finished(request_id, tracker.get(request_id).initial_prediction, state.request.length):
+                if guard.finished(request_id, tracker.get(request_id), state.request.length, tracker.requests):
                     policy = Policy(guard.effective(settings))
                     levels.append(guard.level)
                 tracker.finish(request_id, state.request.length)

@@ -65,8 +65,9 @@ GUARD_LEVEL = Gauge(
 )
 GUARD_RANK_CORRELATION = Gauge(
     "trail_prediction_guard_rank_correlation",
-    "Spearman's rank correlation of first length predictions with the lengths of the last finished requests "
-    "(NaN: too few yet)",
+    "Somers' D of the length predictions against the lengths, over the pairs of recent requests whose order is "
+    "known (NaN: none yet); prediction: first (decides preemption) or prompt (orders the queue)",
+    ["prediction"],
 )
 GUARD_REGRET_RATIO = Gauge(
     "trail_prediction_guard_regret_ratio",
@@ -117,7 +118,8 @@ def record(drained: MetricsDrain) -> None:
 
 def record_guard(guard: GuardView) -> None:
     GUARD_LEVEL.set(guard.level.fallback)
-    GUARD_RANK_CORRELATION.set(math.nan if guard.rank_correlation is None else guard.rank_correlation)
+    for prediction, correlation in (("first", guard.rank_correlation), ("prompt", guard.prompt_rank_correlation)):
+        GUARD_RANK_CORRELATION.labels(prediction).set(math.nan if correlation is None else correlation)
     GUARD_REGRET_RATIO.set(math.nan if guard.regret_ratio is None else guard.regret_ratio)
 
 

@@ -189,6 +189,8 @@ class ControlPlane:
             enabled=guard.enabled,
             level=guard.level,
             rank_correlation=guard.rank_correlation,
+            prompt_rank_correlation=guard.prompt_rank_correlation,
+            pairs=guard.pairs,
             regret_ratio=guard.regret_ratio,
             samples=guard.samples,
             min_samples=guard.min_samples,

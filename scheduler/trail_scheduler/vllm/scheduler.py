@@ -122,7 +122,8 @@ class TrailSchedulingMixin:
         if state is None or request.status in UNMEASURED_ENDS or request.num_output_tokens == 0:
             self.trail_guard.aborted(request.request_id)
             return
-        if self.trail_guard.finished(request.request_id, state.initial_prediction, request.num_output_tokens):
+        tracker = self.trail_tracker
+        if self.trail_guard.finished(request.request_id, state, request.num_output_tokens, tracker.requests):
             guard = self.trail_guard
             logger.warning(
                 "TRAIL prediction guard: %s (rank correlation %s, regret ratio %s over the last %d requests)",
