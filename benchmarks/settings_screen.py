@@ -110,20 +110,10 @@ def main() -> None:
     fixed = {name: values[0] for name, values in args.fixed}
     combos = settings_grid(fixed, args.grid)
 
-    collection = Collection(args.collection)
-    if args.reverse_bins:
-        folder = Path(tempfile.mkdtemp(prefix="trail-reversed-"))
-        args.probe, args.prompt_predictor = reversed_predictors(
-            args.reverse_bins, Path(args.probe), Path(args.prompt_predictor), folder
-        )
-    probe = load_probe(args.probe)
-    predictor = load_prompt_predictor(args.prompt_predictor)
-    states = collection.load(probe.layer, args.split, probe.prompt_reading)
-    prompts = collection.prompts()
-    distributions = predictor.probabilities([prompts[i]["rendered"] for i in states.ids])
-    estimates = np.atleast_1d(expected_remaining(distributions, predictor.bins))
-    first, readings = probe_readings(probe, states)
-    recorded = recorded_requests(states, prompts, first, readings, estimates, (predictor.bins, distributions))
+    answers = load_answers(args.collection, args.split, args.probe, args.prompt_predictor, args.reverse_bins)
+    probe, predictor, states, recorded = answers.probe, answers.predictor, answers.states, answers.recorded
+    first, readings, estimates = answers.first, answers.readings, answers.estimates
+    distributions = answers.distributions
     size = min(args.burst_size, len(recorded))
     bursts = [drawn(recorded, size, seed, args.slots, args.load) for seed in range(args.bursts)]
 
@@ -196,6 +186,38 @@ def main() -> None:
             f"{row['guard_fell_back']:5d}  {name}"
         )
     print(f"wrote {output} and {output.with_suffix('.png')}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Answers:
+    """A split's recorded answers with the predictors' readings of them, ready to serve."""
+
+    probe: object
+    predictor: object
+    states: object
+    first: np.ndarray
+    readings: list
+    estimates: np.ndarray
+    distributions: np.ndarray
+    recorded: list
+
+
+def load_answers(collection: str, split: str, probe: str, prompt_predictor: str, reverse_bins: str | None) -> Answers:
+    """The answers of ``split`` and what the predictors (reversed copies with ``reverse_bins``)
+    read in them."""
+    if reverse_bins:
+        folder = Path(tempfile.mkdtemp(prefix="trail-reversed-"))
+        probe, prompt_predictor = reversed_predictors(reverse_bins, Path(probe), Path(prompt_predictor), folder)
+    loaded = load_probe(probe)
+    predictor = load_prompt_predictor(prompt_predictor)
+    answers = Collection(collection)
+    states = answers.load(loaded.layer, split, loaded.prompt_reading)
+    prompts = answers.prompts()
+    distributions = predictor.probabilities([prompts[i]["rendered"] for i in states.ids])
+    estimates = np.atleast_1d(expected_remaining(distributions, predictor.bins))
+    first, readings = probe_readings(loaded, states)
+    recorded = recorded_requests(states, prompts, first, readings, estimates, (predictor.bins, distributions))
+    return Answers(loaded, predictor, states, first, readings, estimates, distributions, recorded)
 
 
 def drawn(recorded: list, size: int, seed: int, slots: int, load: float | None) -> list:

@@ -1,0 +1,93 @@
+"""How soon a fallback must come to undo wrong predictions: the best any guard that measures
+outcomes could do, on the ideal engine.
+
+Serves the same simulated bursts (or streams, ``--load``) as ``settings_screen.py`` with the
+policy as set until step N and first come, first served from then on, as if a guard had
+known from step N that the predictions were wrong. A guard that judges predictions by the
+lengths they turn out to have knows nothing before requests generate tokens, so where the
+harm is done within a burst's first steps, no such guard can undo it.
+
+    .venv/bin/python benchmarks/guard_reaction.py runs/greedy --reverse-bins both --steps 0,3,8,30,100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from settings_screen import drawn, load_answers
+
+from trail_contract.settings import PolicyName, SchedulerSettings
+from trail_scheduler.bench.config import REVERSIBLE
+from trail_scheduler.core import simulation
+from trail_scheduler.core.policy import Policy
+from trail_scheduler.predictors import SHIPPED_PROBE, SHIPPED_PROMPT_PREDICTOR
+from trail_scheduler.training.evaluate import ENGINE_STEP_SECONDS
+
+
+def arrival_order_from(step: int):
+    """A Policy that decides as set for its first ``step`` decisions (one per engine step),
+    then in arrival order."""
+
+    class Switching:
+        def __init__(self, settings: SchedulerSettings) -> None:
+            self.decisions = 0
+            self.as_set = Policy(settings)
+            self.arrival_order = Policy(settings.model_copy(update={"policy": PolicyName.FCFS}))
+
+        def decide(self, *args, **kwargs):
+            self.decisions += 1
+            return (self.as_set if self.decisions <= step else self.arrival_order).decide(*args, **kwargs)
+
+    return Switching
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("collection")
+    parser.add_argument("--probe", default=str(SHIPPED_PROBE))
+    parser.add_argument("--prompt-predictor", default=str(SHIPPED_PROMPT_PREDICTOR))
+    parser.add_argument("--reverse-bins", choices=REVERSIBLE)
+    parser.add_argument("--split", default="validation", choices=("validation", "test", "train"))
+    parser.add_argument("--bursts", type=int, default=9)
+    parser.add_argument("--burst-size", type=int, default=32)
+    parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--load", type=float, help="Poisson arrivals at this share of capacity (default: a burst)")
+    parser.add_argument("--steps", default="0,3,8,16,30,100", help="comma-separated steps to fall back after")
+    parser.add_argument("--output", "-o")
+    args = parser.parse_args()
+    answers = load_answers(args.collection, args.split, args.probe, args.prompt_predictor, args.reverse_bins)
+    size = min(args.burst_size, len(answers.recorded))
+    bursts = [drawn(answers.recorded, size, seed, args.slots, args.load) for seed in range(args.bursts)]
+    unguarded = SchedulerSettings(prediction_guard=False)
+
+    def mean_ratio(settings: SchedulerSettings, policy=Policy) -> float:
+        ratios = []
+        for burst in bursts:
+            runs = []
+            for chosen, cls in ((settings, policy), (settings.model_copy(update={"policy": PolicyName.FCFS}), Policy)):
+                simulation.Policy = cls  # the one the ideal engine decides with
+                try:
+                    outcome = simulation.simulate(
+                        burst, chosen, answers.probe.bins, args.slots, ENGINE_STEP_SECONDS, prefill_tokens_per_step=128
+                    )
+                finally:
+                    simulation.Policy = Policy
+                runs.append(outcome)
+            ratios.append(runs[0].mean_latency / runs[1].mean_latency)
+        return round(float(np.mean(ratios)), 3)
+
+    rows = {"never (guard off)": mean_ratio(unguarded), "guard on (defaults)": mean_ratio(SchedulerSettings())}
+    for step in (int(s) for s in args.steps.split(",")):
+        rows[f"arrival order from step {step}"] = mean_ratio(unguarded, arrival_order_from(step))
+    for name, ratio in rows.items():
+        print(f"{ratio:6.3f}  {name}")
+    if args.output:
+        report = {**{k: v for k, v in vars(args).items() if k != "output"}, "mean_latency_over_fcfs": rows}
+        Path(args.output).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
