@@ -17,13 +17,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-from settings_screen import drawn, load_answers
+from settings_screen import add_workload_arguments, drawn, load_answers
 
 from trail_contract.settings import PolicyName, SchedulerSettings
-from trail_scheduler.bench.config import REVERSIBLE
 from trail_scheduler.core import simulation
 from trail_scheduler.core.policy import Policy
-from trail_scheduler.predictors import SHIPPED_PROBE, SHIPPED_PROMPT_PREDICTOR
 from trail_scheduler.training.evaluate import ENGINE_STEP_SECONDS
 
 
@@ -46,15 +44,7 @@ def arrival_order_from(step: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("collection")
-    parser.add_argument("--probe", default=str(SHIPPED_PROBE))
-    parser.add_argument("--prompt-predictor", default=str(SHIPPED_PROMPT_PREDICTOR))
-    parser.add_argument("--reverse-bins", choices=REVERSIBLE)
-    parser.add_argument("--split", default="validation", choices=("validation", "test", "train"))
-    parser.add_argument("--bursts", type=int, default=9)
-    parser.add_argument("--burst-size", type=int, default=32)
-    parser.add_argument("--slots", type=int, default=8)
-    parser.add_argument("--load", type=float, help="Poisson arrivals at this share of capacity (default: a burst)")
+    add_workload_arguments(parser, bursts=9)
     parser.add_argument("--steps", default="0,3,8,16,30,100", help="comma-separated steps to fall back after")
     parser.add_argument("--output", "-o")
     args = parser.parse_args()

@@ -80,23 +80,28 @@ def settings_grid(fixed: dict, grid: list[tuple[str, list]]) -> list[tuple[dict,
     return combos
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_workload_arguments(parser: argparse.ArgumentParser, bursts: int) -> None:
+    """What is served: the collection's answers, the predictors reading them, the bursts."""
     parser.add_argument("collection")
     parser.add_argument("--probe", default=str(SHIPPED_PROBE))
     parser.add_argument("--prompt-predictor", default=str(SHIPPED_PROMPT_PREDICTOR))
     parser.add_argument(
         "--reverse-bins",
         choices=REVERSIBLE,
-        help="screen with copies of the predictors whose bins are reversed (as trail bench --reverse-bins)",
+        help="serve copies of the predictors whose bins are reversed (as trail bench --reverse-bins)",
     )
     parser.add_argument("--split", default="validation", choices=("validation", "test", "train"))
-    parser.add_argument("--bursts", type=int, default=12)
+    parser.add_argument("--bursts", type=int, default=bursts)
     parser.add_argument("--burst-size", type=int, default=32)
     parser.add_argument("--slots", type=int, default=8, help="batch slots (the engine's max-num-seqs)")
     parser.add_argument(
         "--load", type=float, help="Poisson arrivals at this share of the ideal engine's capacity (default: a burst)"
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_workload_arguments(parser, bursts=12)
     parser.add_argument(
         "--prefill-tokens-per-step",
         type=float,
