@@ -20,8 +20,8 @@ import numpy as np
 from settings_screen import add_workload_arguments, drawn, load_answers
 
 from trail_contract.settings import PolicyName, SchedulerSettings
-from trail_scheduler.core import simulation
 from trail_scheduler.core.policy import Policy
+from trail_scheduler.core.simulation import simulate
 from trail_scheduler.training.evaluate import ENGINE_STEP_SECONDS
 
 
@@ -53,21 +53,25 @@ def main() -> None:
     bursts = [drawn(answers.recorded, size, seed, args.slots, args.load) for seed in range(args.bursts)]
     unguarded = SchedulerSettings(prediction_guard=False)
 
-    def mean_ratio(settings: SchedulerSettings, policy=Policy) -> float:
-        ratios = []
-        for burst in bursts:
-            runs = []
-            for chosen, cls in ((settings, policy), (settings.model_copy(update={"policy": PolicyName.FCFS}), Policy)):
-                simulation.Policy = cls  # the one the ideal engine decides with
-                try:
-                    outcome = simulation.simulate(
-                        burst, chosen, answers.probe.bins, args.slots, ENGINE_STEP_SECONDS, prefill_tokens_per_step=128
-                    )
-                finally:
-                    simulation.Policy = Policy
-                runs.append(outcome)
-            ratios.append(runs[0].mean_latency / runs[1].mean_latency)
-        return round(float(np.mean(ratios)), 3)
+    def serve(settings: SchedulerSettings, policy_class=Policy) -> list:
+        return [
+            simulate(
+                burst,
+                settings,
+                answers.probe.bins,
+                args.slots,
+                ENGINE_STEP_SECONDS,
+                prefill_tokens_per_step=128,
+                policy_class=policy_class,
+            )
+            for burst in bursts
+        ]
+
+    fcfs = serve(unguarded.model_copy(update={"policy": PolicyName.FCFS}))
+
+    def mean_ratio(settings: SchedulerSettings, policy_class=Policy) -> float:
+        outcomes = serve(settings, policy_class)
+        return round(float(np.mean([o.mean_latency / f.mean_latency for o, f in zip(outcomes, fcfs)])), 3)
 
     rows = {"never (guard off)": mean_ratio(unguarded), "guard on (defaults)": mean_ratio(SchedulerSettings())}
     for step in (int(s) for s in args.steps.split(",")):

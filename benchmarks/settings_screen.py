@@ -41,9 +41,9 @@ from trail_scheduler.bench.probes import reversed_predictors  # noqa: E402
 from trail_scheduler.core.refine import expected_remaining  # noqa: E402
 from trail_scheduler.core.simulation import simulate  # noqa: E402
 from trail_scheduler.predictors import SHIPPED_PROBE, SHIPPED_PROMPT_PREDICTOR  # noqa: E402
-from trail_scheduler.probe import load_probe  # noqa: E402
-from trail_scheduler.probe.prompt import load_prompt_predictor  # noqa: E402
-from trail_scheduler.training.data import Collection  # noqa: E402
+from trail_scheduler.probe import LoadedProbe, load_probe  # noqa: E402
+from trail_scheduler.probe.prompt import PromptPredictor, load_prompt_predictor  # noqa: E402
+from trail_scheduler.training.data import Collection, RequestStates  # noqa: E402
 from trail_scheduler.training.evaluate import (  # noqa: E402
     ENGINE_STEP_SECONDS,
     RANKED_AFTER,
@@ -116,9 +116,7 @@ def main() -> None:
     combos = settings_grid(fixed, args.grid)
 
     answers = load_answers(args.collection, args.split, args.probe, args.prompt_predictor, args.reverse_bins)
-    probe, predictor, states, recorded = answers.probe, answers.predictor, answers.states, answers.recorded
-    first, readings, estimates = answers.first, answers.readings, answers.estimates
-    distributions = answers.distributions
+    probe, predictor, recorded = answers.probe, answers.predictor, answers.recorded
     size = min(args.burst_size, len(recorded))
     bursts = [drawn(recorded, size, seed, args.slots, args.load) for seed in range(args.bursts)]
 
@@ -154,7 +152,13 @@ def main() -> None:
     rows = []
     for changed, settings in tqdm(combos, desc="settings", unit="setting"):
         _, _, _, ranked = replay(
-            states, first, readings, estimates, probe.bins, settings, (predictor.bins, distributions)
+            answers.states,
+            answers.first,
+            answers.readings,
+            answers.estimates,
+            probe.bins,
+            settings,
+            (predictor.bins, answers.distributions),
         )
         rows.append(
             {
@@ -197,9 +201,9 @@ def main() -> None:
 class Answers:
     """A split's recorded answers with the predictors' readings of them, ready to serve."""
 
-    probe: object
-    predictor: object
-    states: object
+    probe: LoadedProbe
+    predictor: PromptPredictor
+    states: RequestStates
     first: np.ndarray
     readings: list
     estimates: np.ndarray

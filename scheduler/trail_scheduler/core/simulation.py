@@ -20,7 +20,7 @@ predictions cost.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,8 +81,10 @@ def simulate(
     slots: int,
     step_seconds: float = 1.0,
     prefill_tokens_per_step: float = math.inf,
+    policy_class: Callable[[SchedulerSettings], Policy] = Policy,
 ) -> Outcome:
-    """Serve ``requests`` with ``slots`` batch slots, one step every ``step_seconds``."""
+    """Serve ``requests`` with ``slots`` batch slots, one step every ``step_seconds``;
+    ``policy_class`` makes what decides each step (a study may substitute its own)."""
     if slots < 1 or not requests or step_seconds <= 0 or prefill_tokens_per_step <= 0:
         raise ValueError("need at least one request and one slot, and positive step and prefill rates")
     if any(r.length < 1 or len(r.readings) < r.length - 1 for r in requests):
@@ -92,7 +94,7 @@ def simulate(
     if not all(math.isfinite(r.arrival) and r.arrival >= 0 for r in requests):
         raise ValueError("arrival times must be finite and not negative")
     guard = PredictionGuard(settings)
-    policy = Policy(settings)
+    policy = policy_class(settings)
     tracker = PredictionTracker(bins, settings)
     levels = [guard.level]
     pending = sorted(range(len(requests)), key=lambda i: (requests[i].arrival, i))
@@ -146,7 +148,7 @@ def simulate(
                 running.remove(request_id)
                 finished_at[request_id] = done_at
                 if guard.finished(request_id, tracker.get(request_id), state.request.length, tracker.requests):
-                    policy = Policy(guard.effective(settings))
+                    policy = policy_class(guard.effective(settings))
                     levels.append(guard.level)
                 tracker.finish(request_id, state.request.length)
         step += 1
