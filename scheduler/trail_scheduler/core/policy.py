@@ -46,6 +46,8 @@ class WaitingRequest:
 
 @dataclass(slots=True)
 class RunningRequest:
+    # The engine adapter builds one per running request per step, positionally: a new
+    # field goes last, or there too.
     request_id: str
     arrival_time: float
     generated_tokens: int

@@ -188,13 +188,15 @@ class TrailSchedulingMixin:
         changed = self._trail_changed
         changed |= self.waiting.moved
         self.waiting.moved.clear()
-        queues, waiting = self.trail_queues, self.waiting.ids
+        queues, waiting, requests = self.trail_queues, self.waiting.ids, self.requests
+        # Every running request changes on a decode step: this loop is most of a step's cost.
+        set_running, running_view = queues.set_running, self._running_view
         for request_id in changed:
-            request = self.requests.get(request_id)
+            request = requests.get(request_id)
             if request_id in waiting:
                 queues.set_waiting(self._waiting_view(request))
-            elif request is not None and request.status == RequestStatus.RUNNING:
-                queues.set_running(self._running_view(request))
+            elif request is not None and request.status is RequestStatus.RUNNING:
+                set_running(running_view(request))
             else:
                 queues.remove(request_id)
         changed.clear()
@@ -250,22 +252,29 @@ class TrailSchedulingMixin:
         )
 
     def _running_view(self, request) -> RunningRequest:
-        state = self.trail_tracker.get(request.request_id)
-        estimate = state.predicted_remaining if state else self.trail_tracker.unknown_estimate
+        state = self.trail_tracker.requests.get(request.request_id)
+        if state is None:
+            estimate = initial = self.trail_tracker.unknown_estimate
+            true_remaining, spread = None, 0.0
+        else:
+            estimate, initial = state.predicted_remaining, state.initial_prediction
+            true_remaining, spread = state.true_remaining, state.remaining_spread
+        # Positional, in the fields' order: built for every running request on every decode
+        # step, where keywords took twice as long (0.5 µs, a tenth of the step at 256 running).
         return RunningRequest(
-            request_id=request.request_id,
-            arrival_time=request.arrival_time,
+            request.request_id,
+            request.arrival_time,
             # Under async scheduling the token in flight counts (a preempted request keeps it);
             # with speculative decoding, unverified draft tokens count too: protection comes early.
-            generated_tokens=request.num_output_tokens + request.num_output_placeholders,
-            initial_prediction=state.initial_prediction if state else estimate,
-            predicted_remaining=estimate,
-            blocks_held=math.ceil(request.num_computed_tokens / self.block_size),
-            preemptions=request.num_preemptions,
-            true_remaining=state.true_remaining if state else None,
-            remaining_spread=state.remaining_spread if state else 0.0,
+            request.num_output_tokens + request.num_output_placeholders,
+            initial,
+            estimate,
+            -(-request.num_computed_tokens // self.block_size),  # blocks held
+            request.num_preemptions,
+            true_remaining,
+            spread,
             # The prefix cache may still hold some of it when it resumes; nobody knows how much now.
-            recompute_tokens=request.num_tokens,
+            request.num_tokens,
         )
 
 
