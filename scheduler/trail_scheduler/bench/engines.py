@@ -14,7 +14,7 @@ from trail_scheduler.bench.workload import BenchRequest, Decoding
 WARM_UP_TOKENS = 16
 
 
-def _warm_up(server: Server, model: str, sample, max_num_seqs: int, decoding: Decoding) -> dict:
+def warm_up(server: Server, model: str, sample, max_num_seqs: int, decoding: Decoding) -> dict:
     """One short burst, a full batch, before an engine's first measured run. Without it the two
     engines start unequal: stock vLLM's first run at a relative load follows the burst that
     measured the capacity, while ``trail serve``'s is its very first requests."""
@@ -56,7 +56,7 @@ class Engines:
             server = self._reach(*key)
             model = server.served_model()
             name = key[0] + (" with the probe" if key[1] else "")
-            self.warm_ups[name] = _warm_up(
+            self.warm_ups[name] = warm_up(
                 server, model, self.warm_up_sample, self.config.max_num_seqs, self.config.decoding
             )
             self.served[key] = (server, model)

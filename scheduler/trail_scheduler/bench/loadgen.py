@@ -15,6 +15,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import httpx
 
@@ -33,6 +34,7 @@ class RequestRecord:
     expected_tokens: int = 0
     matches_profile: bool | None = None  # served text == profiled text (None: no profile to compare)
     error: str | None = None
+    served_by: str = ""  # the endpoint's base URL
 
     @property
     def ok(self) -> bool:
@@ -45,6 +47,16 @@ class RequestRecord:
     @property
     def ttft(self) -> float:
         return self.first_token - self.sent
+
+
+class Route(Protocol):
+    """Several endpoints behind one client: which one serves a request, chosen when it is sent."""
+
+    async def choose(self, request: BenchRequest) -> str:
+        """The base URL to send ``request`` to (the time this takes counts in its latency)."""
+
+    def finished(self, base: str) -> None:
+        """A request sent to ``base`` ended (served, failed or cancelled)."""
 
 
 def request_body(model: str, request: BenchRequest, decoding: Decoding, extra: dict | None = None) -> dict:
@@ -65,7 +77,6 @@ async def _stream_one(
     client: httpx.AsyncClient, base: str, body: dict, record: RequestRecord, start: float, expected_sha: str | None
 ) -> None:
     text: list[str] = []
-    record.sent = time.perf_counter() - start
     async with client.stream("POST", f"{base}/v1/chat/completions", json=body) as reply:
         if reply.status_code != 200:
             record.error = f"HTTP {reply.status_code}: {(await reply.aread()).decode(errors='replace')[:300]}"
@@ -91,7 +102,7 @@ async def _stream_one(
 
 
 async def run_load(
-    base: str,
+    base: str | Route,
     model: str,
     requests: Sequence[BenchRequest],
     decoding: Decoding,
@@ -99,7 +110,8 @@ async def run_load(
     extra: Callable[[BenchRequest], dict | None] = lambda r: None,
     on_done: Callable[[RequestRecord], None] | None = None,
 ) -> tuple[list[RequestRecord], float]:
-    """Send ``requests`` on their schedule; return the records and the run's wall time."""
+    """Send ``requests`` on their schedule to ``base``, or where ``base`` routes each; return the
+    records and the run's wall time."""
     records = [RequestRecord(r.id, r.arrival, expected_tokens=r.output_tokens) for r in requests]
     limits = httpx.Limits(max_connections=len(requests) + 4, max_keepalive_connections=len(requests) + 4)
     async with httpx.AsyncClient(timeout=httpx.Timeout(time_limit + 60), limits=limits) as client:
@@ -107,11 +119,16 @@ async def run_load(
 
         async def one(request: BenchRequest, record: RequestRecord) -> None:
             await asyncio.sleep(max(0.0, request.arrival - (time.perf_counter() - start)))
+            record.sent = time.perf_counter() - start
+            record.served_by = base if isinstance(base, str) else await base.choose(request)
             try:
                 body = request_body(model, request, decoding, extra(request))
-                await _stream_one(client, base, body, record, start, request.text_sha256)
+                await _stream_one(client, record.served_by, body, record, start, request.text_sha256)
             except httpx.HTTPError as error:
                 record.error = f"{type(error).__name__}: {error}"
+            finally:
+                if not isinstance(base, str):
+                    base.finished(record.served_by)
             if on_done is not None:
                 on_done(record)
 

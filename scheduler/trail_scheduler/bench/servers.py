@@ -167,14 +167,17 @@ def _wait_healthy(process: subprocess.Popen, server: Server, what: str) -> Serve
     raise RuntimeError(f"{what} did not become healthy in {START_TIMEOUT_S:.0f} s:\n{server.log.read_text()[-4000:]}")
 
 
-def start_trail_serve(log_dir: Path, *extra: str, token: str = "bench-token") -> Server:
-    """``trail serve`` on free loopback ports; ``extra`` goes to it (and on to vLLM).
+def start_trail_serve(
+    log_dir: Path, *extra: str, token: str = "bench-token", env: dict[str, str] | None = None
+) -> Server:
+    """``trail serve`` on free loopback ports; ``extra`` goes to it (and on to vLLM), ``env``
+    to its environment.
 
     It accepts client hints: the benchmark's oracle policy and tests send lengths with requests.
     """
     port, admin_port = free_port(), free_port()
     log = Path(log_dir) / f"trail-serve-{port}.log"
-    env = {**os.environ, **DEV_MODE, "TRAIL_ADMIN_TOKEN": token}
+    env = {**os.environ, **DEV_MODE, "TRAIL_ADMIN_TOKEN": token, **(env or {})}
     trail = Path(sys.executable).with_name("trail")
     process = subprocess.Popen(
         [str(trail), "serve", "--host", "127.0.0.1", "--port", str(port), "--admin-port", str(admin_port)]
