@@ -42,16 +42,20 @@ format: $(ENV_STAMP)
 	$(VENV)/bin/ruff format .
 
 # The operator, CPU server and GPU server images, for this machine's platform, tagged
-# REGISTRY/NAME:VERSION (the chart's appVersion); CONTAINER=podman works too. The release
-# workflow (.github/workflows/release.yml) builds them for amd64 and arm64 and pins them.
+# REGISTRY/NAME:VERSION (the chart's appVersion); CONTAINER=podman or buildah works too. The
+# release workflow (.github/workflows/release.yml) builds them for amd64 and arm64 and pins them.
+# BASE replaces the operator's and CPU server's python:3.11-slim-bookworm (and GPU_BASE the GPU
+# server's vllm/vllm-openai) with a compatible image, e.g. a local one where no registry is reachable.
 REGISTRY  ?= ghcr.io/trail-k8s
 VERSION   ?= $(shell sed -n 's/^appVersion: *"*\([^"]*\)"*/\1/p' charts/trail-operator/Chart.yaml)
 CONTAINER ?= docker
+BASE      ?=
+GPU_BASE  ?=
 
 images:
-	$(CONTAINER) build -f images/operator/Dockerfile   -t $(REGISTRY)/trail-operator:$(VERSION) .
-	$(CONTAINER) build -f images/server-cpu/Dockerfile -t $(REGISTRY)/trail-server-cpu:$(VERSION) .
-	$(CONTAINER) build -f images/server-gpu/Dockerfile -t $(REGISTRY)/trail-server-gpu:$(VERSION) .
+	$(CONTAINER) build$(if $(BASE), --build-arg BASE=$(BASE)) -f images/operator/Dockerfile   -t $(REGISTRY)/trail-operator:$(VERSION) .
+	$(CONTAINER) build$(if $(BASE), --build-arg BASE=$(BASE)) -f images/server-cpu/Dockerfile -t $(REGISTRY)/trail-server-cpu:$(VERSION) .
+	$(CONTAINER) build$(if $(GPU_BASE), --build-arg BASE=$(GPU_BASE)) -f images/server-gpu/Dockerfile -t $(REGISTRY)/trail-server-gpu:$(VERSION) .
 
 clean-env:
 	rm -rf $(VENV)
