@@ -195,7 +195,8 @@ def make_ca(folder: Path, host: str) -> tuple[Path, Path]:
 async def serve(api: ApiServer, host: str, port: int, cert: Path, key: Path) -> aiohttp.web.BaseRunner:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
-    runner = aiohttp.web.ServerRunner(aiohttp.web.Server(api))
+    # Watches never end by themselves: at shutdown, a second for requests in flight, not aiohttp's 60.
+    runner = aiohttp.web.ServerRunner(aiohttp.web.Server(api), shutdown_timeout=1.0)
     await runner.setup()
     await aiohttp.web.TCPSite(runner, host, port, ssl_context=context).start()
     return runner
