@@ -238,10 +238,11 @@ def build_deployment(owner: Owner, spec: LLMServerSpec, images: Images) -> dict[
                 "terminationMessagePolicy": "FallbackToLogsOnError",  # the reason shows in the pod's status
             }
         )
-    if spec.engine.tensor_parallel_size > 1:
-        # NCCL between tensor-parallel workers needs more shared memory than the default 64 MiB.
-        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
-        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+    # vLLM's processes talk through shared memory (its message queue takes 160 MiB; NCCL more,
+    # between tensor-parallel workers): a container runtime's 64 MiB /dev/shm stops it at start.
+    # A memory-backed emptyDir is as large as the pod's memory limit and counts against it.
+    mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
 
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,

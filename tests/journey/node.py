@@ -10,9 +10,11 @@ Every Pod object becomes real processes, started exactly as the pod spec says:
 - **volumes**: ConfigMap, Secret and emptyDir volumes are materialised as folders and
   bind-mounted at their ``mountPath`` (or a ``subPath`` of them; read-only where asked) in a
   private mount namespace, plus the service-account folder a kubelet mounts (token,
-  ``ca.crt``, namespace); a PersistentVolumeClaim is one folder on this node, shared by
-  every pod that mounts the claim (a node-local volume, as kind's local-path provisioner
-  makes);
+  ``ca.crt``, namespace); a memory-backed emptyDir is a tmpfs of its ``sizeLimit`` (one per
+  container here, not shared between a pod's containers); ``/dev/shm`` is a 64 MiB tmpfs,
+  a container runtime's default, unless a volume is mounted there; a PersistentVolumeClaim
+  is one folder on this node, shared by every pod that mounts the claim (a node-local
+  volume, as kind's local-path provisioner makes);
 - **hostname**: the pod's name, in a UTS namespace of its own, resolving to the pod's IP
   through the ``/etc/hosts`` a kubelet writes (else every lookup of it waits on DNS);
 - **probes**: startup, readiness and liveness ``httpGet`` probes at the pod's IP with the
@@ -50,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from lightkube.utils.quantity import parse_quantity
 
 logger = logging.getLogger("journey.node")
 
@@ -58,6 +61,8 @@ POD_NET = "10.244.0"
 GATEWAY = f"{POD_NET}.1"
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 PRODUCT = Path(__file__).resolve().parents[2]  # the checkout the pods run (its .venv is on their PATH)
+SHM_DIR = "/dev/shm"
+RUNTIME_SHM_BYTES = 64 << 20  # containerd's and Docker's /dev/shm for a container
 BACKOFF_START_S, BACKOFF_CAP_S = 10.0, 40.0
 OWNED_KINDS = {  # what the garbage collector looks at: kind -> API path under a namespace
     "Pod": "/api/v1/namespaces/{ns}/pods",
@@ -155,6 +160,13 @@ class Container:
             "state": self.state,
             "lastState": self.last_state,
         }
+
+
+@dataclass(frozen=True)
+class Memory:
+    """A memory-backed emptyDir: a tmpfs, of ``size_bytes`` where the volume sets a sizeLimit."""
+
+    size_bytes: int | None
 
 
 class Pod:
@@ -342,7 +354,13 @@ class Pod:
         staged = shlex.quote(str(self.dir / "product"))
         if covered:
             script.append(f"mkdir -p {staged} && mount --bind {shlex.quote(str(PRODUCT))} {staged}")
+        if not any(target == SHM_DIR for _, target, _ in mounts):
+            script.append(f"mount -t tmpfs -o size={RUNTIME_SHM_BYTES} shm {SHM_DIR}")
         for source, target, read_only in mounts:
+            if isinstance(source, Memory):
+                size = f"-o size={source.size_bytes} " if source.size_bytes else ""
+                script.append(f"mkdir -p {shlex.quote(target)} && mount -t tmpfs {size}tmpfs {shlex.quote(target)}")
+                continue
             make = f"mkdir -p {shlex.quote(target)} && " if source.is_dir() else ""  # a file mounts over a file
             script.append(f"{make}mount --bind {shlex.quote(str(source))} {shlex.quote(target)}")
             if read_only:
@@ -391,11 +409,16 @@ class Pod:
                 return base64.b64decode(data[ref["key"]]).decode() if kind == "secrets" else data[ref["key"]]
         raise LookupError(f"env {var['name']}: unsupported valueFrom {sorted(source)}")
 
-    async def _mounts(self, container: Container) -> list[tuple[Path, str, bool]]:
+    async def _mounts(self, container: Container) -> list[tuple[Path | Memory, str, bool]]:
         volumes = {v["name"]: v for v in self.obj["spec"].get("volumes") or []}
-        mounts = []
+        mounts: list[tuple[Path | Memory, str, bool]] = []
         for mount in container.spec.get("volumeMounts") or []:
-            source = await self._volume(volumes[mount["name"]])
+            volume = volumes[mount["name"]]
+            if (volume.get("emptyDir") or {}).get("medium") == "Memory":
+                limit = volume["emptyDir"].get("sizeLimit")
+                mounts.append((Memory(int(parse_quantity(limit)) if limit else None), mount["mountPath"], False))
+                continue
+            source = await self._volume(volume)
             if mount.get("subPath"):
                 source = source / mount["subPath"]
                 source.mkdir(parents=True, exist_ok=True)  # as a kubelet makes a missing subPath

@@ -127,6 +127,9 @@ def test_cpu_example_uses_cpu_image_no_gpu_and_bundled_model(cpu_example) -> Non
     assert "--probe-host" not in c["args"]
     assert c["args"][-1] == "--enforce-eager"  # extraArgs last
     assert {"--dtype", "float32", "--max-model-len", "2048"} <= set(c["args"])
+    # Shared memory beyond a container runtime's 64 MiB, without tensor parallelism too.
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in deployment["spec"]["template"]["spec"]["volumes"]
 
 
 def test_ports_are_named_and_service_exposes_only_http(cpu_example) -> None:
