@@ -91,7 +91,21 @@ def row(rule: str, seed: int, rate: float, records, duration: float, servers) ->
     return summary
 
 
-def plot(out: Path, rows: list[dict], rules: list[str], seeds: list[int]) -> Path:
+RATIO_FIELDS = ("mean_latency_s", "p99_latency_s", "mean_ttft_s", "output_throughput_tok_s")
+
+
+def ratios_to_round_robin(runs: dict[tuple[str, int], dict], rules: list[str], seeds: list[int]) -> dict:
+    """Each rule's figures over round robin's on the same seed's stream."""
+    return {
+        rule: {
+            str(seed): {field: runs[rule, seed][field] / runs["round-robin", seed][field] for field in RATIO_FIELDS}
+            for seed in seeds
+        }
+        for rule in rules
+    }
+
+
+def plot(out: Path, runs: dict[tuple[str, int], dict], rules: list[str], seeds: list[int]) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,7 +116,7 @@ def plot(out: Path, rows: list[dict], rules: list[str], seeds: list[int]) -> Pat
     for ax, (field, title) in zip(axes, panels, strict=True):
         width = 0.8 / len(seeds)
         for k, seed in enumerate(seeds):
-            values = [next(r[field] for r in rows if r["policy"] == rule and r["seed"] == seed) for rule in rules]
+            values = [runs[rule, seed][field] for rule in rules]
             ax.bar([i + k * width for i in range(len(rules))], values, width, label=f"seed {seed}")
         ax.set_xticks([i + width * (len(seeds) - 1) / 2 for i in range(len(rules))], rules, fontsize=8)
         ax.set_title(title)
@@ -197,21 +211,12 @@ def main() -> int:
                 progress.advance(runs)
         report["notes"] = notes
 
-    report["ratios_to_round_robin"] = {
-        rule: {
-            str(seed): {
-                field: next(r[field] for r in report["runs"] if r["policy"] == rule and r["seed"] == seed)
-                / next(r[field] for r in report["runs"] if r["policy"] == "round-robin" and r["seed"] == seed)
-                for field in ("mean_latency_s", "p99_latency_s", "mean_ttft_s", "output_throughput_tok_s")
-            }
-            for seed in seeds
-        }
-        for rule in rules
-        if "round-robin" in rules
-    }
+    runs = {(r["policy"], r["seed"]): r for r in report["runs"]}
+    if "round-robin" in rules:
+        report["ratios_to_round_robin"] = ratios_to_round_robin(runs, rules, seeds)
+        console.print(json.dumps(report["ratios_to_round_robin"], indent=1))
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
-    plot(args.out, report["runs"], rules, seeds)
-    console.print(json.dumps(report["ratios_to_round_robin"], indent=1))
+    plot(args.out, runs, rules, seeds)
     return 0
 
 
