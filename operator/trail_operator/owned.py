@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from trail_contract.admin_api import ConfigUpdate
 from trail_operator.layout import (
     ADMIN_PORT,
     HTTP_PORT,
@@ -167,15 +168,16 @@ def build_all(
     images: Images,
     *,
     token: str,
-    generation: int,
+    settings: ConfigUpdate,
     probe_data: bytes | None,
     peer: Peer | None = None,
 ) -> list[dict[str, Any]]:
     """Everything one LLMServer owns, in the order to apply it (what pods mount first; the
-    NetworkPolicy, when ``peer`` is given, before the pods it guards)."""
+    NetworkPolicy, when ``peer`` is given, before the pods it guards). ``settings`` is the
+    settings file, generation stamped (:func:`~trail_operator.scheduler_settings.desired_settings`)."""
     objects = [
         build_secret(owner, token),
-        build_configmap(owner, spec, generation, probe_data),
+        build_configmap(owner, spec, settings, probe_data),
         build_service(owner),
         build_disruption_budget(owner, spec),
     ]

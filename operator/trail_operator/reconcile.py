@@ -30,6 +30,7 @@ from typing import Any
 import kopf
 from lightkube import AsyncClient
 
+from trail_contract.admin_api import ConfigUpdate
 from trail_operator import kube
 from trail_operator.apply import OwnershipError, canonical, execute, needs_write, plan, removals
 from trail_operator.events import build_event, lifecycle_events
@@ -37,7 +38,13 @@ from trail_operator.layout import Owner, endpoint, names, selector_labels, selec
 from trail_operator.owned import Peer, build_all, build_secret, secret_token
 from trail_operator.pod import Images
 from trail_operator.retune import PodReport, RetuneClient, ready_targets
-from trail_operator.scheduler_settings import probe_sha256, scheduler_generation, scheduler_update, stored_settings
+from trail_operator.scheduler_settings import (
+    desired_settings,
+    live_settings,
+    probe_sha_of,
+    scheduler_generation,
+    stored_settings,
+)
 from trail_operator.spec import LLMServerSpec, SecretKeyRef, SpecError, parse_spec
 from trail_operator.status import Observation, compute_status
 
@@ -87,7 +94,7 @@ class Desired:
     objects: list[dict[str, Any]]  # in the order to apply them
     token: str
     scheduler_generation: int
-    settings: dict[str, Any]  # the admin API body the ready pods should run
+    settings: ConfigUpdate  # what the ready pods should run (the PUT, probe inline)
     probe_sha: str | None
 
 
@@ -136,16 +143,16 @@ def desire(
 ) -> Desired:
     """What the LLMServer should own and its pods run, given what it owns now: the admin
     token is kept, and so is the settings generation while the settings are unchanged."""
-    expected_sha = probe_sha256(spec, probe_data)
-    start_settings = scheduler_update(spec, 0, probe_data, live=False)
-    sched_gen = scheduler_generation(stored_settings(owned.get("ConfigMap")), start_settings, generation, expected_sha)
+    start = desired_settings(spec, probe_data)
+    sched_gen = scheduler_generation(stored_settings(owned.get("ConfigMap")), start, generation)
+    settings = start.model_copy(update={"generation": sched_gen})
     token = kept_token(owner, owned.get("Secret")) or secrets.token_urlsafe(32)
     return Desired(
-        objects=build_all(owner, spec, images, token=token, generation=sched_gen, probe_data=probe_data, peer=peer),
+        objects=build_all(owner, spec, images, token=token, settings=settings, probe_data=probe_data, peer=peer),
         token=token,
         scheduler_generation=sched_gen,
-        settings=scheduler_update(spec, sched_gen, probe_data, live=True),
-        probe_sha=expected_sha,
+        settings=live_settings(spec, settings, probe_data),
+        probe_sha=probe_sha_of(settings),
     )
 
 

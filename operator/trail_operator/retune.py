@@ -15,10 +15,10 @@ from typing import Any
 
 import httpx
 
-from trail_contract.admin_api import GuardLevel
+from trail_contract.admin_api import ConfigUpdate, ConfigView, GuardLevel
 from trail_contract.admin_client import AdminClient, AdminError
 from trail_operator.layout import ADMIN_PORT_NAME, CONTAINER_NAME
-from trail_operator.scheduler_settings import same_settings
+from trail_operator.scheduler_settings import probe_sha_of, same_settings
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class PodReport:
     name: str
     ip: str
     synced: bool
-    view: dict[str, Any] | None = None  # the pod's ConfigView (camelCase) when it answered
+    view: dict[str, Any] | None = None  # the pod's ConfigView as the status shows it (camelCase), when it answered
     error: str | None = None
     rejected: bool = False  # the pod answered 4xx to our settings
 
@@ -97,13 +97,17 @@ def ready_targets(pods: list[dict[str, Any]]) -> list[PodTarget]:
     return sorted(targets, key=lambda t: t.name)
 
 
-def in_sync(view: dict[str, Any], desired: dict[str, Any], expected_sha: str | None) -> bool:
-    probe_sha = (view.get("probe") or {}).get("sha256")
+def in_sync(view: ConfigView, desired: ConfigUpdate, expected_sha: str | None) -> bool:
     return (
-        view.get("generation") == desired.get("generation")
+        view.generation == desired.generation
         and same_settings(view, desired)
-        and (expected_sha is None or probe_sha == expected_sha)
+        and (expected_sha is None or probe_sha_of(view) == expected_sha)
     )
+
+
+def _shown(view: ConfigView) -> dict[str, Any]:
+    """A pod's view as its report, and so the status, carries it."""
+    return view.model_dump(mode="json", by_alias=True)
 
 
 class RetuneClient:
@@ -128,7 +132,7 @@ class RetuneClient:
         self,
         target: PodTarget,
         token: str,
-        desired: dict[str, Any],
+        desired: ConfigUpdate,
         expected_sha: str | None,
         refused: str | None = None,
     ) -> PodReport:
@@ -142,16 +146,17 @@ class RetuneClient:
         report = {"name": target.name, "ip": target.ip}
         try:
             try:
-                view = (await admin.config()).model_dump(mode="json", by_alias=True)
+                view = await admin.config()
             except AdminError as error:
                 return PodReport(**report, synced=False, error=f"GET config: {error}" if error.refused else str(error))
             if in_sync(view, desired, expected_sha):
-                return PodReport(**report, synced=True, view=view)
+                return PodReport(**report, synced=True, view=_shown(view))
             if refused is not None:
-                return PodReport(**report, synced=False, view=view, rejected=True, error=refused)
-            body = dict(desired)
-            if expected_sha is not None and (view.get("probe") or {}).get("sha256") == expected_sha:
-                body.pop("probe", None)  # the pod already runs this probe: do not send it again
+                return PodReport(**report, synced=False, view=_shown(view), rejected=True, error=refused)
+            runs_probe = expected_sha is not None and probe_sha_of(view) == expected_sha  # not sent again
+            body = desired.model_dump(
+                mode="json", by_alias=True, exclude_unset=True, exclude={"probe"} if runs_probe else None
+            )
             try:
                 applied = await admin.update(body, timeout=self.put_timeout)
             except AdminError as error:
@@ -160,16 +165,15 @@ class RetuneClient:
                 return PodReport(
                     **report,
                     synced=False,
-                    view=view,
+                    view=_shown(view),
                     rejected=True,
                     error=f"pod refused the settings (HTTP {error.status}): {error.detail}",
                 )
-            view = applied.model_dump(mode="json", by_alias=True)
-            synced = in_sync(view, desired, expected_sha)
+            synced = in_sync(applied, desired, expected_sha)
             return PodReport(
                 **report,
                 synced=synced,
-                view=view,
+                view=_shown(applied),
                 error=None if synced else "pod accepted the settings but reports different ones",
             )
         except ValueError as error:  # a reply that is not a ConfigView
@@ -179,7 +183,7 @@ class RetuneClient:
         self,
         targets: list[PodTarget],
         token: str,
-        desired: dict[str, Any],
+        desired: ConfigUpdate,
         expected_sha: str | None,
         refused: str | None = None,
     ) -> list[PodReport]:

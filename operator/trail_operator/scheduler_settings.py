@@ -12,8 +12,8 @@ import base64
 import hashlib
 from typing import Any
 
-from trail_contract.admin_api import ConfigUpdate, read_settings_file, settings_file_text
-from trail_contract.settings import SETTING_KEYS
+from trail_contract.admin_api import ConfigUpdate, ConfigView, ProbeSource, read_settings_file, settings_file_text
+from trail_contract.settings import SchedulerSettings
 from trail_operator.layout import MODELS_DIR, SCHEDULER_DIR, SCHEDULER_FILE, Owner, metadata, names
 from trail_operator.spec import LLMServerSpec
 
@@ -32,53 +32,63 @@ def probe_sha256(spec: LLMServerSpec, probe_data: bytes | None) -> str | None:
     return probe.sha256
 
 
-def scheduler_update(spec: LLMServerSpec, generation: int, probe_data: bytes | None, *, live: bool) -> dict[str, Any]:
-    """The admin API body (camelCase) for ``spec.scheduler``.
+def desired_settings(spec: LLMServerSpec, probe_data: bytes | None) -> ConfigUpdate:
+    """``spec.scheduler`` as the settings file a pod reads at start, at generation 0.
 
-    ``live=False`` is the ConfigMap file a pod reads at start: a ConfigMap probe is the
-    copy mounted next to it. ``live=True`` is the PUT to a running pod: the probe bytes
-    travel inline. Validated through the shared wire model, so a body the pod would
-    refuse fails here first.
+    The one validation of the spec's settings in a pass, through the shared wire model, so
+    settings a pod would refuse fail here first; the pass stamps the generation it picks
+    (:func:`scheduler_generation`) and the live probe (:func:`live_settings`) on the model.
+    A ConfigMap probe is the copy mounted next to the file.
     """
-    body: dict[str, Any] = {**spec.scheduler.wire(), "generation": generation}
+    body: dict[str, Any] = {**spec.scheduler.wire(), "generation": 0}
     probe = spec.scheduler.probe
     if probe is not None:
-        sha = probe_sha256(spec, probe_data)
         if probe.config_map_key_ref is not None:
-            assert probe_data is not None
-            body["probe"] = (
-                {"data": base64.b64encode(probe_data).decode()}
-                if live
-                else {"url": f"file://{SCHEDULER_DIR}/{PROBE_FILE}", "sha256": sha}
-            )
+            url = f"file://{SCHEDULER_DIR}/{PROBE_FILE}"
         elif probe.url is not None:
-            body["probe"] = {"url": probe.url, "sha256": sha}
+            url = probe.url
         else:
-            body["probe"] = {"url": f"file://{MODELS_DIR}/{probe.path}", "sha256": sha}
-    ConfigUpdate.model_validate(body)  # raises if a pod would refuse it
-    return body
+            url = f"file://{MODELS_DIR}/{probe.path}"
+        body["probe"] = {"url": url, "sha256": probe_sha256(spec, probe_data)}
+    return ConfigUpdate.model_validate(body)
 
 
-def same_settings(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two admin-API settings dicts (update or view) agree on the tunable knobs."""
-    return all(a.get(key) == b.get(key) for key in SETTING_KEYS)
+def live_settings(spec: LLMServerSpec, settings: ConfigUpdate, probe_data: bytes | None) -> ConfigUpdate:
+    """``settings`` as the PUT to a running pod: a ConfigMap probe's bytes travel inline, as
+    the kubelet refreshes a running pod's mounted copy only later. Only the probe is
+    validated again: the settings already were."""
+    probe = spec.scheduler.probe
+    if probe is None or probe.config_map_key_ref is None:
+        return settings
+    assert probe_data is not None
+    return settings.model_copy(update={"probe": ProbeSource(data=base64.b64encode(probe_data).decode())})
 
 
-def scheduler_generation(
-    stored: dict[str, Any] | None, desired: dict[str, Any], meta_generation: int | None, desired_sha: str | None
-) -> int:
-    """The generation to stamp on the settings: unchanged while the settings are, else a
-    new one (the resource's metadata.generation, and always above the stored one)."""
-    stored_sha = ((stored or {}).get("probe") or {}).get("sha256")
-    if stored is not None and same_settings(stored, desired) and stored_sha == desired_sha:
-        return int(stored.get("generation") or 0)
-    previous = int(stored.get("generation") or 0) if stored else 0
+def same_settings(a: ConfigUpdate | ConfigView, b: ConfigUpdate | ConfigView) -> bool:
+    """Whether two settings models (an update, a settings file, a pod's view) agree on the
+    tunable knobs; a knob an update leaves unset counts as None."""
+    return all(getattr(a, name) == getattr(b, name) for name in SchedulerSettings.model_fields)
+
+
+def probe_sha_of(settings: ConfigUpdate | ConfigView) -> str | None:
+    """The sha256 of the probe a settings file names or a pod runs (None: none, or inline)."""
+    return settings.probe.sha256 if settings.probe is not None else None
+
+
+def scheduler_generation(stored: ConfigUpdate | None, desired: ConfigUpdate, meta_generation: int | None) -> int:
+    """The generation to stamp on the settings: unchanged while the settings and the probe's
+    sha256 are, else a new one (the resource's metadata.generation, and always above the
+    stored one)."""
+    previous = (stored.generation or 0) if stored is not None else 0
+    if stored is not None and same_settings(stored, desired) and probe_sha_of(stored) == probe_sha_of(desired):
+        return previous
     return max(int(meta_generation or 0), previous + 1)
 
 
-def build_configmap(owner: Owner, spec: LLMServerSpec, generation: int, probe_data: bytes | None) -> dict[str, Any]:
+def build_configmap(
+    owner: Owner, spec: LLMServerSpec, settings: ConfigUpdate, probe_data: bytes | None
+) -> dict[str, Any]:
     # The probe's sha256 in the file also tells a restarted operator which probe it holds.
-    settings = ConfigUpdate.model_validate(scheduler_update(spec, generation, probe_data, live=False))
     configmap: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -91,10 +101,9 @@ def build_configmap(owner: Owner, spec: LLMServerSpec, generation: int, probe_da
     return configmap
 
 
-def stored_settings(configmap: dict[str, Any] | None) -> dict[str, Any] | None:
+def stored_settings(configmap: dict[str, Any] | None) -> ConfigUpdate | None:
     """The settings file inside an existing scheduler ConfigMap (None if absent/unreadable)."""
     try:
-        text = ((configmap or {}).get("data") or {})[SCHEDULER_FILE]
-        return read_settings_file(text).model_dump(mode="json", by_alias=True, exclude_unset=True)
+        return read_settings_file(((configmap or {}).get("data") or {})[SCHEDULER_FILE])
     except (KeyError, TypeError, ValueError):
         return None

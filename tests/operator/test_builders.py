@@ -9,6 +9,7 @@ import kubernetes_validate
 import pytest
 from conftest import EXAMPLES, load
 
+from trail_contract.admin_api import ConfigUpdate
 from trail_operator.layout import ADMIN_PORT, HTTP_PORT, MODELS_DIR, SCHEDULER_DIR, SCHEDULER_FILE, TOKEN_KEY, Owner
 from trail_operator.owned import Peer, build_all, secret_token
 from trail_operator.pod import (
@@ -20,7 +21,7 @@ from trail_operator.pod import (
     Images,
     url_model_folder,
 )
-from trail_operator.scheduler_settings import probe_sha256, scheduler_generation, scheduler_update
+from trail_operator.scheduler_settings import desired_settings, live_settings, probe_sha256, scheduler_generation
 from trail_operator.spec import parse_spec
 
 OWNER = Owner(name="demo", namespace="ml", uid="1234-uid")
@@ -28,9 +29,14 @@ IMAGES = Images(gpu="gpu-image:1", cpu="cpu-image:1")
 PROBE = b"\x00probe-bytes" * 200
 
 
+def settings_at(spec, generation, probe_data=None):
+    return desired_settings(spec, probe_data).model_copy(update={"generation": generation})
+
+
 def build(spec_dict, probe_data=None, generation=3):
     spec = parse_spec(spec_dict)
-    return spec, build_all(OWNER, spec, IMAGES, token="tok", generation=generation, probe_data=probe_data)
+    settings = settings_at(spec, generation, probe_data)
+    return spec, build_all(OWNER, spec, IMAGES, token="tok", settings=settings, probe_data=probe_data)
 
 
 def container(deployment):
@@ -82,7 +88,7 @@ def test_the_admin_token_is_a_mounted_file_never_in_the_pod_template(cpu_example
     assert "TRAIL_ADMIN_TOKEN" not in json.dumps(deployment)
     spec = parse_spec(cpu_example["spec"])
     first, second = (
-        build_all(OWNER, spec, IMAGES, token=token, generation=1, probe_data=None)
+        build_all(OWNER, spec, IMAGES, token=token, settings=settings_at(spec, 1), probe_data=None)
         for token in ("first-token-value", "second-token-value")
     )
     assert secret_token(first[0]) == "first-token-value"
@@ -191,11 +197,11 @@ def test_probe_sources_the_pods_accept(cpu_example) -> None:
     # The file:// URLs the operator sends are under those folders.
     probe = {"configMapKeyRef": {"name": "probes", "key": "p.bin"}}
     cm_spec = parse_spec({**cpu_example["spec"], "scheduler": {"probe": probe}})
-    assert scheduler_update(cm_spec, 1, PROBE, live=False)["probe"]["url"].startswith(f"file://{SCHEDULER_DIR}/")
+    assert desired_settings(cm_spec, PROBE).probe.url.startswith(f"file://{SCHEDULER_DIR}/")
     path_spec = parse_spec(
         {**cpu_example["spec"], "model": pvc, "scheduler": {"probe": {"path": "p.bin", "sha256": "a" * 64}}}
     )
-    assert scheduler_update(path_spec, 1, None, live=False)["probe"]["url"] == "file:///models/p.bin"
+    assert desired_settings(path_spec, None).probe.url == "file:///models/p.bin"
 
 
 def test_a_probe_url_on_a_new_host_rolls_the_pods(cpu_example) -> None:
@@ -218,8 +224,8 @@ def test_configmap_probe_is_copied_and_referenced_by_sha(cpu_example) -> None:
     sha = probe_sha256(spec, PROBE)
     assert settings["probe"] == {"url": "file:///etc/trail/scheduler/probe.bin", "sha256": sha}
     assert "probe.bin" in configmap["binaryData"]
-    live = scheduler_update(spec, 3, PROBE, live=True)
-    assert set(live["probe"]) == {"data"}
+    live = live_settings(spec, desired_settings(spec, PROBE), PROBE)
+    assert set(live.probe.model_dump(exclude_unset=True)) == {"data"}
 
 
 def test_url_model_gets_fetch_init_container() -> None:
@@ -249,11 +255,11 @@ def test_scheduler_generation_moves_only_when_settings_do() -> None:
         "preemptionMargin": 0,
         "maxPreemptions": None,
     }
-    stored = {**desired, "generation": 5, "probeSha256": None}
-    assert scheduler_generation(stored, desired, 9, None) == 5
-    assert scheduler_generation(stored, {**desired, "c": 1.0}, 9, None) == 9
-    assert scheduler_generation(stored, {**desired, "c": 1.0}, None, None) == 6
-    assert scheduler_generation(None, desired, None, None) == 1
+    stored = ConfigUpdate(**desired, generation=5)
+    assert scheduler_generation(stored, ConfigUpdate(**desired), 9) == 5
+    assert scheduler_generation(stored, ConfigUpdate(**{**desired, "c": 1.0}), 9) == 9
+    assert scheduler_generation(stored, ConfigUpdate(**{**desired, "c": 1.0}), None) == 6
+    assert scheduler_generation(None, ConfigUpdate(**desired), None) == 1
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -287,7 +293,7 @@ def test_trail_serve_reads_the_settings_file_the_operator_writes(path, tmp_path)
 def test_network_policy_opens_the_openai_port_and_the_admin_port_to_the_operator_only(cpu_example) -> None:
     peer = Peer("trail-system", {"app.kubernetes.io/name": "trail-operator", "app.kubernetes.io/instance": "t"})
     spec = parse_spec(cpu_example["spec"])
-    objects = build_all(OWNER, spec, IMAGES, token="tok", generation=1, probe_data=None, peer=peer)
+    objects = build_all(OWNER, spec, IMAGES, token="tok", settings=settings_at(spec, 1), probe_data=None, peer=peer)
     kinds = ["Secret", "ConfigMap", "Service", "PodDisruptionBudget", "NetworkPolicy", "Deployment"]
     assert [o["kind"] for o in objects] == kinds
     policy, deployment = objects[4], objects[5]

@@ -11,7 +11,7 @@ import json
 import pytest
 from crd_validation import check, pruned
 
-from trail_contract.admin_api import ConfigView, GuardView
+from trail_contract.admin_api import ConfigUpdate, ConfigView, GuardView, ProbeInfo
 from trail_contract.settings import SchedulerSettings
 from trail_operator.apply import (
     LAST_APPLIED,
@@ -41,6 +41,7 @@ from trail_operator.reconcile import (
     refusal,
 )
 from trail_operator.retune import PodReport, PodTarget, in_sync, ready_targets
+from trail_operator.scheduler_settings import same_settings
 from trail_operator.spec import SecretKeyRef, parse_spec
 from trail_operator.status import Observation, compute_status
 
@@ -170,7 +171,7 @@ def test_a_hand_edit_of_a_field_we_set_is_undone():
 def test_desire_keeps_token_and_generation_until_the_settings_change(cpu_example):
     spec = parse_spec(cpu_example["spec"])
     first = desire(OWNER, spec, Images(), 1, {}, None)
-    assert first.scheduler_generation == 1 and first.settings["generation"] == 1
+    assert first.scheduler_generation == 1 and first.settings.generation == 1
     secret, *_ = first.objects
     assert secret_token(secret) == first.token
     live = [with_record(o) for o in first.objects]  # as the pass wrote them
@@ -182,18 +183,51 @@ def test_desire_keeps_token_and_generation_until_the_settings_change(cpu_example
 
     edited = parse_spec({**cpu_example["spec"], "scheduler": {**cpu_example["spec"]["scheduler"], "c": 2.5}})
     bumped = desire(OWNER, edited, Images(), 5, owned, None)
-    assert bumped.scheduler_generation == 5 and bumped.settings["c"] == 2.5
+    assert bumped.scheduler_generation == 5 and bumped.settings.c == 2.5
     writes = plan(OWNER.uid, bumped.objects, live)
     assert [w.kind for w in writes] == ["ConfigMap"]  # a c edit never touches the Deployment
 
 
+def test_a_pass_validates_the_spec_settings_once(cpu_example, monkeypatch):
+    """The generation and the inline probe are stamped on the one validated model."""
+    probe = {"configMapKeyRef": {"name": "probes", "key": "p.bin"}}
+    scheduler = {**cpu_example["spec"]["scheduler"], "probe": probe}
+    spec = parse_spec({**cpu_example["spec"], "scheduler": scheduler})
+    edited = parse_spec({**cpu_example["spec"], "scheduler": {**scheduler, "c": 2.5}})
+    first = desire(OWNER, spec, Images(), 1, {}, b"probe")
+    owned = {o["kind"]: o for o in first.objects}
+    validated = []
+    validate = SchedulerSettings.model_validate.__func__
+
+    def counting(cls, data, **kwargs):
+        validated.append(data)
+        return validate(cls, data, **kwargs)
+
+    monkeypatch.setattr(SchedulerSettings, "model_validate", classmethod(counting))  # every ConfigUpdate calls it
+    fresh = desire(OWNER, edited, Images(), 2, {}, b"probe")
+    assert len(validated) == 1
+    assert (fresh.settings.generation, fresh.settings.c, fresh.settings.probe.data) == (2, 2.5, "cHJvYmU=")
+    validated.clear()
+    bumped = desire(OWNER, edited, Images(), 2, owned, b"probe")
+    assert len(validated) == 2  # the stored file, read back, and the spec
+    assert bumped.scheduler_generation == 2 and bumped.probe_sha == first.probe_sha
+
+
+def test_settings_compare_the_knobs_alone():
+    settings = SchedulerSettings(c=2.5).wire()
+    view = ConfigView(**settings, generation=2, probe=None, effective_c=0.0, probe_failure="probe failed")
+    assert same_settings(view, ConfigUpdate(**settings, generation=7))
+    assert not same_settings(view, ConfigUpdate(**{**settings, "c": 0.8}))
+    assert not same_settings(view, ConfigUpdate(c=2.5))  # an unset knob is None, not the pod's value
+
+
 def test_refused_settings_are_remembered_until_the_settings_change():
-    desired = Desired(objects=[], token="t", scheduler_generation=4, settings={}, probe_sha="ab")
+    desired = Desired(objects=[], token="t", scheduler_generation=4, settings=ConfigUpdate(), probe_sha="ab")
     no = PodReport("p", "ip", synced=False, view={}, error="pod refused the settings (HTTP 422): bad", rejected=True)
     remembered = refusal(desired, [no], None)
     assert remembered == {"generation": 4, "probeSha256": "ab", "message": no.error}
     assert held_back({"status": {"refusedSettings": remembered}}, desired) == no.error
-    edited = Desired(objects=[], token="t", scheduler_generation=5, settings={}, probe_sha="ab")
+    edited = Desired(objects=[], token="t", scheduler_generation=5, settings=ConfigUpdate(), probe_sha="ab")
     assert held_back({"status": {"refusedSettings": remembered}}, edited) is None  # the spec changed
     assert held_back({"status": {}}, desired) is None
     yes = PodReport("p", "ip", synced=True, view={})
@@ -244,12 +278,14 @@ def test_ready_targets_only_ready_addressed_admin_pods_sorted():
 
 
 def test_in_sync_needs_generation_settings_and_probe():
-    desired = {"generation": 2, "policy": "trail", "c": 2.5}
-    view = {"generation": 2, "policy": "trail", "c": 2.5, "probe": {"sha256": "abc"}}
+    settings = SchedulerSettings(policy="trail", c=2.5).wire()
+    desired = ConfigUpdate(**settings, generation=2)
+    probe = ProbeInfo(sha256="abc", layer=0, hidden_size=8, bins=[])
+    view = ConfigView(**settings, generation=2, probe=probe)
     assert in_sync(view, desired, None) and in_sync(view, desired, "abc")
     assert not in_sync(view, desired, "def")
-    assert not in_sync({**view, "generation": 1}, desired, None)
-    assert not in_sync({**view, "c": 0.8}, desired, None)
+    assert not in_sync(view.model_copy(update={"generation": 1}), desired, None)
+    assert not in_sync(view.model_copy(update={"c": 0.8}), desired, None)
 
 
 # --- status ---------------------------------------------------------------------------

@@ -7,11 +7,12 @@ import json
 
 import httpx
 
+from trail_contract.admin_api import ConfigUpdate
 from trail_contract.settings import SchedulerSettings
 from trail_operator.retune import PodTarget, RetuneClient
 
 TARGET = PodTarget("pod-0", "10.0.0.7", 8001)
-DESIRED = {**SchedulerSettings(c=2.0).wire(), "generation": 5}
+DESIRED = ConfigUpdate(**SchedulerSettings(c=2.0).wire(), generation=5)
 
 
 def pod(view: dict, put=None):
@@ -33,7 +34,7 @@ def view_of(settings: dict) -> dict:
 
 
 async def test_a_pod_in_sync_gets_no_put():
-    client, calls = pod(view_of(DESIRED))
+    client, calls = pod(view_of(DESIRED.model_dump(mode="json", by_alias=True)))
     report = await client.sync_pod(TARGET, "tok", DESIRED, None)
     assert report.synced and report.view["generation"] == 5
     assert calls == [("GET", "http://10.0.0.7:8001/trail/v1/config", "Bearer tok")]
