@@ -1,7 +1,8 @@
 """`trail bench --quick` end to end on the real engine (CI's smoke run).
 
 It asserts only that the run completes and that the report is well formed, not any
-speed-up: a few tiny requests on a shared CPU measure nothing about policies.
+speed-up: a few tiny requests on a shared CPU measure nothing about policies (fewer and
+shorter still than the preset's, to keep the suite quick).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from trail_scheduler.bench.probes import untrained_probe
 from trail_scheduler.bench.report import SUMMARY_FIELDS
 
 pytestmark = pytest.mark.engine
+REQUESTS, CAP = 4, 16
 
 
 def test_quick_preset_runs_every_policy_and_writes_a_well_formed_report(tmp_path):
@@ -29,7 +31,8 @@ def test_quick_preset_runs_every_policy_and_writes_a_well_formed_report(tmp_path
     out = tmp_path / "report"
     trail = Path(sys.executable).with_name("trail")
     result = subprocess.run(
-        [str(trail), "bench", "--quick", "--probe", str(probe), "--output", str(out)],
+        [str(trail), "bench", "--quick", "--probe", str(probe), "--output", str(out)]
+        + ["--requests", str(REQUESTS), "--output-cap", str(CAP)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -69,7 +72,7 @@ def test_quick_preset_runs_every_policy_and_writes_a_well_formed_report(tmp_path
     assert all(row["prefix_cache_reset"] is True and row["prefix_cache_hit_tokens"] >= 0 for row in rows.values())
     assert not [note for note in report["notes"] if "prefix cache" in note]
     for row in rows.values():
-        assert row["completed"] == row["requests"] == preset.requests, row
+        assert row["completed"] == row["requests"] == REQUESTS, row
         for field in ("mean_latency_s", "p99_latency_s", "mean_ttft_s", "output_throughput_tok_s"):
             assert math.isfinite(row[field]) and row[field] > 0, (field, row)
         assert row["mean_ttft_s"] <= row["mean_latency_s"] <= row["p99_latency_s"] + 1e-9
@@ -78,12 +81,15 @@ def test_quick_preset_runs_every_policy_and_writes_a_well_formed_report(tmp_path
     # text it was profiled with (greedy decoding at profiling and at serving alike).
     assert report["config"]["decoding"]["name"] == "greedy"
     sent = [r for r in report["requests"] if r["error"] is None]
-    assert len(sent) == len(expected) * preset.requests
+    assert len(sent) == len(expected) * REQUESTS
     assert all(r["output_tokens"] == r["expected_tokens"] for r in sent)
     assert all(r["matches_profile"] is True for r in sent)
     assert all(row["served_as_profiled"] == 1.0 for row in rows.values())
     lengths = report["lengths"]
-    assert lengths["count"] == preset.requests and 1 <= lengths["min"] <= lengths["max"] <= preset.output_cap
+    assert lengths["count"] == REQUESTS and 1 <= lengths["min"] <= lengths["max"] <= CAP
+    # The answers were profiled on an engine the runs use: one stock vLLM and two trail serve.
+    logs = [log.name.rsplit("-", 1)[0] for log in out.glob("trail-bench-logs-*/*.log")]
+    assert sorted(logs) == ["stock-vllm", "trail-serve", "trail-serve"], logs
 
     with (out / "summary.csv").open() as handle:
         table = list(csv.DictReader(handle))

@@ -43,22 +43,33 @@ class Engines:
     engines can alternate (an idle engine takes no CPU). Probe-free TRAIL entries and those with
     the probe run on two ``trail serve`` engines: a loaded probe cannot be unloaded."""
 
-    def __init__(self, config: BenchConfig, logs: Path, warm_up_sample, warm_ups: dict, progress, stack):
+    def __init__(self, config: BenchConfig, logs: Path, warm_ups: dict, progress, stack):
         self.config, self.logs, self.engine_args = config, logs, config.engine_args
-        self.warm_up_sample, self.warm_ups = warm_up_sample, warm_ups
-        self.progress, self.stack = progress, stack
+        self.warm_ups, self.progress, self.stack = warm_ups, progress, stack
+        self.reached: dict[tuple[str, bool], Server] = {}
         self.served: dict[tuple[str, bool], tuple[Server, str]] = {}
 
-    def serving(self, entry: P.PolicyEntry) -> tuple[Server, str]:
-        """The server for ``entry`` and the model name it serves."""
+    def profiling(self) -> Server:
+        """Where the answers are profiled: the given TRAIL endpoint, else the probe-free ``trail
+        serve`` the prompt-only runs use (same engine arguments, so the same answers), so a bench
+        starts no engine only to profile."""
+        return self.config.trail_endpoint or self.reach(P.TRAIL, probe=False)
+
+    def reach(self, engine: str, probe: bool) -> Server:
+        key = (engine, engine == P.TRAIL and probe)
+        if key not in self.reached:
+            self.reached[key] = self._reach(*key)
+        return self.reached[key]
+
+    def serving(self, entry: P.PolicyEntry, warm_up_sample) -> tuple[Server, str]:
+        """The server for ``entry`` and the model name it serves, warmed up with the first
+        requests of ``warm_up_sample`` before its first measured run."""
         key = (entry.engine, entry.engine == P.TRAIL and entry.probe)
         if key not in self.served:
-            server = self._reach(*key)
+            server = self.reach(*key)
             model = server.served_model()
             name = key[0] + (" with the probe" if key[1] else "")
-            self.warm_ups[name] = warm_up(
-                server, model, self.warm_up_sample, self.config.max_num_seqs, self.config.decoding
-            )
+            self.warm_ups[name] = warm_up(server, model, warm_up_sample, self.config.max_num_seqs, self.config.decoding)
             self.served[key] = (server, model)
         return self.served[key]
 

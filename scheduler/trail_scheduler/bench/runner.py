@@ -40,7 +40,6 @@ from trail_scheduler.bench.report import (
 from trail_scheduler.bench.servers import (
     Server,
     metric_delta,
-    start_trail_serve,
 )
 from trail_scheduler.bench.simulate import ideal_ratio
 from trail_scheduler.bench.workload import (
@@ -143,30 +142,24 @@ def _run_one(
     return records, duration, preemptions, recomputed, counts
 
 
-def _profiled_answers(config: BenchConfig, prompts, logs: Path, progress) -> dict[str, Answer]:
-    """Each prompt's answer under the run's decoding, profiled on ``trail serve`` (started for it
-    unless every answer is cached) with the engine arguments every run uses."""
+def _profiled_answers(config: BenchConfig, prompts, engines: Engines, progress) -> dict[str, Answer]:
+    """Each prompt's answer under the run's decoding, profiled on the engine
+    :meth:`Engines.profiling` names, reached only if some answer is not cached."""
     decoding = config.decoding
-    with ExitStack() as scope:
-        server = config.trail_endpoint
-        if server is None:
-            if not unprofiled(BUNDLED_MODEL_NAME, prompts, config.output_cap, decoding):
-                return profile_answers("", BUNDLED_MODEL_NAME, prompts, config.output_cap, decoding)  # all cached
-            starting = progress.add_task("starting trail serve to profile the answers", total=None)
-            server = start_trail_serve(logs, "--probe", "none", *config.engine_args)
-            scope.callback(server.stop)
-            progress.remove_task(starting)
-        task = progress.add_task(f"profiling the answers ({decoding.name})", total=len(prompts))
-        answers = profile_answers(
-            server.base,
-            server.served_model(),
-            prompts,
-            config.output_cap,
-            decoding,
-            progress=lambda: progress.advance(task),
-        )
-        progress.remove_task(task)
-        return answers
+    if not unprofiled(BUNDLED_MODEL_NAME, prompts, config.output_cap, decoding):
+        return profile_answers("", BUNDLED_MODEL_NAME, prompts, config.output_cap, decoding)  # all cached
+    server = engines.profiling()
+    task = progress.add_task(f"profiling the answers ({decoding.name})", total=len(prompts))
+    answers = profile_answers(
+        server.base,
+        server.served_model(),
+        prompts,
+        config.output_cap,
+        decoding,
+        progress=lambda: progress.advance(task),
+    )
+    progress.remove_task(task)
+    return answers
 
 
 def _ideal_ratios(config: BenchConfig, samples, lengths: dict[str, int], console) -> dict[str, float]:
@@ -270,7 +263,8 @@ def run_bench(config: BenchConfig) -> dict:
             console=console,
         ) as progress,
     ):
-        answers = _profiled_answers(config, to_profile, logs, progress)
+        engines = Engines(config, logs, report["warm_up"], progress, stack)
+        answers = _profiled_answers(config, to_profile, engines, progress)
         lengths = {prompt_id: answer.tokens for prompt_id, answer in answers.items()}
         if mix is not None:
             report["lengths_pool"] = length_summary(list(lengths.values()), config.output_cap)
@@ -289,9 +283,8 @@ def run_bench(config: BenchConfig) -> dict:
         report["ideal_ratio"] = _ideal_ratios(config, samples, lengths, progress.console)
         overall = progress.add_task("runs", total=len(runs))
         prompt_tokens = {p.id: count_tokens(p.prompt) for sample in samples.values() for p in sample}
-        engines = Engines(config, logs, samples[config.seeds[0]], report["warm_up"], progress, stack)
         for run_index, (entry, load, seed) in enumerate(runs):
-            server, model = engines.serving(entry)
+            server, model = engines.serving(entry, samples[config.seeds[0]])
             if entry.engine == P.TRAIL:
                 server.configure(**entry.settings(config.max_wait_seconds))
             sample = samples[seed]
