@@ -28,20 +28,25 @@ def train_quick_probe(path: Path, prompts: int = 12, seed: int = 0) -> tuple[str
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     bins = LengthBins.uniform(8, MAX_TOKENS)
-    features, labels, texts = [], [], []
-    for _, text in sharegpt_first_turns(limit=prompts):
-        text = text[:600]
-        texts.append(text)
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, return_tensors="pt"
-        )
-        if not isinstance(ids, torch.Tensor):
-            ids = ids["input_ids"]
+    texts = [text[:600] for _, text in sharegpt_first_turns(limit=prompts)]
+    chats = [
+        tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True, tokenize=False)
+        for t in texts
+    ]
+    # One batch for every prompt (left-padded), then each answer's states on its own, unpadded.
+    tokenizer.padding_side = "left"
+    batch = tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.inference_mode():
+        out = model.generate(**batch, max_new_tokens=MAX_TOKENS, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    features, labels = [], []
+    for row, mask in zip(out, batch["attention_mask"], strict=True):
+        prompt = row[: mask.shape[0]][mask.bool()]
+        answer = row[mask.shape[0] :].tolist()
+        generated = answer.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in answer else len(answer)
+        ids = torch.cat([prompt, torch.tensor(answer[:generated])])[None]
         with torch.inference_mode():
-            out = model.generate(ids, max_new_tokens=MAX_TOKENS, do_sample=False, pad_token_id=tokenizer.eos_token_id)
-            generated = out.shape[1] - ids.shape[1]
-            states = model(out, output_hidden_states=True).hidden_states[LAYER][0]
-        prompt_len = ids.shape[1]
+            states = model(ids, output_hidden_states=True).hidden_states[LAYER][0]
+        prompt_len = prompt.shape[0]
         features.append(states[:prompt_len].mean(0))
         labels.append(bins.index(max(0, generated - 1)))
         for j in range(generated - 1):
