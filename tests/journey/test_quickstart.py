@@ -4,7 +4,9 @@ Real everywhere but the API server: ``helm`` renders the chart, ``kubectl`` appl
 edits, the operator runs as its Deployment says (``trail operator run`` in its own pod,
 in-cluster credentials over TLS), and every server pod is ``trail serve`` started from
 exactly the command, env and volumes the operator wrote (tests/journey/node.py). Each step
-prints its timing; the closing summary is what docs/kubernetes.md records.
+prints its timing; the closing summary is what docs/kubernetes.md records. The tests run in
+order on one cluster, each on what the one before left (the chart installed, the
+quickstart's LLMServer).
 """
 
 from __future__ import annotations
@@ -271,6 +273,15 @@ def test_quickstart(cluster: Cluster, tmp_path: Path) -> None:
     assert (config.c, config.generation) == (0.5, generation)
     assert pods_report(cluster, 0.5, 1)[0]["generation"] == generation
 
+
+def test_day_two(cluster: Cluster) -> None:
+    """The quickstart's LLMServer on: an operator replica killed, a probe the pods refuse, the
+    LLMServer deleted."""
+    [pod] = ready_pods(cluster, 1)
+    token = admin_token(cluster)
+    generation = pod_config(cluster, pod, token).generation
+    restarts = cluster.running(pod).container("server").restarts
+
     # 6. Kill the acting operator replica (SIGKILL: no goodbye) and turn the InferencePool on
     #    at once: the standby takes over when the killed one's keep-alive lapses and creates
     #    the pool; nothing else changes, nothing is lost.
@@ -302,7 +313,8 @@ def test_quickstart(cluster: Cluster, tmp_path: Path) -> None:
     )
     assert cluster.get("configmap", f"{NAME}-scheduler")["metadata"]["resourceVersion"] == configmap_version
     [same] = cluster.pods(NAME)
-    assert same["metadata"]["uid"] == pod["metadata"]["uid"] and cluster.running(same).container("server").restarts == 1
+    assert same["metadata"]["uid"] == pod["metadata"]["uid"]
+    assert cluster.running(same).container("server").restarts == restarts
     assert pod_config(cluster, same, token).generation == generation
 
     # 7. A probe the pods refuse: Degraded with the pod's message, and the pod keeps serving.
@@ -418,11 +430,10 @@ def url_server(name: str, url: str, cache: dict | None = None) -> str:
     )
 
 
-def test_model_url(cluster: Cluster, model_server: tuple[str, list[str]]) -> None:
-    """model.url: the init container downloads the checkpoint; a broken URL is reported, nothing
-    half-written. With a cache claim, a replica an autoscaler adds (through the scale
-    subresource) serves the first one's download."""
-    url, asked = model_server
+def test_a_broken_model_url_is_reported(cluster: Cluster, model_server: tuple[str, list[str]]) -> None:
+    """model.url pointing at nothing: the init container's failure says why, the server never
+    starts, nothing half-written is left for it."""
+    url, _ = model_server
     cluster.kubectl("apply", "--validate=false", "-f", "-", input=url_server("broken", f"{url}/missing.tar"))
     failed = eventually(
         lambda: [
@@ -443,6 +454,11 @@ def test_model_url(cluster: Cluster, model_server: tuple[str, list[str]]) -> Non
     assert [p.name for p in models.iterdir()] == [LOCK], sorted(models.iterdir())
     cluster.kubectl("delete", "llms", "broken", "--timeout=120s")
 
+
+def test_model_url(cluster: Cluster, model_server: tuple[str, list[str]]) -> None:
+    """model.url: the init container downloads the checkpoint. With a cache claim, a replica an
+    autoscaler adds (through the scale subresource) serves the first one's download."""
+    url, asked = model_server
     started = time.monotonic()
     shared = {"size": "2Gi", "persistentVolumeClaim": {"accessMode": "ReadWriteOnce"}}  # one node here
     cluster.kubectl("apply", "--validate=false", "-f", "-", input=url_server("fetched", f"{url}/smollm2.tar", shared))
