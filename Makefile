@@ -6,6 +6,10 @@ TRAIL     := $(VENV)/bin/trail
 ENV_STAMP := $(VENV)/.trail-env
 MODEL_STAMP := $(VENV)/.trail-model
 PYTEST_ARGS ?=
+# Tests run in JOBS processes, each test file whole in one of them (pytest-xdist): half the
+# suite's time is waiting on engines and emulated clusters. JOBS=0 runs them in this process.
+JOBS ?= 2
+XDIST := $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadfile)
 
 .PHONY: env serve test test-fast lint format clean-env images
 
@@ -26,11 +30,11 @@ serve: env
 
 # Everything, including the real-engine tests (what CI runs).
 test: env
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The quick loop: no real vLLM engine.
 test-fast: env
-	$(PY) -m pytest -m "not engine" $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) -m "not engine" $(PYTEST_ARGS)
 
 # ruff's linter and formatter (settings in pyproject.toml); `make format` applies them.
 lint: $(ENV_STAMP)

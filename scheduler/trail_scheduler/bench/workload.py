@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import random
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -353,9 +354,11 @@ def profile_answers(
     if missing:
         asyncio.run(run())
         cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_suffix(".partial")
-        partial.write_text(json.dumps(known, indent=0, sort_keys=True))
-        partial.replace(cache)
+        # Another bench may have written meanwhile: keep its answers, and never share a temp file.
+        merged = {**_read_cache(cache), **known}
+        with tempfile.NamedTemporaryFile("w", dir=cache.parent, suffix=".partial", delete=False) as partial:
+            partial.write(json.dumps(merged, indent=0, sort_keys=True))
+        Path(partial.name).replace(cache)
     answers = {}
     for p in prompts:
         entry = known[_profile_key(model, cap, p, decoding)]
