@@ -6,10 +6,11 @@ TRAIL     := $(VENV)/bin/trail
 ENV_STAMP := $(VENV)/.trail-env
 MODEL_STAMP := $(VENV)/.trail-model
 PYTEST_ARGS ?=
-# Tests run in JOBS processes, each test file whole in one of them (pytest-xdist): half the
-# suite's time is waiting on engines and emulated clusters. JOBS=0 runs them in this process.
+# Tests run in JOBS processes (pytest-xdist), each test file whole in one of them, handed out
+# in the order tests/conftest.py puts them (longest first): half the suite's time is waiting
+# on engines and emulated clusters. JOBS=0 runs them in this process.
 JOBS ?= 2
-XDIST := $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadfile)
+XDIST := $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadfile --no-loadscope-reorder)
 
 .PHONY: env serve test test-fast lint format clean-env images
 
