@@ -7,8 +7,8 @@ ENV_STAMP := $(VENV)/.trail-env
 MODEL_STAMP := $(VENV)/.trail-model
 PYTEST_ARGS ?=
 # Tests run in JOBS processes (pytest-xdist), each test file whole in one of them, handed out
-# in the order tests/conftest.py puts them (longest first): half the suite's time is waiting
-# on engines and emulated clusters. JOBS=0 runs them in this process.
+# in the order tests/conftest.py puts them (engines first, the journey last): half the suite's
+# time is waiting on engines and emulated clusters. JOBS=0 runs them in this process.
 JOBS ?= 2
 XDIST := $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadfile --no-loadscope-reorder)
 

@@ -9,14 +9,14 @@ settings.load_profile("trail")
 
 
 def pytest_collection_modifyitems(items) -> None:
-    """Files that start engines first, the journey's before them, each file's tests in their
-    own order: `make test`'s workers take whole files in this order, so the longest ones
-    start early instead of ending the run on one worker while the other idles."""
+    """Files that start engines first and the journey last, each file's tests in their own
+    order: `make test`'s workers take whole files in this order, so the engine files share
+    the cores early and the journey, whose steps have deadlines, runs beside little else."""
 
-    def weight(item) -> int:
-        return 2 if item.get_closest_marker("journey") else 1 if item.get_closest_marker("engine") else 0
+    def rank(item) -> int:
+        return 2 if item.get_closest_marker("journey") else 0 if item.get_closest_marker("engine") else 1
 
-    heaviest: dict = {}
+    ranks: dict = {}
     for item in items:
-        heaviest[item.path] = max(heaviest.get(item.path, 0), weight(item))
-    items.sort(key=lambda item: -heaviest[item.path])
+        ranks[item.path] = max(ranks.get(item.path, 0), rank(item))
+    items.sort(key=lambda item: ranks[item.path])
