@@ -37,6 +37,11 @@ def empty_prefix_cache(server: Server, notes: list[str]) -> bool | None:
     return cold
 
 
+def _engine_key(engine: str, probe: bool) -> tuple[str, bool]:
+    """One engine per kind, and for TRAIL one with the probe and one without."""
+    return engine, engine == P.TRAIL and probe
+
+
 class Engines:
     """The engines the runs need: each started (or reached at its endpoint) once, warmed up
     before its first measured run, and kept up until the bench ends, so that runs on different
@@ -47,7 +52,7 @@ class Engines:
         self.config, self.logs, self.engine_args = config, logs, config.engine_args
         self.warm_ups, self.progress, self.stack = warm_ups, progress, stack
         self.reached: dict[tuple[str, bool], Server] = {}
-        self.served: dict[tuple[str, bool], tuple[Server, str]] = {}
+        self.models: dict[tuple[str, bool], str] = {}  # the engines warmed up, and the model each serves
 
     def profiling(self) -> Server:
         """Where the answers are profiled: the given TRAIL endpoint, else the probe-free ``trail
@@ -56,7 +61,7 @@ class Engines:
         return self.config.trail_endpoint or self.reach(P.TRAIL, probe=False)
 
     def reach(self, engine: str, probe: bool) -> Server:
-        key = (engine, engine == P.TRAIL and probe)
+        key = _engine_key(engine, probe)
         if key not in self.reached:
             self.reached[key] = self._reach(*key)
         return self.reached[key]
@@ -64,14 +69,14 @@ class Engines:
     def serving(self, entry: P.PolicyEntry, warm_up_sample) -> tuple[Server, str]:
         """The server for ``entry`` and the model name it serves, warmed up with the first
         requests of ``warm_up_sample`` before its first measured run."""
-        key = (entry.engine, entry.engine == P.TRAIL and entry.probe)
-        if key not in self.served:
-            server = self.reach(*key)
+        server = self.reach(entry.engine, entry.probe)
+        key = _engine_key(entry.engine, entry.probe)
+        if key not in self.models:
             model = server.served_model()
             name = key[0] + (" with the probe" if key[1] else "")
             self.warm_ups[name] = warm_up(server, model, warm_up_sample, self.config.max_num_seqs, self.config.decoding)
-            self.served[key] = (server, model)
-        return self.served[key]
+            self.models[key] = model
+        return server, self.models[key]
 
     def _reach(self, engine: str, probe: bool) -> Server:
         config = self.config
